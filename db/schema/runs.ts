@@ -1,0 +1,67 @@
+import { sql } from "drizzle-orm";
+import { bigint, check, index, integer, jsonb, pgTable, text, timestamp } from "drizzle-orm/pg-core";
+import { deliveries } from "./deliveries.js";
+
+export const RUN_STATUSES = [
+  "queued",
+  "running",
+  "escalated",
+  "done",
+  "failed",
+  "crashed",
+  "timed_out",
+  "cancelled",
+  "skipped",
+] as const;
+export type RunStatus = (typeof RUN_STATUSES)[number];
+
+/** Statuses after which a run never changes again. */
+export const FINAL_RUN_STATUSES = ["done", "failed", "crashed", "timed_out", "cancelled", "skipped"] as const;
+
+export const SKIP_REASONS = ["busy", "low_memory"] as const;
+export type SkipReason = (typeof SKIP_REASONS)[number];
+
+export const TRIGGER_KINDS = ["webhook", "schedule", "dispatch"] as const;
+export type TriggerKind = (typeof TRIGGER_KINDS)[number];
+
+const inList = (values: readonly string[]) => sql.raw(values.map((v) => `'${v}'`).join(", "));
+
+/** One execution of one formula for one project. */
+export const runs = pgTable(
+  "runs",
+  {
+    id: bigint("id", { mode: "number" }).primaryKey().generatedByDefaultAsIdentity(),
+    formula: text("formula").notNull(),
+    project: text("project").notNull(),
+    status: text("status").$type<RunStatus>().notNull().default("queued"),
+    skipReason: text("skip_reason").$type<SkipReason>(),
+    issue: integer("issue"),
+    triggerKind: text("trigger_kind").$type<TriggerKind>().notNull(),
+    /** Delivery id, schedule slot time (ISO 8601) or who dispatched. */
+    triggerRef: text("trigger_ref").notNull(),
+    deliveryId: text("delivery_id").references(() => deliveries.id),
+    /** The normalised event that fired the run (issue, comment, pull request), for the prompt. */
+    event: jsonb("event"),
+    /** Number of sessions started so far. */
+    attempt: integer("attempt").notNull().default(0),
+    concurrencyKey: text("concurrency_key"),
+    queuedAt: timestamp("queued_at", { withTimezone: true }).notNull().defaultNow(),
+    startedAt: timestamp("started_at", { withTimezone: true }),
+    finishedAt: timestamp("finished_at", { withTimezone: true }),
+    phase: text("phase"),
+    detail: text("detail"),
+    instanceId: text("instance_id"),
+    cancelRequestedAt: timestamp("cancel_requested_at", { withTimezone: true }),
+    updatedAt: timestamp("updated_at", { withTimezone: true }).notNull().defaultNow(),
+  },
+  (t) => [
+    index("runs_status_queued_at_idx").on(t.status, t.queuedAt),
+    index("runs_formula_project_idx").on(t.formula, t.project),
+    index("runs_concurrency_key_idx").on(t.concurrencyKey),
+    check("runs_status_check", sql`${t.status} in (${inList(RUN_STATUSES)})`),
+    check("runs_trigger_kind_check", sql`${t.triggerKind} in (${inList(TRIGGER_KINDS)})`),
+  ],
+);
+
+export type Run = typeof runs.$inferSelect;
+export type NewRun = typeof runs.$inferInsert;
