@@ -1,0 +1,303 @@
+import { readFile } from "node:fs/promises";
+import path from "node:path";
+import { parse as parseToml, TomlError } from "smol-toml";
+import { z } from "zod";
+import { parseDuration } from "./formulas/duration.js";
+import { Secret } from "./secrets.js";
+import { fieldIssues, formatPath, schemaKeysAt } from "./validation.js";
+
+/** Forges formula-runner speaks to. Gitea and Forgejo share one REST dialect. */
+export const FORGES = ["github", "gitea", "forgejo"] as const;
+export type Forge = (typeof FORGES)[number];
+
+/** Server settings from the environment, every default in one place. */
+export interface Settings {
+  /** postgres:// URL; unset means the embedded PGlite database under `dataDir`. */
+  databaseUrl: Secret | undefined;
+  port: number;
+  host: string;
+  dataDir: string;
+  configFile: string;
+  /** True when FORMULA_RUNNER_CONFIG was set: then a missing file is an error. */
+  configFileExplicit: boolean;
+  formulasDir: string;
+  worktreeRoot: string;
+  /** From API_TOKEN; when unset the server generates one in `$DATA_DIR/api-token`. */
+  apiToken: Secret | undefined;
+  /** From INSTANCE_ID; when unset a stable one is kept in `$DATA_DIR/instance-id`. */
+  instanceId: string | undefined;
+  shutdownGraceMs: number;
+  maxSessions: number;
+  logLevel: string;
+}
+
+/** One repository on one forge, with a local clone on this host. */
+export interface ProjectConfig {
+  name: string;
+  repoPath: string;
+  primaryBranch: string;
+  forge: Forge;
+  forgeUrl: string;
+  /** `owner/name` on the forge. */
+  repo: string;
+  tokenEnv: string | undefined;
+  token: Secret | undefined;
+  webhookSecretEnv: string | undefined;
+  webhookSecret: Secret | undefined;
+  botLogin: string | undefined;
+  escalationIssue: number | undefined;
+}
+
+/** How to start one kind of agent. `{model}` and `{session_id}` are filled in per session. */
+export interface AgentProfile {
+  name: string;
+  command: readonly string[];
+  modelArgs: readonly string[];
+  resumeArgs: readonly string[];
+  env: Readonly<Record<string, string>>;
+}
+
+export interface Config {
+  settings: Settings;
+  projects: readonly ProjectConfig[];
+  agents: Readonly<Record<string, AgentProfile>>;
+  /** False when no config file exists (valid: the server runs with zero projects). */
+  configFileFound: boolean;
+  /** Things worth a log line that do not stop start-up (a token env var that is unset). */
+  warnings: readonly string[];
+}
+
+/** Start-up cannot go on: every problem, one `file: key: message` line each. */
+export class ConfigError extends Error {
+  readonly problems: readonly string[];
+
+  constructor(problems: readonly string[]) {
+    super(`invalid configuration:\n${problems.map((p) => `  ${p}`).join("\n")}`);
+    this.name = "ConfigError";
+    this.problems = problems;
+  }
+}
+
+/** The agent profile used when a formula names none and the config defines none. */
+export const DEFAULT_AGENTS: Readonly<Record<string, AgentProfile>> = Object.freeze({
+  claude: Object.freeze({
+    name: "claude",
+    command: Object.freeze([
+      "claude",
+      "-p",
+      "--output-format",
+      "stream-json",
+      "--verbose",
+      "--dangerously-skip-permissions",
+    ]),
+    modelArgs: Object.freeze(["--model", "{model}"]),
+    resumeArgs: Object.freeze(["--resume", "{session_id}"]),
+    env: Object.freeze({ CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: "1" }),
+  }),
+});
+
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const SLUG = /^[a-z0-9][a-z0-9_-]*$/;
+
+const projectSchema = z
+  .object({
+    name: z.string().regex(SLUG, "must be a slug: lower-case letters, digits, - and _"),
+    repo_path: z.string().min(1),
+    primary_branch: z.string().min(1).default("main"),
+    forge: z.enum(FORGES).default("github"),
+    forge_url: z.url({ protocol: /^https?$/ }).optional(),
+    repo: z.string().regex(/^[\w.-]+\/[\w.-]+$/, 'must be "owner/name"'),
+    token_env: z.string().regex(ENV_NAME, "must be an environment variable NAME").optional(),
+    webhook_secret_env: z.string().regex(ENV_NAME, "must be an environment variable NAME").optional(),
+    bot_login: z.string().min(1).optional(),
+    escalation_issue: z.number().int().positive().optional(),
+  })
+  .strict();
+
+const argList = z.array(z.string());
+
+const agentSchema = z
+  .object({
+    command: z.array(z.string().min(1)).min(1, "must name a program"),
+    model_args: argList.optional(),
+    resume_args: argList.optional(),
+    env: z.record(z.string().regex(ENV_NAME, "must be an environment variable name"), z.string()).optional(),
+  })
+  .strict();
+
+const fileSchema = z
+  .object({
+    projects: z.array(projectSchema).default([]),
+    agents: z.record(z.string().regex(SLUG, "agent names are slugs"), agentSchema).default({}),
+  })
+  .strict();
+
+type Env = Readonly<Record<string, string | undefined>>;
+
+/** Reads the environment: every default of DESIGN.md's "Environment" lives here. */
+export function loadSettings(env: Env = process.env, cwd = process.cwd()): { settings: Settings; problems: string[] } {
+  const problems: string[] = [];
+  const bad = (key: string, message: string) => problems.push(`environment: ${key}: ${message}`);
+  const text = (key: string) => {
+    const value = env[key];
+    return value === undefined || value.trim() === "" ? undefined : value.trim();
+  };
+  const int = (key: string, fallback: number, min: number, max: number) => {
+    const raw = text(key);
+    if (raw === undefined) return fallback;
+    const value = Number(raw);
+    if (!Number.isInteger(value) || value < min || value > max) {
+      bad(key, `expected an integer from ${min} to ${max}, found "${raw}"`);
+      return fallback;
+    }
+    return value;
+  };
+  const duration = (key: string, fallback: number) => {
+    const raw = text(key);
+    if (raw === undefined) return fallback;
+    const ms = /^\d+$/.test(raw) ? Number(raw) * 1000 : parseDuration(raw);
+    if (ms === undefined) {
+      bad(key, `expected a duration like 30s, 2m or a number of seconds, found "${raw}"`);
+      return fallback;
+    }
+    return ms;
+  };
+
+  const databaseUrl = text("DATABASE_URL");
+  if (databaseUrl !== undefined && !/^postgres(ql)?:\/\//.test(databaseUrl)) {
+    bad("DATABASE_URL", "expected a postgres:// or postgresql:// URL");
+  }
+  const logLevel = text("LOG_LEVEL") ?? "info";
+  if (!["fatal", "error", "warn", "info", "debug", "trace", "silent"].includes(logLevel)) {
+    bad("LOG_LEVEL", `expected one of fatal, error, warn, info, debug, trace, silent, found "${logLevel}"`);
+  }
+  const instanceId = text("INSTANCE_ID");
+  if (instanceId !== undefined && !/^[\w.-]{1,64}$/.test(instanceId)) {
+    bad("INSTANCE_ID", "expected 1-64 letters, digits, '.', '_' or '-'");
+  }
+
+  const dataDir = path.resolve(cwd, text("DATA_DIR") ?? ".formula-runner");
+  const configFile = text("FORMULA_RUNNER_CONFIG");
+  const settings: Settings = {
+    databaseUrl: databaseUrl === undefined ? undefined : new Secret(databaseUrl),
+    port: int("PORT", 8080, 0, 65535),
+    host: text("HOST") ?? "127.0.0.1",
+    dataDir,
+    configFile: path.resolve(cwd, configFile ?? "formula-runner.toml"),
+    configFileExplicit: configFile !== undefined,
+    formulasDir: path.resolve(cwd, text("FORMULAS_DIR") ?? "formulas"),
+    worktreeRoot: path.resolve(cwd, text("WORKTREE_ROOT") ?? path.join(dataDir, "worktrees")),
+    apiToken: text("API_TOKEN") === undefined ? undefined : new Secret(text("API_TOKEN") as string),
+    instanceId,
+    shutdownGraceMs: duration("SHUTDOWN_GRACE", 30_000),
+    maxSessions: int("MAX_SESSIONS", 4, 1, 256),
+    logLevel,
+  };
+  return { settings, problems };
+}
+
+/** Parses the text of `formula-runner.toml`; problems are `file: key: message` lines. */
+export function parseConfigFile(
+  file: string,
+  source: string,
+  env: Env = process.env,
+): { projects: ProjectConfig[]; agents: Record<string, AgentProfile>; problems: string[]; warnings: string[] } {
+  const empty = { projects: [], agents: { ...DEFAULT_AGENTS }, warnings: [] };
+  let raw: unknown;
+  try {
+    raw = parseToml(source);
+  } catch (error) {
+    const where = error instanceof TomlError ? `:${error.line}` : "";
+    const message = error instanceof Error ? error.message.split("\n")[0] : String(error);
+    return { ...empty, problems: [`${file}${where}: (toml): ${message}`] };
+  }
+  const parsed = fileSchema.safeParse(raw);
+  if (!parsed.success) {
+    const issues = fieldIssues(parsed.error.issues, raw, (p) => schemaKeysAt(fileSchema, p));
+    return { ...empty, problems: issues.map((i) => `${file}: ${formatPath(i.path) || "(file)"}: ${i.message}`) };
+  }
+
+  const problems: string[] = [];
+  const warnings: string[] = [];
+  const baseDir = path.dirname(file);
+  const seenNames = new Map<string, number>();
+  const seenRepos = new Map<string, number>();
+  const projects = parsed.data.projects.map((p, i): ProjectConfig => {
+    const at = (key: string) => `${file}: projects[${i}].${key}`;
+    const previous = seenNames.get(p.name);
+    if (previous !== undefined) problems.push(`${at("name")}: "${p.name}" is already used by projects[${previous}]`);
+    seenNames.set(p.name, i);
+    const repoKey = `${p.forge}:${p.repo.toLowerCase()}`;
+    const sameRepo = seenRepos.get(repoKey);
+    if (sameRepo !== undefined) {
+      problems.push(`${at("repo")}: "${p.repo}" is already configured by projects[${sameRepo}] (webhooks could not tell them apart)`);
+    }
+    seenRepos.set(repoKey, i);
+    if (p.forge !== "github" && p.forge_url === undefined) {
+      problems.push(`${at("forge_url")}: is required for ${p.forge} (like https://host/api/v1)`);
+    }
+    const secretFrom = (key: string, name: string | undefined) => {
+      if (name === undefined) return undefined;
+      const value = env[name];
+      if (value === undefined || value === "") {
+        warnings.push(`${at(key)}: environment variable ${name} is not set`);
+        return undefined;
+      }
+      return new Secret(value);
+    };
+    return Object.freeze({
+      name: p.name,
+      repoPath: path.resolve(baseDir, p.repo_path),
+      primaryBranch: p.primary_branch,
+      forge: p.forge,
+      forgeUrl: (p.forge_url ?? "https://api.github.com").replace(/\/+$/, ""),
+      repo: p.repo,
+      tokenEnv: p.token_env,
+      token: secretFrom("token_env", p.token_env),
+      webhookSecretEnv: p.webhook_secret_env,
+      webhookSecret: secretFrom("webhook_secret_env", p.webhook_secret_env),
+      botLogin: p.bot_login,
+      escalationIssue: p.escalation_issue,
+    });
+  });
+
+  const agents: Record<string, AgentProfile> = { ...DEFAULT_AGENTS };
+  for (const [name, a] of Object.entries(parsed.data.agents)) {
+    agents[name] = Object.freeze({
+      name,
+      command: Object.freeze([...a.command]),
+      modelArgs: Object.freeze([...(a.model_args ?? [])]),
+      resumeArgs: Object.freeze([...(a.resume_args ?? [])]),
+      env: Object.freeze({ ...(a.env ?? {}) }),
+    });
+  }
+  return { projects, agents, problems, warnings };
+}
+
+/**
+ * Loads settings from the environment and projects/agents from the config file. Throws
+ * `ConfigError` with every problem; a missing default config file is not a problem.
+ */
+export async function loadConfig(env: Env = process.env, cwd = process.cwd()): Promise<Config> {
+  const { settings, problems } = loadSettings(env, cwd);
+  let source: string | undefined;
+  try {
+    source = await readFile(settings.configFile, "utf8");
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code !== "ENOENT" || settings.configFileExplicit) {
+      const why = code === "ENOENT" ? "file not found (FORMULA_RUNNER_CONFIG names it)" : (error as Error).message;
+      problems.push(`${settings.configFile}: (file): ${why}`);
+    }
+  }
+  const file = source === undefined ? undefined : parseConfigFile(settings.configFile, source, env);
+  if (file) problems.push(...file.problems);
+  if (problems.length > 0) throw new ConfigError(problems);
+  return Object.freeze({
+    settings: Object.freeze(settings),
+    projects: Object.freeze(file?.projects ?? []),
+    agents: Object.freeze(file?.agents ?? { ...DEFAULT_AGENTS }),
+    configFileFound: source !== undefined,
+    warnings: Object.freeze(file?.warnings ?? []),
+  });
+}
