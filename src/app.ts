@@ -1,0 +1,72 @@
+import { Hono } from "hono";
+import { HTTPException } from "hono/http-exception";
+import { requestId } from "hono/request-id";
+import type { ContentfulStatusCode } from "hono/utils/http-status";
+import { healthRoutes } from "../routes/health.js";
+import { requireBearerToken } from "./auth.js";
+import { AppError, ERROR_STATUS, type ErrorCode } from "./errors.js";
+import type { Logger } from "./logger.js";
+import type { Services } from "./services.js";
+
+/** Typed per-request variables every route can read. */
+export interface AppEnv {
+  Variables: {
+    requestId: string;
+    log: Logger;
+  };
+}
+
+const codeForStatus = (status: number): ErrorCode => {
+  const entry = Object.entries(ERROR_STATUS).find(([, s]) => s === status);
+  return (entry?.[0] as ErrorCode | undefined) ?? (status >= 500 ? "internal" : "bad_request");
+};
+
+/**
+ * The HTTP application: request ids, scoped loggers, the error envelope and the routes.
+ * This file and `server.ts` are the composition root: the only files in src/ that
+ * import from routes/.
+ */
+export function createApp(services: Services): Hono<AppEnv> {
+  const app = new Hono<AppEnv>();
+
+  app.use(requestId());
+  app.use(async (c, next) => {
+    const log = services.log.child({ requestId: c.get("requestId") });
+    c.set("log", log);
+    const started = performance.now();
+    await next();
+    const quiet = c.req.path === "/healthz" || c.req.path === "/readyz" || c.req.path === "/metrics";
+    log[quiet && c.res.status < 400 ? "debug" : "info"](
+      { method: c.req.method, path: c.req.path, status: c.res.status, ms: Math.round(performance.now() - started) },
+      "request",
+    );
+  });
+
+  app.onError((error, c) => {
+    const request_id = c.get("requestId");
+    if (error instanceof AppError) {
+      return c.json(
+        { error: { code: error.code, message: error.message, ...error.details, request_id } },
+        error.status as ContentfulStatusCode,
+      );
+    }
+    if (error instanceof HTTPException) {
+      const status = error.status as ContentfulStatusCode;
+      return c.json({ error: { code: codeForStatus(status), message: error.message || "request failed", request_id } }, status);
+    }
+    (c.get("log") ?? services.log).error({ err: error }, "unhandled error");
+    return c.json({ error: { code: "internal", message: "internal server error", request_id } }, 500);
+  });
+
+  app.notFound((c) =>
+    c.json(
+      { error: { code: "not_found", message: `no route for ${c.req.method} ${c.req.path}`, request_id: c.get("requestId") } },
+      404,
+    ),
+  );
+
+  app.route("/", healthRoutes(services));
+  app.use("/api/*", requireBearerToken(services.apiToken));
+
+  return app;
+}

@@ -1,0 +1,189 @@
+import { mkdir } from "node:fs/promises";
+import type { AddressInfo } from "node:net";
+import { serve, type ServerType } from "@hono/node-server";
+import { type Database, openDatabase } from "../db/client.js";
+import { migrate } from "../db/migrate.js";
+import { ensureApiToken } from "./api-token.js";
+import { createApp } from "./app.js";
+import { type Config, loadConfig } from "./config.js";
+import { errorMessage } from "./errors.js";
+import { FormulaStore } from "./formulas/store.js";
+import { InstanceHeartbeat, resolveInstanceId } from "./instance.js";
+import { createLogger, type Logger, type LoggerOptions } from "./logger.js";
+import { VERSION } from "./package-info.js";
+import { SecretRegistry } from "./secrets.js";
+import type { Services } from "./services.js";
+
+/** A long-lived part of the server. `stop()` is idempotent and waits for work in flight. */
+export interface Component {
+  name: string;
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export interface StartOptions {
+  env?: Readonly<Record<string, string | undefined>>;
+  cwd?: string;
+  /** Where log lines go (tests collect them); stdout by default. */
+  logDestination?: LoggerOptions["destination"];
+}
+
+export interface RunningServer {
+  url: string;
+  port: number;
+  services: Services;
+  /** Stops intake, then every component in reverse order, then the database. Idempotent. */
+  stop(): Promise<void>;
+}
+
+/** Every secret value of the configuration, so logs and comments can be scrubbed of them. */
+export function collectSecrets(config: Config): SecretRegistry {
+  const secrets = new SecretRegistry();
+  secrets.add(config.settings.apiToken);
+  for (const project of config.projects) {
+    secrets.add(project.token);
+    secrets.add(project.webhookSecret);
+  }
+  const url = config.settings.databaseUrl?.reveal();
+  if (url) {
+    try {
+      secrets.add(decodeURIComponent(new URL(url).password));
+    } catch {
+      secrets.add(url);
+    }
+  }
+  return secrets;
+}
+
+/** Opens the configured database and applies pending migrations, saying what it does. */
+export async function openAndMigrate(config: Config, log: Logger): Promise<Database> {
+  const { settings } = config;
+  const url = settings.databaseUrl?.reveal();
+  if (!url) {
+    log.info({ dataDir: settings.dataDir }, "opening the embedded database (the first start takes a few seconds)");
+  }
+  const database = await openDatabase(url ? { url } : { dataDir: `${settings.dataDir}/pgdata` });
+  try {
+    const result = await migrate(database);
+    for (const tag of result.edited) log.warn({ migration: tag }, `migration ${tag} changed after it was applied`);
+    log.info(
+      { database: database.kind, location: database.location, applied: result.applied },
+      result.applied.length > 0 ? `applied ${result.applied.length} migration(s)` : "database schema is up to date",
+    );
+  } catch (error) {
+    await database.close();
+    throw error;
+  }
+  return database;
+}
+
+/**
+ * The composition root: config -> logger -> database -> migrations -> components -> HTTP.
+ * Throws `ConfigError` for a bad configuration before anything is started.
+ */
+export async function startServer(options: StartOptions = {}): Promise<RunningServer> {
+  const config = await loadConfig(options.env ?? process.env, options.cwd ?? process.cwd());
+  const { settings } = config;
+  const secrets = collectSecrets(config);
+  const log = createLogger({ level: settings.logLevel, secrets, destination: options.logDestination });
+
+  await mkdir(settings.dataDir, { recursive: true, mode: 0o700 });
+  const apiToken = await ensureApiToken(settings.dataDir, settings.apiToken, log);
+  secrets.add(apiToken);
+  const instanceId = await resolveInstanceId(settings.dataDir, settings.instanceId);
+  const instanceLog = log.child({ instanceId });
+
+  for (const warning of config.warnings) instanceLog.warn(`config: ${warning}`);
+  if (!config.configFileFound) {
+    instanceLog.warn({ file: settings.configFile }, `no config file at ${settings.configFile}: running with zero projects`);
+  } else {
+    instanceLog.info({ projects: config.projects.map((p) => p.name) }, `${config.projects.length} project(s) configured`);
+  }
+
+  const database = await openAndMigrate(config, instanceLog);
+  const formulas = new FormulaStore(settings.formulasDir, instanceLog);
+  const services: Services = {
+    config,
+    database,
+    log: instanceLog,
+    instanceId,
+    version: VERSION,
+    apiToken,
+    secrets,
+    formulas,
+    intake: { accepting: true },
+  };
+
+  const components: Component[] = [];
+  const started: Component[] = [];
+  const heartbeat = new InstanceHeartbeat(database, instanceId, VERSION, instanceLog);
+  components.push({ name: "heartbeat", start: () => heartbeat.start(), stop: () => heartbeat.stop() });
+  components.push({
+    name: "formulas",
+    start: async () => {
+      await formulas.reload();
+    },
+    stop: async () => {},
+  });
+
+  let httpServer: ServerType | undefined;
+  let stopping: Promise<void> | undefined;
+  const stop = () => {
+    stopping ??= (async () => {
+      services.intake.accepting = false;
+      instanceLog.info("stopping: no new work accepted");
+      if (httpServer) await closeHttpServer(httpServer);
+      for (const component of [...started].reverse()) {
+        try {
+          await component.stop();
+        } catch (error) {
+          instanceLog.error({ err: error, component: component.name }, `stopping ${component.name} failed: ${errorMessage(error)}`);
+        }
+      }
+      await database.close();
+      instanceLog.info("stopped");
+    })();
+    return stopping;
+  };
+
+  try {
+    for (const component of components) {
+      await component.start();
+      started.push(component);
+    }
+    const app = createApp(services);
+    const address = await new Promise<AddressInfo>((resolve, reject) => {
+      const server = serve({ fetch: app.fetch, port: settings.port, hostname: settings.host }, (info) => resolve(info));
+      server.once("error", reject);
+      httpServer = server;
+    });
+    const host = address.address.includes(":") ? `[${address.address}]` : address.address;
+    const url = `http://${host}:${address.port}`;
+    instanceLog.info({ url, version: VERSION, database: database.kind }, `formula-runner ${VERSION} listening on ${url}`);
+    return { url, port: address.port, services, stop };
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+}
+
+/** How long requests in flight (a streamed log, say) may take to finish at shutdown. */
+const HTTP_DRAIN_MS = 5_000;
+
+/**
+ * Stops accepting connections, closes idle keep-alive ones and waits for requests in
+ * flight; streams still open after HTTP_DRAIN_MS are cut.
+ */
+function closeHttpServer(server: ServerType): Promise<void> {
+  return new Promise((resolve) => {
+    if (!server.listening) return resolve();
+    const force = setTimeout(() => {
+      if ("closeAllConnections" in server) server.closeAllConnections();
+    }, HTTP_DRAIN_MS);
+    server.close(() => {
+      clearTimeout(force);
+      resolve();
+    });
+    if ("closeIdleConnections" in server) server.closeIdleConnections();
+  });
+}

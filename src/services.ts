@@ -1,0 +1,23 @@
+import type { Config } from "./config.js";
+import type { Database } from "../db/client.js";
+import type { FormulaStore } from "./formulas/store.js";
+import type { Logger } from "./logger.js";
+import type { Secret, SecretRegistry } from "./secrets.js";
+
+/** Whether the server takes new work; false once shutdown has begun. */
+export interface Intake {
+  accepting: boolean;
+}
+
+/** Everything route handlers and components share; built once by `startServer`. */
+export interface Services {
+  config: Config;
+  database: Database;
+  log: Logger;
+  instanceId: string;
+  version: string;
+  apiToken: Secret;
+  secrets: SecretRegistry;
+  formulas: FormulaStore;
+  intake: Intake;
+}
