@@ -1,0 +1,52 @@
+import type { Database } from "../../db/client.js";
+import { type Config, loadSettings } from "../../src/config.js";
+import { DEFAULT_AGENTS, type ProjectConfig } from "../../src/config.js";
+import { FormulaStore } from "../../src/formulas/store.js";
+import { createLogger } from "../../src/logger.js";
+import { Secret, SecretRegistry } from "../../src/secrets.js";
+import type { Services } from "../../src/services.js";
+
+export const TEST_API_TOKEN = "test-api-token-0123456789";
+
+export interface TestServicesOptions {
+  database: Database;
+  env?: Record<string, string>;
+  projects?: ProjectConfig[];
+  formulasDir?: string;
+  /** Collects log lines; silent by default. */
+  logLines?: string[];
+}
+
+/** Services for `createApp` in tests: a real database, a real logger, no network. */
+export function testServices(options: TestServicesOptions): Services {
+  const { settings } = loadSettings({ API_TOKEN: TEST_API_TOKEN, ...options.env });
+  const config: Config = {
+    settings,
+    projects: options.projects ?? [],
+    agents: DEFAULT_AGENTS,
+    configFileFound: options.projects !== undefined,
+    warnings: [],
+  };
+  const secrets = new SecretRegistry();
+  const apiToken = new Secret(TEST_API_TOKEN);
+  secrets.add(apiToken);
+  const lines = options.logLines;
+  const log = createLogger({
+    level: lines ? "debug" : "silent",
+    secrets,
+    destination: { write: (line: string) => lines?.push(line) },
+  });
+  return {
+    config,
+    database: options.database,
+    log,
+    instanceId: "test-instance",
+    version: "0.0.0-test",
+    apiToken,
+    secrets,
+    formulas: new FormulaStore(options.formulasDir ?? settings.formulasDir, log),
+    intake: { accepting: true },
+  };
+}
+
+export const authHeaders = { authorization: `Bearer ${TEST_API_TOKEN}` };
