@@ -1,5 +1,5 @@
 import { sql } from "drizzle-orm";
-import { bigint, check, index, integer, jsonb, pgTable, text, timestamp } from "drizzle-orm/pg-core";
+import { bigint, check, index, integer, jsonb, pgTable, text, timestamp, uniqueIndex } from "drizzle-orm/pg-core";
 import { deliveries } from "./deliveries.js";
 
 export const RUN_STATUSES = [
@@ -20,6 +20,13 @@ export const FINAL_RUN_STATUSES = ["done", "failed", "crashed", "timed_out", "ca
 
 export const SKIP_REASONS = ["busy", "low_memory"] as const;
 export type SkipReason = (typeof SKIP_REASONS)[number];
+
+/** What a run does when its concurrency key is held: copied from the formula when queued. */
+export const ON_BUSY_POLICIES = ["skip", "queue", "cancel-running"] as const;
+export type OnBusy = (typeof ON_BUSY_POLICIES)[number];
+
+/** Statuses that hold a run's concurrency key (a run waiting for a human still holds it). */
+export const KEY_HOLDING_STATUSES = ["running", "escalated"] as const;
 
 export const TRIGGER_KINDS = ["webhook", "schedule", "dispatch"] as const;
 export type TriggerKind = (typeof TRIGGER_KINDS)[number];
@@ -45,6 +52,7 @@ export const runs = pgTable(
     /** Number of sessions started so far. */
     attempt: integer("attempt").notNull().default(0),
     concurrencyKey: text("concurrency_key"),
+    onBusy: text("on_busy").$type<OnBusy>().notNull().default("skip"),
     queuedAt: timestamp("queued_at", { withTimezone: true }).notNull().defaultNow(),
     startedAt: timestamp("started_at", { withTimezone: true }),
     finishedAt: timestamp("finished_at", { withTimezone: true }),
@@ -58,6 +66,12 @@ export const runs = pgTable(
     index("runs_status_queued_at_idx").on(t.status, t.queuedAt),
     index("runs_formula_project_idx").on(t.formula, t.project),
     index("runs_concurrency_key_idx").on(t.concurrencyKey),
+    // One running (or escalated) run per key, across every instance: the database, not a
+    // lock file, is what keeps two sessions off the same work.
+    uniqueIndex("runs_concurrency_key_held_idx")
+      .on(t.concurrencyKey)
+      .where(sql`${t.concurrencyKey} is not null and ${t.status} in ('running', 'escalated')`),
+    index("runs_instance_status_idx").on(t.instanceId, t.status),
     check("runs_status_check", sql`${t.status} in (${inList(RUN_STATUSES)})`),
     check("runs_trigger_kind_check", sql`${t.triggerKind} in (${inList(TRIGGER_KINDS)})`),
   ],

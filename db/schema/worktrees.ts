@@ -1,5 +1,5 @@
 import { sql } from "drizzle-orm";
-import { bigint, check, index, pgTable, text, timestamp } from "drizzle-orm/pg-core";
+import { bigint, check, index, pgTable, text, timestamp, uniqueIndex } from "drizzle-orm/pg-core";
 import { runs } from "./runs.js";
 
 export const WORKTREE_STATES = ["active", "preserved", "removed"] as const;
@@ -26,10 +26,13 @@ export const worktrees = pgTable(
     expiresAt: timestamp("expires_at", { withTimezone: true }),
     removedAt: timestamp("removed_at", { withTimezone: true }),
     removedBy: text("removed_by").$type<WorktreeRemover>(),
+    /** Size on disk when it was preserved (walked once, not on every listing). */
+    sizeBytes: bigint("size_bytes", { mode: "number" }),
   },
   (t) => [
     index("worktrees_state_expires_idx").on(t.state, t.expiresAt),
     index("worktrees_run_id_idx").on(t.runId),
+    uniqueIndex("worktrees_path_idx").on(t.path),
     check("worktrees_state_check", sql`${t.state} in ('active', 'preserved', 'removed')`),
   ],
 );
