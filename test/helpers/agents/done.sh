@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Writes PHASE:working (rename-replace), then PHASE:done (direct write), exits 0.
+set -euo pipefail
+if [ -n "${PROMPT_COPY:-}" ]; then cat > "$PROMPT_COPY"; else cat > /dev/null; fi
+echo "done.sh: starting in $PWD"
+printf 'PHASE:working\n' > "$PHASE_FILE.tmp" && mv "$PHASE_FILE.tmp" "$PHASE_FILE"
+sleep 0.1
+echo "done.sh: work finished" >&2
+printf 'PHASE:done\n' > "$PHASE_FILE"
+echo "done.sh: exiting 0"

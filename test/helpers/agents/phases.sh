@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Five phases 0.1 s apart: planning, implementing, testing, reviewing, done.
+set -euo pipefail
+if [ -n "${PROMPT_COPY:-}" ]; then cat > "$PROMPT_COPY"; else cat > /dev/null; fi
+n=0
+for phase in planning implementing testing reviewing done; do
+  n=$((n + 1))
+  echo "phases.sh: $phase"
+  # Alternate a direct write and a rename-replace.
+  if [ $((n % 2)) -eq 1 ]; then
+    printf 'PHASE:%s\n' "$phase" > "$PHASE_FILE"
+  else
+    printf 'PHASE:%s\n' "$phase" > "$PHASE_FILE.tmp" && mv "$PHASE_FILE.tmp" "$PHASE_FILE"
+  fi
+  if [ "$phase" != done ]; then sleep 0.1; fi
+done
