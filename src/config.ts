@@ -27,6 +27,8 @@ export interface Settings {
   /** From INSTANCE_ID; when unset a stable one is kept in `$DATA_DIR/instance-id`. */
   instanceId: string | undefined;
   shutdownGraceMs: number;
+  /** After SIGTERM to an agent's process group, how long before SIGKILL (KILL_GRACE, 10 s). */
+  killGraceMs: number;
   maxSessions: number;
   logLevel: string;
 }
@@ -190,6 +192,7 @@ export function loadSettings(env: Env = process.env, cwd = process.cwd()): { set
     apiToken: text("API_TOKEN") === undefined ? undefined : new Secret(text("API_TOKEN") as string),
     instanceId,
     shutdownGraceMs: duration("SHUTDOWN_GRACE", 30_000),
+    killGraceMs: duration("KILL_GRACE", 10_000),
     maxSessions: int("MAX_SESSIONS", 4, 1, 256),
     logLevel,
   };

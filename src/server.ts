@@ -8,6 +8,12 @@ import { createApp } from "./app.js";
 import { type Config, loadConfig } from "./config.js";
 import { errorMessage } from "./errors.js";
 import { FormulaStore } from "./formulas/store.js";
+import { Housekeeping } from "./housekeeping.js";
+import { type MemoryProbe, readAvailableMemoryMb } from "./memory.js";
+import type { RunObserver } from "./runs/run-executor.js";
+import { RunService } from "./runs/run-service.js";
+import { RunWorker } from "./runs/run-worker.js";
+import { WorktreeManager } from "./worktrees/worktree-manager.js";
 import { InstanceHeartbeat, resolveInstanceId } from "./instance.js";
 import { createLogger, type Logger, type LoggerOptions } from "./logger.js";
 import { VERSION } from "./package-info.js";
@@ -26,6 +32,14 @@ export interface StartOptions {
   cwd?: string;
   /** Where log lines go (tests collect them); stdout by default. */
   logDestination?: LoggerOptions["destination"];
+  /** Available memory probe (tests simulate a host under pressure). */
+  readMemory?: MemoryProbe;
+  /** Clock for expiries and deadlines. */
+  now?: () => Date;
+  /** Extra observers of run events. */
+  observers?: RunObserver[];
+  /** An open, migrated database to use instead of the configured one (tests); the caller closes it. */
+  database?: Database;
 }
 
 export interface RunningServer {
@@ -100,8 +114,35 @@ export async function startServer(options: StartOptions = {}): Promise<RunningSe
     instanceLog.info({ projects: config.projects.map((p) => p.name) }, `${config.projects.length} project(s) configured`);
   }
 
-  const database = await openAndMigrate(config, instanceLog);
+  const database = options.database ?? (await openAndMigrate(config, instanceLog));
   const formulas = new FormulaStore(settings.formulasDir, instanceLog);
+  const now = options.now ?? (() => new Date());
+  const worktrees = new WorktreeManager({ database, root: settings.worktreeRoot, instanceId, log: instanceLog, now });
+  let serverUrl: string | undefined;
+  const worker = new RunWorker(
+    {
+      database,
+      config,
+      formulas,
+      worktrees,
+      log: instanceLog,
+      instanceId,
+      secrets,
+      apiToken,
+      serverEnv: options.env ?? process.env,
+      serverUrl: () => serverUrl,
+      observers: [...(options.observers ?? [])],
+      now,
+      terminalLingerMs: 60_000,
+    },
+    {
+      maxSessions: settings.maxSessions,
+      shutdownGraceMs: settings.shutdownGraceMs,
+      readMemory: options.readMemory ?? (() => readAvailableMemoryMb()),
+    },
+  );
+  const runService = new RunService({ database, config, formulas, worktrees, worker, secrets, log: instanceLog });
+  const housekeeping = new Housekeeping({ worktrees, projects: config.projects, log: instanceLog });
   const services: Services = {
     config,
     database,
@@ -111,6 +152,8 @@ export async function startServer(options: StartOptions = {}): Promise<RunningSe
     apiToken,
     secrets,
     formulas,
+    runs: runService,
+    worktrees,
     intake: { accepting: true },
   };
 
@@ -125,6 +168,8 @@ export async function startServer(options: StartOptions = {}): Promise<RunningSe
     },
     stop: async () => {},
   });
+  components.push({ name: "housekeeping", start: () => housekeeping.start(), stop: () => housekeeping.stop() });
+  components.push({ name: "run worker", start: () => worker.start(), stop: () => worker.stop() });
 
   let httpServer: ServerType | undefined;
   let stopping: Promise<void> | undefined;
@@ -140,7 +185,7 @@ export async function startServer(options: StartOptions = {}): Promise<RunningSe
           instanceLog.error({ err: error, component: component.name }, `stopping ${component.name} failed: ${errorMessage(error)}`);
         }
       }
-      await database.close();
+      if (!options.database) await database.close();
       instanceLog.info("stopped");
     })();
     return stopping;
@@ -159,6 +204,7 @@ export async function startServer(options: StartOptions = {}): Promise<RunningSe
     });
     const host = address.address.includes(":") ? `[${address.address}]` : address.address;
     const url = `http://${host}:${address.port}`;
+    serverUrl = url;
     instanceLog.info({ url, version: VERSION, database: database.kind }, `formula-runner ${VERSION} listening on ${url}`);
     return { url, port: address.port, services, stop };
   } catch (error) {

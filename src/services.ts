@@ -2,7 +2,9 @@ import type { Config } from "./config.js";
 import type { Database } from "../db/client.js";
 import type { FormulaStore } from "./formulas/store.js";
 import type { Logger } from "./logger.js";
+import type { RunService } from "./runs/run-service.js";
 import type { Secret, SecretRegistry } from "./secrets.js";
+import type { WorktreeManager } from "./worktrees/worktree-manager.js";
 
 /** Whether the server takes new work; false once shutdown has begun. */
 export interface Intake {
@@ -19,5 +21,7 @@ export interface Services {
   apiToken: Secret;
   secrets: SecretRegistry;
   formulas: FormulaStore;
+  runs: RunService;
+  worktrees: WorktreeManager;
   intake: Intake;
 }

@@ -1,0 +1,86 @@
+import type { AgentProfile, ProjectConfig } from "../config.js";
+import type { Formula } from "../formulas/schema.js";
+
+/**
+ * Variables of the server's own environment an agent inherits. Everything else (the
+ * database URL, the API token, webhook secrets, other projects' tokens) stays out.
+ */
+const PASSED_THROUGH = [
+  "PATH",
+  "HOME",
+  "USER",
+  "LOGNAME",
+  "SHELL",
+  "LANG",
+  "LANGUAGE",
+  "TZ",
+  "TMPDIR",
+  "TERM",
+  "SSH_AUTH_SOCK",
+  "IS_SANDBOX",
+  "HTTP_PROXY",
+  "HTTPS_PROXY",
+  "NO_PROXY",
+  "http_proxy",
+  "https_proxy",
+  "no_proxy",
+  "NODE_EXTRA_CA_CERTS",
+  "SSL_CERT_FILE",
+];
+/** Prefixes passed through: locale settings and the agent CLIs' own configuration. */
+const PASSED_PREFIXES = ["LC_", "ANTHROPIC_", "CLAUDE_", "GIT_AUTHOR_", "GIT_COMMITTER_"];
+
+export interface AgentEnvInput {
+  serverEnv: Readonly<Record<string, string | undefined>>;
+  profile: AgentProfile;
+  formula: Formula;
+  project: ProjectConfig;
+  runId: number;
+  issue: number | undefined;
+  phaseFile: string;
+  scratchFile: string;
+  worktree: string;
+  /** Where the agent can reach this server's API (supervisor-style formulas use it). */
+  serverUrl: string | undefined;
+  apiToken: string | undefined;
+  escalationReply?: string | undefined;
+}
+
+/** The complete environment of an agent process, per DESIGN's list, nothing more. */
+export function agentEnv(input: AgentEnvInput): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [name, value] of Object.entries(input.serverEnv)) {
+    if (value === undefined) continue;
+    if (PASSED_THROUGH.includes(name) || PASSED_PREFIXES.some((p) => name.startsWith(p))) env[name] = value;
+  }
+  Object.assign(env, input.profile.env, input.formula.env);
+  // The forge token, under the name the prompt tells the agent to use.
+  const token = input.project.token?.reveal();
+  if (input.project.tokenEnv && token) env[input.project.tokenEnv] = token;
+  if (input.serverUrl) env.FORMULA_RUNNER_URL = input.serverUrl;
+  if (input.apiToken) env.FORMULA_RUNNER_TOKEN = input.apiToken;
+  // The server's own variables last: a formula cannot override them.
+  Object.assign(env, {
+    PHASE_FILE: input.phaseFile,
+    SCRATCH_FILE: input.scratchFile,
+    RUN_ID: String(input.runId),
+    FORMULA: input.formula.name,
+    PROJECT: input.project.name,
+    PROJECT_REPO_ROOT: input.project.repoPath,
+    WORKTREE: input.worktree,
+    PRIMARY_BRANCH: input.project.primaryBranch,
+  });
+  if (input.issue !== undefined) env.ISSUE = String(input.issue);
+  if (input.escalationReply !== undefined) env.ESCALATION_REPLY = input.escalationReply;
+  return env;
+}
+
+/** `command` of a profile with the model and resume arguments filled in. */
+export function agentCommand(profile: AgentProfile, model: string | undefined, resumeSessionId: string | undefined): string[] {
+  const argv = [...profile.command];
+  if (model !== undefined) argv.push(...profile.modelArgs.map((a) => a.replaceAll("{model}", model)));
+  if (resumeSessionId !== undefined && profile.resumeArgs.length > 0) {
+    argv.push(...profile.resumeArgs.map((a) => a.replaceAll("{session_id}", resumeSessionId)));
+  }
+  return argv;
+}

@@ -1,0 +1,411 @@
+import { access, readFile, rm } from "node:fs/promises";
+import path from "node:path";
+import { and, asc, desc, eq, sql } from "drizzle-orm";
+import type { Database } from "../../db/client.js";
+import {
+  escalations,
+  type Escalation,
+  type Phase,
+  type Run,
+  type RunStatus,
+  runs,
+  type Session,
+  type SessionKind,
+  sessions,
+  worktrees,
+  type Worktree,
+} from "../../db/schema/index.js";
+import type { Config, ProjectConfig } from "../config.js";
+import { errorMessage } from "../errors.js";
+import { buildPrompt, type RecoveryContext } from "../formulas/prompt.js";
+import type { Formula } from "../formulas/schema.js";
+import type { FormulaStore } from "../formulas/store.js";
+import type { Logger } from "../logger.js";
+import type { Secret, SecretRegistry } from "../secrets.js";
+import { WorktreeError, type WorktreeManager } from "../worktrees/worktree-manager.js";
+import { agentCommand, agentEnv } from "./agent-env.js";
+import { readContextFiles, runContextCommands, worktreeState } from "./prompt-inputs.js";
+import type { RunEvent } from "./run-event.js";
+import { describeExit, type SessionOutcome, SessionRunner, type StopCause } from "./session-runner.js";
+
+/** Things that want to hear about runs (status comments, metrics); failures are logged, never fatal. */
+export interface RunObserver {
+  runStarted?(run: Run): Promise<void> | void;
+  phaseRecorded?(run: Run, phase: Phase): Promise<void> | void;
+  escalated?(run: Run, escalation: Escalation): Promise<void> | void;
+  runFinished?(run: Run, worktree: Worktree | undefined): Promise<void> | void;
+}
+
+export interface RunEngineDeps {
+  database: Database;
+  config: Config;
+  formulas: FormulaStore;
+  worktrees: WorktreeManager;
+  log: Logger;
+  instanceId: string;
+  secrets: SecretRegistry;
+  apiToken: Secret;
+  /** The server's own environment, filtered by `agentEnv`. */
+  serverEnv: Readonly<Record<string, string | undefined>>;
+  /** Where agents can reach this server, once it listens. */
+  serverUrl: () => string | undefined;
+  observers: RunObserver[];
+  now: () => Date;
+  /** After a terminal phase, how long an agent may take to exit (DESIGN: 60 s). */
+  terminalLingerMs: number;
+}
+
+/** Files of one run under `$DATA_DIR/runs/<id>/`. */
+export function runPaths(dataDir: string, runId: number) {
+  const dir = path.join(dataDir, "runs", String(runId));
+  return {
+    dir,
+    log: path.join(dir, "log"),
+    phaseFile: path.join(dir, "phase"),
+    scratchFile: path.join(dir, "scratch.md"),
+    prompt: path.join(dir, "prompt.md"),
+  };
+}
+
+const FINAL_BY_OUTCOME = { failed: "failed", crashed: "crashed", timed_out: "timed_out" } as const;
+
+/**
+ * Carries one claimed run through its sessions to its final status: worktree, prompt,
+ * session, outcome, one recovery after a crash, and the worktree's fate. The only owner
+ * of the run's agent process while it lives.
+ */
+export class RunExecution {
+  #runner: SessionRunner | undefined;
+  #stopCause: StopCause | undefined;
+  readonly #deps: RunEngineDeps;
+  readonly #log: Logger;
+  run: Run;
+
+  constructor(deps: RunEngineDeps, run: Run) {
+    this.#deps = deps;
+    this.run = run;
+    this.#log = deps.log.child({ runId: run.id, formula: run.formula, project: run.project });
+  }
+
+  /** Stops the run for good (`cancelled`). */
+  cancel(why: string): void {
+    this.#stop({ kind: "cancelled", why });
+  }
+
+  /** Stops the session for a server shutdown; the run stays `running` for the next start to take over. */
+  interrupt(): void {
+    this.#stop({ kind: "interrupted" });
+  }
+
+  #stop(cause: StopCause): void {
+    this.#stopCause ??= cause;
+    this.#runner?.stop(cause);
+  }
+
+  /**
+   * `start`: a freshly claimed run. `takeover`: a run this instance left `running` when it
+   * died; its agent group is already stopped, and it counts as a crash.
+   */
+  async execute(mode: "start" | "takeover"): Promise<void> {
+    try {
+      await this.#execute(mode);
+    } catch (error) {
+      this.#log.error({ err: error }, `run failed unexpectedly: ${errorMessage(error)}`);
+      await this.#finish("failed", `internal error: ${errorMessage(error)}`, undefined).catch((e: unknown) =>
+        this.#log.error({ err: e }, "could not record the failure"),
+      );
+    }
+  }
+
+  async #execute(mode: "start" | "takeover"): Promise<void> {
+    const { config, formulas } = this.#deps;
+    const formula = formulas.get(this.run.formula);
+    const project = config.projects.find((p) => p.name === this.run.project);
+    if (!formula || !project) {
+      const what = !formula ? `formula "${this.run.formula}" is not loaded` : `project "${this.run.project}" is not configured`;
+      await this.#finish("failed", what, undefined);
+      return;
+    }
+    const paths = runPaths(config.settings.dataDir, this.run.id);
+    const previous = await this.#deps.database.db
+      .select()
+      .from(sessions)
+      .where(eq(sessions.runId, this.run.id))
+      .orderBy(asc(sessions.seq));
+    let recoveryUsed = previous.some((s) => s.kind === "recovery");
+    let worktree = await this.#activeWorktree();
+
+    let kind: SessionKind = "initial";
+    let recovery: RecoveryContext | undefined;
+    if (mode === "takeover" && previous.length > 0) {
+      const last = previous[previous.length - 1] as Session;
+      if (!worktree || !(await exists(worktree.path))) {
+        await this.#finish("crashed", "the server stopped during the run and its worktree is gone", worktree);
+        return;
+      }
+      if (recoveryUsed) {
+        await this.#finish("crashed", "the server stopped during the recovery session", worktree);
+        return;
+      }
+      recoveryUsed = true;
+      kind = "recovery";
+      recovery = { lastPhase: this.run.phase ?? undefined, exitDescription: last.detail ?? "the server restarted", ...(await worktreeState(worktree.path)) };
+    }
+
+    if (!worktree) {
+      try {
+        worktree = await this.#deps.worktrees.create({ runId: this.run.id, project, formula: formula.name });
+      } catch (error) {
+        const detail = error instanceof WorktreeError ? error.message : `could not make the worktree: ${errorMessage(error)}`;
+        await this.#finish("failed", detail, undefined);
+        return;
+      }
+    } else if (!(await exists(worktree.path))) {
+      await this.#finish("failed", `worktree ${worktree.path} is missing`, worktree);
+      return;
+    }
+    if (mode === "start") await this.#notify("runStarted", (o) => o.runStarted?.(this.run));
+
+    let seq = previous.length;
+    for (;;) {
+      if (this.#stopCause) {
+        await this.#settleStopped(this.#stopCause, worktree);
+        return;
+      }
+      seq += 1;
+      const { outcome, session, lastPhase } = await this.#runSession({ formula, project, worktree, paths, seq, kind, recovery });
+      switch (outcome.kind) {
+        case "phase":
+          if (outcome.phase === "done" || outcome.phase === "merged") {
+            await rm(paths.scratchFile, { force: true });
+            await this.#finish("done", null, worktree);
+          } else if (outcome.phase === "failed") {
+            await this.#finish("failed", outcome.detail ?? "the agent wrote PHASE:failed", worktree);
+          } else {
+            await this.#escalate(formula, session, outcome.body);
+          }
+          return;
+        case "no_phase":
+          await this.#finish("failed", `the agent exited 0 without writing a phase${tailNote(session)}`, worktree);
+          return;
+        case "spawn_failed":
+          await this.#finish("failed", `could not start the agent: ${outcome.message}`, worktree);
+          return;
+        case "crash":
+          if (!recoveryUsed) {
+            recoveryUsed = true;
+            kind = "recovery";
+            recovery = { lastPhase, exitDescription: describeExit(outcome.exit), ...(await worktreeState(worktree.path)) };
+            this.#log.warn({ exit: outcome.exit }, "agent crashed; starting the one recovery session");
+            continue;
+          }
+          await this.#finish("crashed", `the agent crashed twice (last: ${describeExit(outcome.exit)})${tailNote(session)}`, worktree);
+          return;
+        case "timed_out":
+        case "cancelled":
+        case "interrupted":
+          await this.#settleStopped(outcome, worktree);
+          return;
+      }
+    }
+  }
+
+  async #settleStopped(cause: StopCause | Extract<SessionOutcome, { kind: "interrupted" }>, worktree: Worktree): Promise<void> {
+    if (cause.kind === "interrupted") {
+      // Left `running` on purpose: the next start of this instance takes it over.
+      this.#log.info("session interrupted by shutdown; the run will be taken over on restart");
+      return;
+    }
+    await this.#finish(cause.kind === "timed_out" ? "timed_out" : "cancelled", cause.why, worktree);
+  }
+
+  async #runSession(args: {
+    formula: Formula;
+    project: ProjectConfig;
+    worktree: Worktree;
+    paths: ReturnType<typeof runPaths>;
+    seq: number;
+    kind: SessionKind;
+    recovery: RecoveryContext | undefined;
+  }) {
+    const { formula, project, worktree, paths, seq, kind, recovery } = args;
+    const { config } = this.#deps;
+    const profile = config.agents[formula.agent];
+    if (!profile) {
+      return {
+        outcome: { kind: "spawn_failed", message: `agent profile "${formula.agent}" is not configured` } as SessionOutcome,
+        session: undefined as unknown as Session,
+        lastPhase: undefined,
+      };
+    }
+    const issue = this.run.issue ?? undefined;
+    const env = agentEnv({
+      serverEnv: this.#deps.serverEnv,
+      profile,
+      formula,
+      project,
+      runId: this.run.id,
+      issue,
+      phaseFile: paths.phaseFile,
+      scratchFile: paths.scratchFile,
+      worktree: worktree.path,
+      serverUrl: this.#deps.serverUrl(),
+      apiToken: this.#deps.apiToken.reveal(),
+    });
+    const [contextFiles, contextOutputs, scratch] = await Promise.all([
+      readContextFiles(formula, worktree.path, project.repoPath),
+      runContextCommands(
+        formula,
+        {
+          worktree: worktree.path,
+          project: project.name,
+          formula: formula.name,
+          run_id: this.run.id,
+          repo_root: project.repoPath,
+          primary_branch: project.primaryBranch,
+        },
+        env,
+        this.#log,
+      ),
+      readFile(paths.scratchFile, "utf8").catch(() => undefined),
+    ]);
+    const prompt = buildPrompt({
+      formula,
+      project,
+      runId: this.run.id,
+      issue,
+      event: (this.run.event as RunEvent | null) ?? undefined,
+      worktree: worktree.path,
+      phaseFile: paths.phaseFile,
+      scratchFile: paths.scratchFile,
+      contextFiles,
+      contextOutputs,
+      scratch,
+      recovery,
+      envNames: Object.keys(env).sort(),
+    });
+    const runner = new SessionRunner(
+      {
+        runId: this.run.id,
+        seq,
+        kind,
+        command: agentCommand(profile, formula.model, undefined),
+        cwd: worktree.path,
+        env,
+        prompt,
+        runDir: paths.dir,
+        phaseFile: paths.phaseFile,
+        timeoutMs: formula.timeoutMs,
+        maxDurationMs: formula.maxDurationMs,
+        killGraceMs: config.settings.killGraceMs,
+        terminalLingerMs: this.#deps.terminalLingerMs,
+      },
+      {
+        database: this.#deps.database,
+        instanceId: this.#deps.instanceId,
+        log: this.#log,
+        secrets: this.#deps.secrets,
+        onPhase: async (phase) => {
+          this.run = { ...this.run, phase: phase.phase };
+          await this.#notify("phaseRecorded", (o) => o.phaseRecorded?.(this.run, phase));
+        },
+      },
+    );
+    this.#runner = runner;
+    if (this.#stopCause) runner.stop(this.#stopCause);
+    try {
+      return await runner.run();
+    } finally {
+      this.#runner = undefined;
+    }
+  }
+
+  async #activeWorktree(): Promise<Worktree | undefined> {
+    const [row] = await this.#deps.database.db
+      .select()
+      .from(worktrees)
+      .where(and(eq(worktrees.runId, this.run.id), eq(worktrees.state, "active")))
+      .orderBy(desc(worktrees.id))
+      .limit(1);
+    return row;
+  }
+
+  async #escalate(formula: Formula, session: Session, question: string): Promise<void> {
+    const deadline = new Date(this.#deps.now().getTime() + formula.escalationTimeoutMs);
+    const escalation = await this.#deps.database.db.transaction(async (tx) => {
+      const [row] = await tx
+        .insert(escalations)
+        .values({
+          runId: this.run.id,
+          sessionId: session.id,
+          question: question.trim() || "the agent needs input",
+          issue: this.run.issue,
+          deadlineAt: deadline,
+        })
+        .returning();
+      const [run] = await tx
+        .update(runs)
+        .set({ status: "escalated", detail: "waiting for a reply to the agent's question", updatedAt: sql`now()` })
+        .where(eq(runs.id, this.run.id))
+        .returning();
+      this.run = run as Run;
+      return row as Escalation;
+    });
+    this.#log.info({ escalationId: escalation.id, deadline }, "agent escalated; waiting for a reply");
+    await this.#notify("escalated", (o) => o.escalated?.(this.run, escalation));
+  }
+
+  /** Final status, the worktree's fate (removed, or preserved per `preserve_on`), observers told. */
+  async #finish(status: Exclude<RunStatus, "queued" | "running" | "escalated" | "skipped">, detail: string | null, worktree: Worktree | undefined) {
+    const formula = this.#deps.formulas.get(this.run.formula);
+    const project = this.#deps.config.projects.find((p) => p.name === this.run.project);
+    let finalWorktree = worktree;
+    if (worktree && worktree.state === "active") {
+      try {
+        const keep = status in FINAL_BY_OUTCOME && (formula?.preserveOn ?? ["crashed"]).includes(status as never);
+        if (keep) {
+          finalWorktree = await this.#deps.worktrees.preserve(worktree, status, formula?.retentionMs ?? 24 * 3_600_000);
+          this.#log.warn({ path: worktree.path, expiresAt: finalWorktree.expiresAt }, `worktree preserved for debugging: ${worktree.path}`);
+        } else {
+          finalWorktree = await this.#deps.worktrees.remove(worktree, status === "cancelled" ? "api" : "success", project);
+        }
+      } catch (error) {
+        this.#log.error({ err: error, path: worktree.path }, `could not settle the worktree: ${errorMessage(error)}`);
+      }
+    }
+    const [run] = await this.#deps.database.db
+      .update(runs)
+      .set({ status, detail, finishedAt: sql`now()`, updatedAt: sql`now()` })
+      .where(eq(runs.id, this.run.id))
+      .returning();
+    this.run = run as Run;
+    this.#log.info({ status, detail }, `run ${status}`);
+    await this.#notify("runFinished", (o) => o.runFinished?.(this.run, finalWorktree));
+  }
+
+  async #notify(what: string, call: (observer: RunObserver) => Promise<void> | void): Promise<void> {
+    for (const observer of this.#deps.observers) {
+      try {
+        await call(observer);
+      } catch (error) {
+        this.#log.error({ err: error }, `run observer failed on ${what}: ${errorMessage(error)}`);
+      }
+    }
+  }
+}
+
+function tailNote(session: Session | undefined): string {
+  const tail = session?.outputTail?.trim();
+  if (!tail) return "; no output";
+  const lines = tail.split("\n").slice(-5).join("\n");
+  return `; last output:\n${lines}`;
+}
+
+async function exists(file: string): Promise<boolean> {
+  try {
+    await access(file);
+    return true;
+  } catch {
+    return false;
+  }
+}

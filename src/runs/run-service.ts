@@ -1,0 +1,254 @@
+import { and, asc, desc, eq, inArray, lt, sql, type SQL } from "drizzle-orm";
+import type { Database } from "../../db/client.js";
+import {
+  escalations,
+  FINAL_RUN_STATUSES,
+  phases,
+  type Run,
+  type RunStatus,
+  runs,
+  sessions,
+  worktrees,
+} from "../../db/schema/index.js";
+import type { Config } from "../config.js";
+import { AppError } from "../errors.js";
+import type { FormulaStore } from "../formulas/store.js";
+import type { Logger } from "../logger.js";
+import type { SecretRegistry } from "../secrets.js";
+import type { WorktreeManager } from "../worktrees/worktree-manager.js";
+import type { RunEvent } from "./run-event.js";
+import { runPaths } from "./run-executor.js";
+import { enqueueRun } from "./run-queue.js";
+import type { RunWorker } from "./run-worker.js";
+
+export interface DispatchRequest {
+  formula: string;
+  project?: string | undefined;
+  issue?: number | undefined;
+  /** Who asked, kept as the trigger reference. */
+  actor: string;
+}
+
+export interface RunFilter {
+  status?: RunStatus[] | undefined;
+  formula?: string | undefined;
+  project?: string | undefined;
+  limit?: number | undefined;
+  cursor?: string | undefined;
+}
+
+const encodeCursor = (id: number) => Buffer.from(`run:${id}`).toString("base64url");
+function decodeCursor(cursor: string): number {
+  const match = /^run:(\d+)$/.exec(Buffer.from(cursor, "base64url").toString("utf8"));
+  if (!match) throw new AppError({ code: "bad_request", message: "cursor is not one this server gave out" });
+  return Number(match[1]);
+}
+
+/** A run as the API shows it (DESIGN "A run in JSON"). */
+export function runJson(run: Run) {
+  return {
+    id: run.id,
+    formula: run.formula,
+    project: run.project,
+    status: run.status,
+    skip_reason: run.skipReason,
+    issue: run.issue,
+    trigger: { kind: run.triggerKind, ref: run.triggerRef },
+    attempt: run.attempt,
+    queued_at: run.queuedAt.toISOString(),
+    started_at: run.startedAt?.toISOString() ?? null,
+    finished_at: run.finishedAt?.toISOString() ?? null,
+    phase: run.phase,
+    detail: run.detail,
+    instance_id: run.instanceId,
+    concurrency_key: run.concurrencyKey,
+    cancel_requested: run.cancelRequestedAt !== null,
+  };
+}
+
+export type RunJson = ReturnType<typeof runJson>;
+
+/** The run operations behind the REST API and the CLI. */
+export class RunService {
+  constructor(
+    private readonly deps: {
+      database: Database;
+      config: Config;
+      formulas: FormulaStore;
+      worktrees: WorktreeManager;
+      worker: RunWorker | undefined;
+      secrets: SecretRegistry;
+      log: Logger;
+    },
+  ) {}
+
+  /** Queues a run of a formula that allows dispatch (`[on] dispatch = true`). */
+  async dispatch(request: DispatchRequest): Promise<Run> {
+    const formula = this.deps.formulas.get(request.formula);
+    if (!formula) {
+      const known = this.deps.formulas.list().map((f) => f.name);
+      throw new AppError({
+        code: "not_found",
+        message: `no formula "${request.formula}"${known.length > 0 ? ` (known: ${known.join(", ")})` : ""}`,
+      });
+    }
+    if (!formula.on.dispatch) {
+      throw new AppError({ code: "forbidden", message: `formula "${formula.name}" does not allow dispatch ([on] dispatch = true)` });
+    }
+    const projects = this.deps.config.projects;
+    let projectName = request.project;
+    if (projectName === undefined) {
+      if (projects.length !== 1) {
+        throw new AppError({
+          code: "bad_request",
+          message:
+            projects.length === 0
+              ? "no projects are configured (add [[projects]] to formula-runner.toml)"
+              : `project is required: one of ${projects.map((p) => p.name).join(", ")}`,
+        });
+      }
+      projectName = projects[0]?.name as string;
+    }
+    if (!projects.some((p) => p.name === projectName)) {
+      throw new AppError({ code: "not_found", message: `no project "${projectName}"` });
+    }
+    const event: RunEvent = { kind: "dispatch", sender: request.actor };
+    const run = await enqueueRun(this.deps.database.db, {
+      formula,
+      project: projectName,
+      issue: request.issue,
+      trigger: { kind: "dispatch", ref: request.actor },
+      event,
+    });
+    this.deps.log.info({ runId: run.id, formula: formula.name, project: projectName, actor: request.actor }, "run dispatched");
+    this.deps.worker?.notify();
+    return run;
+  }
+
+  async list(filter: RunFilter): Promise<{ runs: Run[]; nextCursor: string | null }> {
+    const limit = filter.limit ?? 50;
+    const conditions: SQL[] = [];
+    if (filter.status && filter.status.length > 0) conditions.push(inArray(runs.status, filter.status));
+    if (filter.formula) conditions.push(eq(runs.formula, filter.formula));
+    if (filter.project) conditions.push(eq(runs.project, filter.project));
+    if (filter.cursor) conditions.push(lt(runs.id, decodeCursor(filter.cursor)));
+    const rows = await this.deps.database.db
+      .select()
+      .from(runs)
+      .where(conditions.length > 0 ? and(...conditions) : undefined)
+      .orderBy(desc(runs.id))
+      .limit(limit + 1);
+    const page = rows.slice(0, limit);
+    const last = page[page.length - 1];
+    return { runs: page, nextCursor: rows.length > limit && last ? encodeCursor(last.id) : null };
+  }
+
+  async get(id: number): Promise<Run> {
+    const [run] = await this.deps.database.db.select().from(runs).where(eq(runs.id, id));
+    if (!run) throw new AppError({ code: "not_found", message: `no run ${id}` });
+    return run;
+  }
+
+  /** The run with its phases, sessions, worktree and escalations. */
+  async detail(id: number) {
+    const run = await this.get(id);
+    const { db } = this.deps.database;
+    const [phaseRows, sessionRows, worktreeRows, escalationRows] = await Promise.all([
+      db.select().from(phases).where(eq(phases.runId, id)).orderBy(asc(phases.id)),
+      db.select().from(sessions).where(eq(sessions.runId, id)).orderBy(asc(sessions.seq)),
+      db.select().from(worktrees).where(eq(worktrees.runId, id)).orderBy(desc(worktrees.id)).limit(1),
+      db.select().from(escalations).where(eq(escalations.runId, id)).orderBy(asc(escalations.id)),
+    ]);
+    const scrub = (text: string | null) => (text === null ? null : this.deps.secrets.scrub(text));
+    const worktree = worktreeRows[0];
+    return {
+      ...runJson(run),
+      phases: phaseRows.map((p) => ({ phase: p.phase, detail: p.detail, at: p.at.toISOString(), session: p.sessionId })),
+      sessions: sessionRows.map((s) => ({
+        id: s.id,
+        seq: s.seq,
+        kind: s.kind,
+        pid: s.pid,
+        started_at: s.startedAt.toISOString(),
+        ended_at: s.endedAt?.toISOString() ?? null,
+        exit_code: s.exitCode,
+        signal: s.signal,
+        outcome: s.outcome,
+        detail: scrub(s.detail),
+        agent_session_id: s.agentSessionId,
+        num_turns: s.numTurns,
+        cost_usd: s.costUsd,
+        output_tail: scrub(s.outputTail),
+      })),
+      worktree: worktree
+        ? {
+            id: worktree.id,
+            path: worktree.path,
+            state: worktree.state,
+            reason: worktree.reason,
+            created_at: worktree.createdAt.toISOString(),
+            preserved_at: worktree.preservedAt?.toISOString() ?? null,
+            expires_at: worktree.expiresAt?.toISOString() ?? null,
+            removed_at: worktree.removedAt?.toISOString() ?? null,
+            removed_by: worktree.removedBy,
+          }
+        : null,
+      escalations: escalationRows.map((e) => ({
+        id: e.id,
+        state: e.state,
+        question: e.question,
+        issue: e.issue,
+        asked_at: e.askedAt.toISOString(),
+        deadline_at: e.deadlineAt.toISOString(),
+        reply_author: e.replyAuthor,
+        reply_body: e.replyBody,
+        claimed_at: e.claimedAt?.toISOString() ?? null,
+      })),
+    };
+  }
+
+  /** Path of the run's log file (it may not exist yet for a queued run). */
+  async logFile(id: number): Promise<string> {
+    await this.get(id);
+    return runPaths(this.deps.config.settings.dataDir, id).log;
+  }
+
+  /**
+   * Cancels a run: a queued or escalated one at once; a running one on this instance by
+   * stopping its agent group (waits for it); a running one elsewhere by a request its
+   * instance picks up within a second (answered with the run still `running`).
+   */
+  async cancel(id: number): Promise<Run> {
+    const { db } = this.deps.database;
+    const before = await this.get(id);
+    if ((FINAL_RUN_STATUSES as readonly string[]).includes(before.status)) {
+      throw new AppError({ code: "conflict", message: `run ${id} already ended (${before.status})` });
+    }
+    if (before.status === "queued" || before.status === "escalated") {
+      const [cancelled] = await db
+        .update(runs)
+        .set({ status: "cancelled", detail: "cancelled on request", finishedAt: sql`now()`, updatedAt: sql`now()`, cancelRequestedAt: sql`now()` })
+        .where(and(eq(runs.id, id), inArray(runs.status, ["queued", "escalated"])))
+        .returning();
+      if (!cancelled) return this.cancel(id); // it moved on meanwhile: decide again
+      await db.update(escalations).set({ state: "cancelled" }).where(and(eq(escalations.runId, id), eq(escalations.state, "open")));
+      if (before.status === "escalated") await this.#removeActiveWorktree(id);
+      this.deps.log.info({ runId: id }, "run cancelled");
+      return cancelled;
+    }
+    await db.update(runs).set({ cancelRequestedAt: sql`now()`, updatedAt: sql`now()` }).where(eq(runs.id, id));
+    const local = this.deps.worker?.cancelLocal(id, "cancelled on request");
+    if (local) await local;
+    return this.get(id);
+  }
+
+  async #removeActiveWorktree(runId: number): Promise<void> {
+    const [worktree] = await this.deps.database.db
+      .select()
+      .from(worktrees)
+      .where(and(eq(worktrees.runId, runId), eq(worktrees.state, "active")));
+    if (!worktree) return;
+    const project = this.deps.config.projects.find((p) => p.name === worktree.project);
+    await this.deps.worktrees.remove(worktree, "api", project);
+  }
+}

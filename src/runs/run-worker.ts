@@ -1,0 +1,188 @@
+import { and, desc, eq, inArray, isNotNull, sql } from "drizzle-orm";
+import { type Run, runs, sessions } from "../../db/schema/index.js";
+import { errorMessage } from "../errors.js";
+import type { MemoryProbe } from "../memory.js";
+import { processHasEnv, stopGroup } from "../sessions/process-group.js";
+import { type RunEngineDeps, RunExecution } from "./run-executor.js";
+import { claimNextRun } from "./run-queue.js";
+
+export interface RunWorkerOptions {
+  maxSessions: number;
+  /** How long a stop waits for sessions to finish on their own (SHUTDOWN_GRACE). */
+  shutdownGraceMs: number;
+  readMemory: MemoryProbe;
+  /** How often the queue is looked at without a wake-up (runs queued by other instances). */
+  pollMs?: number;
+}
+
+/**
+ * Claims queued runs up to MAX_SESSIONS at a time and executes them; on start it first
+ * takes over the runs this instance left `running` (after a crash or kill -9).
+ */
+export class RunWorker {
+  readonly #deps: RunEngineDeps;
+  readonly #options: Required<RunWorkerOptions>;
+  readonly #active = new Map<number, { execution: RunExecution; done: Promise<void> }>();
+  #wake: (() => void) | undefined;
+  #loop: Promise<void> | undefined;
+  #stopping = false;
+  #stopped: Promise<void> | undefined;
+
+  constructor(deps: RunEngineDeps, options: RunWorkerOptions) {
+    this.#deps = deps;
+    this.#options = { pollMs: 500, ...options };
+  }
+
+  /** Runs being executed by this instance right now. */
+  get activeRunIds(): number[] {
+    return [...this.#active.keys()];
+  }
+
+  async start(): Promise<void> {
+    if (this.#loop) return;
+    await this.#takeOver();
+    this.#loop = this.#run();
+  }
+
+  /** Wakes the loop now (a run was just queued). */
+  notify(): void {
+    this.#wake?.();
+  }
+
+  /** Cancels a run executing here; false if it is not executing on this instance. */
+  cancelLocal(runId: number, why: string): Promise<void> | undefined {
+    const entry = this.#active.get(runId);
+    if (!entry) return undefined;
+    entry.execution.cancel(why);
+    return entry.done;
+  }
+
+  /** Resolves when the run's execution here has ended (or at once if it is not here). */
+  async settled(runId: number): Promise<void> {
+    await this.#active.get(runId)?.done;
+  }
+
+  /**
+   * Stops claiming, waits up to SHUTDOWN_GRACE for sessions to end by themselves, then
+   * interrupts the rest; their runs stay `running` and are taken over on the next start.
+   */
+  stop(): Promise<void> {
+    this.#stopped ??= (async () => {
+      this.#stopping = true;
+      this.notify();
+      await this.#loop;
+      if (this.#active.size > 0) {
+        this.#deps.log.info({ runs: this.activeRunIds, graceMs: this.#options.shutdownGraceMs }, "waiting for running sessions");
+        const all = Promise.all([...this.#active.values()].map((e) => e.done));
+        let timer: NodeJS.Timeout | undefined;
+        const graceOver = new Promise<"grace">((resolve) => {
+          timer = setTimeout(() => resolve("grace"), this.#options.shutdownGraceMs);
+        });
+        const first = await Promise.race([all.then(() => "done" as const), graceOver]);
+        clearTimeout(timer);
+        if (first === "grace") {
+          this.#deps.log.warn({ runs: this.activeRunIds }, "shutdown grace over: stopping the sessions still running");
+          for (const { execution } of this.#active.values()) execution.interrupt();
+          await all;
+        }
+      }
+    })();
+    return this.#stopped;
+  }
+
+  #launch(run: Run, mode: "start" | "takeover"): void {
+    const execution = new RunExecution(this.#deps, run);
+    const done = execution
+      .execute(mode)
+      .catch((error: unknown) => this.#deps.log.error({ err: error, runId: run.id }, `run execution failed: ${errorMessage(error)}`))
+      .finally(() => {
+        this.#active.delete(run.id);
+        this.notify();
+      });
+    this.#active.set(run.id, { execution, done });
+  }
+
+  async #run(): Promise<void> {
+    while (!this.#stopping) {
+      try {
+        await this.#pollCancellations();
+        while (!this.#stopping && this.#active.size < this.#options.maxSessions) {
+          const claimed = await claimNextRun(this.#deps.database, this.#deps.instanceId, (run) => ({
+            formula: this.#deps.formulas.get(run.formula),
+            projectKnown: this.#deps.config.projects.some((p) => p.name === run.project),
+            availableMemoryMb: this.#options.readMemory,
+          }));
+          if (claimed.kind === "none") break;
+          const log = this.#deps.log.child({ runId: claimed.run.id, formula: claimed.run.formula, project: claimed.run.project });
+          if (claimed.kind === "started") {
+            log.info("run claimed");
+            this.#launch(claimed.run, "start");
+          } else {
+            log.info({ status: claimed.run.status, reason: claimed.run.skipReason, detail: claimed.run.detail }, `run ${claimed.run.status}`);
+            for (const observer of this.#deps.observers) {
+              await Promise.resolve(observer.runFinished?.(claimed.run, undefined)).catch((error: unknown) =>
+                log.error({ err: error }, "run observer failed"),
+              );
+            }
+          }
+        }
+      } catch (error) {
+        this.#deps.log.error({ err: error }, `run worker: ${errorMessage(error)}; retrying`);
+      }
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, this.#options.pollMs);
+        this.#wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.#wake = undefined;
+    }
+  }
+
+  /** Cancel requests made on another instance (or by `cancel-running`) for runs executing here. */
+  async #pollCancellations(): Promise<void> {
+    const ids = this.activeRunIds;
+    if (ids.length === 0) return;
+    const requested = await this.#deps.database.db
+      .select({ id: runs.id })
+      .from(runs)
+      .where(and(inArray(runs.id, ids), isNotNull(runs.cancelRequestedAt)));
+    for (const { id } of requested) {
+      this.#active.get(id)?.execution.cancel("cancel requested");
+    }
+  }
+
+  /**
+   * Runs this instance left `running`: stop whatever is left of their agent process groups
+   * (only when the pid still belongs to that run's agent: pids are reused), then treat
+   * each as a crash. Nothing is lost across `kill -9`.
+   */
+  async #takeOver(): Promise<void> {
+    const { database, instanceId, log } = this.#deps;
+    const orphans = await database.db
+      .select()
+      .from(runs)
+      .where(and(eq(runs.instanceId, instanceId), eq(runs.status, "running")));
+    for (const run of orphans) {
+      const [last] = await database.db
+        .select()
+        .from(sessions)
+        .where(eq(sessions.runId, run.id))
+        .orderBy(desc(sessions.seq))
+        .limit(1);
+      if (last?.pid && (await processHasEnv(last.pid, "RUN_ID", String(run.id)))) {
+        log.warn({ runId: run.id, pid: last.pid }, "stopping the agent left by the previous server process");
+        await stopGroup(last.pid, this.#deps.config.settings.killGraceMs);
+      }
+      if (last && last.endedAt === null) {
+        await database.db
+          .update(sessions)
+          .set({ endedAt: sql`now()`, outcome: "interrupted", detail: "the server stopped during this session" })
+          .where(eq(sessions.id, last.id));
+      }
+      log.warn({ runId: run.id }, "taking over a run left running by this instance");
+      this.#launch(run, "takeover");
+    }
+  }
+}
