@@ -1,12 +1,17 @@
 import { Hono } from "hono";
 import { HTTPException } from "hono/http-exception";
+import { bodyLimit } from "hono/body-limit";
 import { requestId } from "hono/request-id";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import { healthRoutes } from "../routes/health.js";
+import { runRoutes } from "../routes/runs.js";
+import { worktreeRoutes } from "../routes/worktrees.js";
 import { requireBearerToken } from "./auth.js";
 import { AppError, ERROR_STATUS, type ErrorCode } from "./errors.js";
 import type { Logger } from "./logger.js";
 import type { Services } from "./services.js";
+
+const API_BODY_LIMIT = 1024 * 1024;
 
 /** Typed per-request variables every route can read. */
 export interface AppEnv {
@@ -67,6 +72,11 @@ export function createApp(services: Services): Hono<AppEnv> {
 
   app.route("/", healthRoutes(services));
   app.use("/api/*", requireBearerToken(services.apiToken));
+  app.use("/api/*", bodyLimit({ maxSize: API_BODY_LIMIT, onError: () => {
+    throw new AppError({ code: "payload_too_large", message: `request body over ${API_BODY_LIMIT} bytes` });
+  } }));
+  app.route("/", runRoutes(services));
+  app.route("/", worktreeRoutes(services));
 
   return app;
 }

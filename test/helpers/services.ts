@@ -2,6 +2,8 @@ import type { Database } from "../../db/client.js";
 import { type Config, loadSettings } from "../../src/config.js";
 import { DEFAULT_AGENTS, type ProjectConfig } from "../../src/config.js";
 import { FormulaStore } from "../../src/formulas/store.js";
+import { RunService } from "../../src/runs/run-service.js";
+import { WorktreeManager } from "../../src/worktrees/worktree-manager.js";
 import { createLogger } from "../../src/logger.js";
 import { Secret, SecretRegistry } from "../../src/secrets.js";
 import type { Services } from "../../src/services.js";
@@ -36,6 +38,8 @@ export function testServices(options: TestServicesOptions): Services {
     secrets,
     destination: { write: (line: string) => lines?.push(line) },
   });
+  const formulas = new FormulaStore(options.formulasDir ?? settings.formulasDir, log);
+  const worktrees = new WorktreeManager({ database: options.database, root: settings.worktreeRoot, instanceId: "test-instance", log });
   return {
     config,
     database: options.database,
@@ -44,7 +48,9 @@ export function testServices(options: TestServicesOptions): Services {
     version: "0.0.0-test",
     apiToken,
     secrets,
-    formulas: new FormulaStore(options.formulasDir ?? settings.formulasDir, log),
+    formulas,
+    worktrees,
+    runs: new RunService({ database: options.database, config, formulas, worktrees, worker: undefined, secrets, log }),
     intake: { accepting: true },
   };
 }

@@ -1,0 +1,142 @@
+import { open, stat } from "node:fs/promises";
+import { Hono } from "hono";
+import { streamSSE } from "hono/streaming";
+import { z } from "zod";
+import { RUN_STATUSES, type RunStatus } from "../db/schema/index.js";
+import type { AppEnv } from "../src/app.js";
+import { runJson } from "../src/runs/run-service.js";
+import type { Services } from "../src/services.js";
+import { idParam, jsonBody, queryParams } from "./input.js";
+
+const dispatchBody = z
+  .object({
+    formula: z.string().min(1),
+    project: z.string().min(1).optional(),
+    issue: z.number().int().positive().optional(),
+    actor: z.string().min(1).max(200).optional(),
+  })
+  .strict();
+
+const listQuery = z
+  .object({
+    status: z
+      .string()
+      .optional()
+      .transform((text, ctx) => {
+        if (text === undefined || text === "") return undefined;
+        const values = text.split(",").map((s) => s.trim());
+        const bad = values.filter((v) => !(RUN_STATUSES as readonly string[]).includes(v));
+        if (bad.length > 0) {
+          ctx.addIssue({ code: "custom", message: `unknown status ${bad.join(", ")}; one of ${RUN_STATUSES.join(", ")}` });
+          return z.NEVER;
+        }
+        return values as RunStatus[];
+      }),
+    formula: z.string().optional(),
+    project: z.string().optional(),
+    limit: z.coerce.number().int().min(1).max(500).default(50),
+    cursor: z.string().optional(),
+  })
+  .strict();
+
+/** Final statuses (and `escalated`: the session is over) end a followed log. */
+const LOG_END_STATUSES = new Set(["done", "failed", "crashed", "timed_out", "cancelled", "skipped", "escalated"]);
+const FOLLOW_POLL_MS = 250;
+const MAX_LOG_BYTES_AT_ONCE = 1024 * 1024;
+
+export function runRoutes(services: Services): Hono<AppEnv> {
+  const app = new Hono<AppEnv>();
+
+  app.post("/api/runs", async (c) => {
+    const body = await jsonBody(c, dispatchBody);
+    const run = await services.runs.dispatch({
+      formula: body.formula,
+      project: body.project,
+      issue: body.issue,
+      actor: body.actor ?? "api",
+    });
+    return c.json(runJson(run), 201);
+  });
+
+  app.get("/api/runs", async (c) => {
+    const query = queryParams(c, listQuery);
+    const page = await services.runs.list(query);
+    return c.json({ runs: page.runs.map(runJson), next_cursor: page.nextCursor });
+  });
+
+  app.get("/api/runs/:id", async (c) => c.json(await services.runs.detail(idParam(c))));
+
+  app.post("/api/runs/:id/cancel", async (c) => {
+    const run = await services.runs.cancel(idParam(c));
+    return c.json(runJson(run), run.status === "cancelled" ? 200 : 202);
+  });
+
+  app.get("/api/runs/:id/log", async (c) => {
+    const id = idParam(c);
+    const file = await services.runs.logFile(id);
+    const scrub = (text: string) => services.secrets.scrub(text);
+    if (c.req.query("follow") !== "1" && c.req.query("follow") !== "true") {
+      const size = await stat(file).then((s) => s.size, () => 0);
+      const start = Math.max(0, size - 8 * MAX_LOG_BYTES_AT_ONCE);
+      const text = size === 0 ? "" : await readRange(file, start, size);
+      return c.text(scrub(start > 0 ? `[earlier output left out: ${start} bytes]\n${text}` : text));
+    }
+
+    const lastEventId = Number(c.req.header("last-event-id") ?? c.req.query("offset") ?? 0);
+    let offset = Number.isSafeInteger(lastEventId) && lastEventId > 0 ? lastEventId : 0;
+    return streamSSE(c, async (stream) => {
+      let aborted = false;
+      stream.onAbort(() => {
+        aborted = true;
+      });
+      let partial: Buffer = Buffer.alloc(0);
+      let lastStatusCheck = 0;
+      let status = (await services.runs.get(id)).status;
+      while (!aborted && services.intake.accepting) {
+        const size = await stat(file).then((s) => s.size, () => 0);
+        if (size > offset) {
+          const end = Math.min(size, offset + MAX_LOG_BYTES_AT_ONCE);
+          const chunk = Buffer.concat([partial, await readBytes(file, offset, end)]);
+          offset = end;
+          // Whole lines only: a secret split across two reads is still scrubbed, and a
+          // character split across two reads is still decoded right.
+          const cut = chunk.lastIndexOf(0x0a);
+          partial = cut === -1 ? chunk : chunk.subarray(cut + 1);
+          if (cut !== -1) {
+            const data = scrub(chunk.subarray(0, cut).toString("utf8"));
+            await stream.writeSSE({ event: "log", id: String(offset - partial.length), data });
+          }
+          continue;
+        }
+        if (LOG_END_STATUSES.has(status)) {
+          if (partial.length > 0) await stream.writeSSE({ event: "log", id: String(offset), data: scrub(partial.toString("utf8")) });
+          await stream.writeSSE({ event: "end", data: JSON.stringify({ status }) });
+          return;
+        }
+        if (Date.now() - lastStatusCheck > 1000) {
+          status = (await services.runs.get(id)).status;
+          lastStatusCheck = Date.now();
+          continue;
+        }
+        await stream.sleep(FOLLOW_POLL_MS);
+      }
+    });
+  });
+
+  return app;
+}
+
+async function readBytes(file: string, start: number, end: number): Promise<Buffer> {
+  const handle = await open(file, "r");
+  try {
+    const buffer = Buffer.alloc(end - start);
+    const { bytesRead } = await handle.read(buffer, 0, buffer.length, start);
+    return buffer.subarray(0, bytesRead);
+  } finally {
+    await handle.close();
+  }
+}
+
+async function readRange(file: string, start: number, end: number): Promise<string> {
+  return (await readBytes(file, start, end)).toString("utf8");
+}

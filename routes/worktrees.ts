@@ -1,0 +1,99 @@
+import { Hono } from "hono";
+import { z } from "zod";
+import { WORKTREE_STATES, type Worktree } from "../db/schema/index.js";
+import type { AppEnv } from "../src/app.js";
+import { AppError } from "../src/errors.js";
+import type { Services } from "../src/services.js";
+import { idParam, jsonBody, queryParams } from "./input.js";
+
+const listQuery = z
+  .object({
+    state: z.enum(WORKTREE_STATES).optional(),
+    project: z.string().optional(),
+    formula: z.string().optional(),
+    run_id: z.coerce.number().int().positive().optional(),
+    limit: z.coerce.number().int().min(1).max(10_000).default(1000),
+    cursor: z.coerce.number().int().positive().optional(),
+  })
+  .strict();
+
+const purgeBody = z
+  .object({
+    older_than_hours: z.number().min(0).max(24 * 365).default(24),
+    dry_run: z.boolean().default(false),
+  })
+  .strict();
+
+/** A worktree as the API shows it. */
+export function worktreeJson(w: Worktree) {
+  return {
+    id: w.id,
+    run_id: w.runId,
+    project: w.project,
+    formula: w.formula,
+    path: w.path,
+    state: w.state,
+    reason: w.reason,
+    instance_id: w.instanceId,
+    size_bytes: w.sizeBytes,
+    created_at: w.createdAt.toISOString(),
+    preserved_at: w.preservedAt?.toISOString() ?? null,
+    expires_at: w.expiresAt?.toISOString() ?? null,
+    removed_at: w.removedAt?.toISOString() ?? null,
+    removed_by: w.removedBy,
+  };
+}
+
+export function worktreeRoutes(services: Services): Hono<AppEnv> {
+  const app = new Hono<AppEnv>();
+
+  app.get("/api/worktrees", async (c) => {
+    const q = queryParams(c, listQuery);
+    const rows = await services.worktrees.list({
+      state: q.state,
+      project: q.project,
+      formula: q.formula,
+      runId: q.run_id,
+      limit: q.limit,
+      beforeId: q.cursor,
+    });
+    // A full page may have more behind it; the next page of a list that ended exactly here is empty.
+    const last = rows[rows.length - 1];
+    return c.json({ worktrees: rows.map(worktreeJson), next_cursor: rows.length === q.limit && last ? String(last.id) : null });
+  });
+
+  app.get("/api/worktrees/:id", async (c) => {
+    const id = idParam(c);
+    const worktree = await services.worktrees.get(id);
+    if (!worktree) throw new AppError({ code: "not_found", message: `no worktree ${id}` });
+    return c.json({ worktree: worktreeJson(worktree) });
+  });
+
+  app.delete("/api/worktrees/:id", async (c) => {
+    const id = idParam(c);
+    const worktree = await services.worktrees.get(id);
+    if (!worktree) throw new AppError({ code: "not_found", message: `no worktree ${id}` });
+    if (worktree.state === "active") {
+      throw new AppError({ code: "conflict", message: `worktree ${id} is in use by run ${worktree.runId}; cancel the run first` });
+    }
+    if (worktree.state === "removed") return c.json({ worktree: worktreeJson(worktree) });
+    const result = await services.worktrees.purge({ ids: [id], by: "api", projects: services.config.projects });
+    const kept = result.kept.find((k) => k.id === id);
+    if (kept) throw new AppError({ code: "conflict", message: `worktree ${id} was not removed: ${kept.reason}` });
+    const after = await services.worktrees.get(id);
+    return c.json({ worktree: after ? worktreeJson(after) : null });
+  });
+
+  app.post("/api/worktrees/purge", async (c) => {
+    const body = await jsonBody(c, purgeBody);
+    const result = await services.worktrees.purge({
+      olderThanMs: body.older_than_hours * 3_600_000,
+      dryRun: body.dry_run,
+      by: "api",
+      projects: services.config.projects,
+    });
+    return c.json({ dry_run: body.dry_run, ...result });
+  });
+
+  return app;
+}
