@@ -1,7 +1,11 @@
-import { Command, CommanderError } from "commander";
+import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import { readdir } from "node:fs/promises";
+import os from "node:os";
 import path from "node:path";
-import { ConfigError, loadConfig } from "./config.js";
+import { RUN_STATUSES, WORKTREE_STATES } from "../db/schema/index.js";
+import { ApiClient, ApiError } from "./cli/api-client.js";
+import { type Output, parseAge, runCommand, runsList, runsShow, worktreesList, worktreesPurge } from "./cli/commands.js";
+import { ConfigError, loadConfig, loadSettings } from "./config.js";
 import { errorMessage } from "./errors.js";
 import { formatProblem, validateFiles } from "./formulas/load.js";
 import { createLogger } from "./logger.js";
@@ -12,8 +16,8 @@ import { collectSecrets, openAndMigrate, type RunningServer, startServer } from 
 export interface CliIo {
   env: Readonly<Record<string, string | undefined>>;
   cwd: string;
-  stdout: { write(text: string): unknown };
-  stderr: { write(text: string): unknown };
+  stdout: Output;
+  stderr: Output;
   /**
    * Starts listening for SIGTERM/SIGINT and resolves on the first one; `serve` calls it
    * before starting so a signal during start-up still stops cleanly.
@@ -64,6 +68,91 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     .action(async (files: string[]) => {
       exitCode = await validateCommand(files, io);
     });
+
+  const client = async () => {
+    const { settings, problems } = loadSettings(io.env, io.cwd);
+    if (problems.length > 0) throw new ConfigError(problems);
+    return ApiClient.fromEnvironment(settings, io.env);
+  };
+  const api = (fn: (c: ApiClient) => Promise<number>) => async () => {
+    try {
+      exitCode = await fn(await client());
+    } catch (error) {
+      exitCode = reportStartError(error, io);
+    }
+  };
+  const positiveInt = (value: string) => {
+    const n = Number(value);
+    if (!Number.isSafeInteger(n) || n <= 0) throw new InvalidArgumentError("expected a positive integer");
+    return n;
+  };
+  const apiHelp = "\nTalks to the running server: FORMULA_RUNNER_URL (default http://HOST:PORT), API_TOKEN or $DATA_DIR/api-token.";
+
+  program
+    .command("run")
+    .description("start a run of a formula (it must allow dispatch)")
+    .argument("<formula>", "formula name")
+    .option("-p, --project <name>", "project (may be left out when exactly one is configured)")
+    .option("-i, --issue <number>", "issue the run is about", positiveInt)
+    .option("-w, --wait", "follow the run to its end; exit 0 only if it ends done", false)
+    .addHelpText("after", apiHelp)
+    .action((formula: string, opts: { project?: string; issue?: number; wait: boolean }) =>
+      api((c) =>
+        runCommand(c, { formula, ...opts, actor: `cli:${safeUser()}` }, io.stdout, io.stderr),
+      )(),
+    );
+
+  const runsCommand = program.command("runs").description("list and inspect runs");
+  runsCommand
+    .command("list")
+    .description("recent runs, newest first")
+    .addOption(new Option("-s, --status <status>", "only runs with this status (comma-separated)"))
+    .option("-f, --formula <name>", "only runs of this formula")
+    .option("-p, --project <name>", "only runs of this project")
+    .option("-n, --limit <n>", "how many (default 50, at most 500)", positiveInt)
+    .option("--json", "print JSON", false)
+    .addHelpText("after", `\nStatuses: ${RUN_STATUSES.join(", ")}.${apiHelp}`)
+    .action((opts: { status?: string; formula?: string; project?: string; limit?: number; json: boolean }) =>
+      api((c) => runsList(c, opts, io.stdout))(),
+    );
+  runsCommand
+    .command("show")
+    .description("one run: status, phases, sessions, worktree, escalations")
+    .argument("<id>", "run id")
+    .option("--json", "print JSON", false)
+    .addHelpText("after", apiHelp)
+    .action((id: string, opts: { json: boolean }) => api((c) => runsShow(c, id, opts.json, io.stdout))());
+
+  const worktreesCommand = program.command("worktrees").description("list and purge run worktrees");
+  worktreesCommand
+    .command("list")
+    .description("worktrees, newest first")
+    .addOption(new Option("-s, --state <state>", "only this state").choices([...WORKTREE_STATES]))
+    .option("-p, --project <name>", "only this project")
+    .option("--json", "print JSON", false)
+    .addHelpText("after", apiHelp)
+    .action((opts: { state?: string; project?: string; json: boolean }) => api((c) => worktreesList(c, opts, io.stdout))());
+  worktreesCommand
+    .command("purge")
+    .description("remove preserved worktrees: one by id, or all older than an age (default 24h)")
+    .addOption(new Option("--id <id>", "remove this preserved worktree").conflicts("olderThan"))
+    .option("--older-than <age>", "age like 24h, 90m or 2d (default 24h)", (value: string) => {
+      const hours = parseAge(value);
+      if (hours === undefined) throw new InvalidArgumentError("expected an age like 24h, 90m or 2d");
+      return hours;
+    })
+    .option("--dry-run", "say what would be removed, remove nothing", false)
+    .option("--json", "print JSON", false)
+    .addHelpText("after", `\nNever removes a worktree whose run is still active, nor anything outside WORKTREE_ROOT.${apiHelp}`)
+    .action((opts: { id?: string; olderThan?: number; dryRun: boolean; json: boolean }) =>
+      api((c) =>
+        worktreesPurge(
+          c,
+          { ...(opts.id !== undefined && { id: opts.id }), ...(opts.olderThan !== undefined && { olderThanHours: opts.olderThan }), dryRun: opts.dryRun, json: opts.json },
+          io.stdout,
+        ),
+      )(),
+    );
 
   try {
     await program.parseAsync([...argv], { from: "user" });
@@ -146,7 +235,19 @@ async function tomlFilesIn(dir: string): Promise<string[]> {
     .map((n) => path.join(dir, n));
 }
 
+function safeUser(): string {
+  try {
+    return os.userInfo().username;
+  } catch {
+    return "unknown";
+  }
+}
+
 function reportStartError(error: unknown, io: CliIo): number {
+  if (error instanceof ApiError) {
+    line(io.stderr, `formula-runner: ${error.message}`);
+    return 1;
+  }
   if (error instanceof ConfigError) {
     line(io.stderr, "formula-runner: invalid configuration:");
     for (const problem of error.problems) line(io.stderr, `  ${problem}`);
