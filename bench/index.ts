@@ -5,9 +5,15 @@
  */
 import os from "node:os";
 import { benchDatabase } from "./database.js";
+import { benchEngine } from "./engine.js";
+import { benchPhaseWatcher } from "./phase-watcher.js";
+import { benchWorktrees } from "./worktrees.js";
 
 const benchmarks: Record<string, (postgresUrl: string | undefined) => Promise<void>> = {
   database: benchDatabase,
+  "phase-watcher": () => benchPhaseWatcher(),
+  engine: benchEngine,
+  worktrees: () => benchWorktrees(),
 };
 
 const wanted = process.argv.slice(2);

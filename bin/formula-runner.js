@@ -1,14 +1,8 @@
 #!/usr/bin/env node
-// Runs the compiled build when there is one (npm run build), else the TypeScript
-// sources through tsx, so the command works straight after `npm install`.
-import { existsSync } from "node:fs";
-import { fileURLToPath } from "node:url";
+// Runs the TypeScript sources through tsx, so the command works straight after
+// `npm install`. Production images run the compiled build instead
+// (`npm run build`, then `node dist/src/main.js serve`: less memory, faster start).
+import { register } from "tsx/esm/api";
 
-const compiled = new URL("../dist/src/main.js", import.meta.url);
-if (existsSync(fileURLToPath(compiled))) {
-  await import(compiled.href);
-} else {
-  const { register } = await import("tsx/esm/api");
-  register();
-  await import(new URL("../src/main.ts", import.meta.url).href);
-}
+register();
+await import(new URL("../src/main.ts", import.meta.url).href);

@@ -1,3 +1,4 @@
+import { existsSync } from "node:fs";
 import { mkdir, open, readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import { PGlite } from "@electric-sql/pglite";
@@ -86,10 +87,20 @@ async function openPglite(options: OpenDatabaseOptions): Promise<Database> {
   }
   let client: PGlite;
   try {
-    client = await PGlite.create({
-      ...(options.dataDir ? { dataDir: options.dataDir } : {}),
-      ...(options.loadDataDir ? { loadDataDir: options.loadDataDir } : {}),
-    });
+    const fresh = options.dataDir !== undefined && !existsSync(path.join(options.dataDir, "PG_VERSION"));
+    const create = () =>
+      PGlite.create({
+        ...(options.dataDir ? { dataDir: options.dataDir } : {}),
+        ...(options.loadDataDir ? { loadDataDir: options.loadDataDir } : {}),
+        postgresqlconf: PGLITE_CONF,
+      });
+    client = await create();
+    if (fresh) {
+      // initdb leaves a large WebAssembly heap behind (~800 MB RSS) that never shrinks;
+      // a new instance on the now-initialised directory starts at about a third of that.
+      await client.close();
+      client = await create();
+    }
   } catch (error) {
     await releaseLock?.();
     throw new Error(`could not open the embedded database in ${options.dataDir ?? "memory"}`, { cause: error });
@@ -115,6 +126,12 @@ async function openPglite(options: OpenDatabaseOptions): Promise<Database> {
     },
   };
 }
+
+/**
+ * The embedded server shares the process with everything else: small buffers keep its
+ * WebAssembly heap (and so the server's RSS) down; formula-runner's tables are small.
+ */
+const PGLITE_CONF = "shared_buffers = 16MB\nwork_mem = 4MB\nmaintenance_work_mem = 16MB\n";
 
 /** Data directories this process holds open (a container's server is pid 1 on every start). */
 const lockedHere = new Set<string>();

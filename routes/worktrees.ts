@@ -49,7 +49,7 @@ export function worktreeRoutes(services: Services): Hono<AppEnv> {
 
   app.get("/api/worktrees", async (c) => {
     const q = queryParams(c, listQuery);
-    const rows = await services.worktrees.list({
+    const page = await services.worktrees.listJson({
       state: q.state,
       project: q.project,
       formula: q.formula,
@@ -58,8 +58,9 @@ export function worktreeRoutes(services: Services): Hono<AppEnv> {
       beforeId: q.cursor,
     });
     // A full page may have more behind it; the next page of a list that ended exactly here is empty.
-    const last = rows[rows.length - 1];
-    return c.json({ worktrees: rows.map(worktreeJson), next_cursor: rows.length === q.limit && last ? String(last.id) : null });
+    const next = page.count === q.limit && page.lastId !== null ? JSON.stringify(String(page.lastId)) : "null";
+    c.header("content-type", "application/json; charset=utf-8");
+    return c.body(`{"worktrees":${page.json},"next_cursor":${next}}`);
   });
 
   app.get("/api/worktrees/:id", async (c) => {

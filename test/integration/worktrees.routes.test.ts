@@ -57,8 +57,25 @@ describe.each(testBackends())("worktrees over REST, on %s", (backend) => {
       expires_at: expect.any(String),
     });
     expect(listed.size_bytes).toBeGreaterThan(0);
+    // The list (serialised by the database) says exactly what the single record says.
+    const one = await t.api("GET", `/api/worktrees/${listed.id}`);
+    expect(listed).toEqual(one.body.worktree);
     const bad = await t.api("GET", "/api/worktrees?state=gone");
     expect(bad.status).toBe(400);
+  });
+
+  it("pages through the list with a cursor", async () => {
+    await crashRun();
+    const all = (await t.api("GET", "/api/worktrees")).body.worktrees.map((w: { id: number }) => w.id);
+    expect(all.length).toBeGreaterThanOrEqual(2);
+    const seen: number[] = [];
+    let cursor: string | null = null;
+    do {
+      const page: { body: { worktrees: { id: number }[]; next_cursor: string | null } } = await t.api("GET", `/api/worktrees?limit=1${cursor ? `&cursor=${cursor}` : ""}`);
+      seen.push(...page.body.worktrees.map((w) => w.id));
+      cursor = page.body.next_cursor;
+    } while (cursor);
+    expect(seen).toEqual(all);
   });
 
   it("DELETE removes a preserved worktree from disk and records it; 404 unknown; 409 active", async () => {
