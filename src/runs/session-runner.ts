@@ -112,6 +112,7 @@ export class SessionRunner {
 
     let lastPhase: string | undefined;
     let lingerTimer: NodeJS.Timeout | undefined;
+    let exited = false;
     const watcher = new PhaseWatcher({
       file: spec.phaseFile,
       onPhase: (signal) => {
@@ -119,10 +120,13 @@ export class SessionRunner {
         this.#lastActivity = Date.now();
         if (isTerminalPhase(signal.phase) && !this.#terminal) {
           this.#terminal = signal;
-          lingerTimer = setTimeout(() => {
-            log.warn({ phase: signal.phase }, `agent still running ${spec.terminalLingerMs} ms after PHASE:${signal.phase}; stopping it`);
-            void this.#process?.stop(`lingered after PHASE:${signal.phase}`);
-          }, spec.terminalLingerMs);
+          // The watcher's last read comes after the exit: then there is no process to wait for.
+          if (!exited) {
+            lingerTimer = setTimeout(() => {
+              log.warn({ phase: signal.phase }, `agent still running ${spec.terminalLingerMs} ms after PHASE:${signal.phase}; stopping it`);
+              void this.#process?.stop(`lingered after PHASE:${signal.phase}`);
+            }, spec.terminalLingerMs);
+          }
         }
         this.#phaseWrites = this.#phaseWrites.then(() => this.#recordPhase(signal, log));
       },
@@ -162,6 +166,7 @@ export class SessionRunner {
     }, idleEvery);
 
     const exit = await agent.exited;
+    exited = true;
     clearTimeout(maxTimer);
     clearInterval(idleTimer);
     clearTimeout(lingerTimer);
