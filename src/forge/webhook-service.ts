@@ -1,0 +1,122 @@
+import type { ProjectConfig } from "../config.js";
+import { errorMessage } from "../errors.js";
+import type { FormulaStore } from "../formulas/store.js";
+import { matchFormulas, runEventOf } from "../formulas/triggers.js";
+import type { Logger } from "../logger.js";
+import type { DeliveryIngest } from "./delivery-ingest.js";
+import type { ForgeEvent } from "./event-types.js";
+import { hasAtLeast, type PermissionCache } from "./forge-client.js";
+
+/** What POST /webhooks answers for an accepted delivery. */
+export interface WebhookOutcome {
+  duplicate: boolean;
+  runIds: number[];
+  /** Why nothing fired, when nothing did. */
+  ignored: string | undefined;
+}
+
+/**
+ * Replaces NUL characters and lone surrogates in every string of a parsed payload: JSON
+ * allows them, PostgreSQL's jsonb does not, and a valid signed delivery must never turn
+ * into a 500.
+ */
+export function storable(value: unknown): unknown {
+  if (typeof value === "string") return value.includes("\u0000") || !value.isWellFormed() ? value.toWellFormed().replaceAll("\u0000", "\uFFFD") : value;
+  if (Array.isArray(value)) return value.map(storable);
+  if (value !== null && typeof value === "object") {
+    const out: Record<string, unknown> = {};
+    for (const [key, inner] of Object.entries(value)) out[storable(key) as string] = storable(inner);
+    return out;
+  }
+  return value;
+}
+
+/**
+ * Decides what an accepted delivery fires (formula triggers, then sender rules: bots and
+ * the runner's own login fire nothing, nor senders below a formula's `min_permission`)
+ * and records the delivery with its runs in one transaction. The only forge call is the
+ * cached permission check, and only when a formula matched.
+ */
+export class WebhookService {
+  constructor(
+    private readonly deps: {
+      formulas: FormulaStore;
+      ingest: DeliveryIngest;
+      permissions: PermissionCache;
+      log: Logger;
+      onQueued: () => void;
+    },
+  ) {}
+
+  /** `payload` must already be `storable` (the event was normalised from it). */
+  async accept(event: ForgeEvent, project: ProjectConfig, payload: unknown): Promise<WebhookOutcome> {
+    const log = this.deps.log.child({ delivery: event.deliveryId, event: event.event, action: event.action, project: project.name });
+    const matches = matchFormulas(this.deps.formulas.list(), event);
+    let ignored: string | undefined;
+    let fired = matches;
+    const sender = event.sender;
+    if (matches.length === 0) {
+      ignored = event.kind === undefined ? `event "${event.event}" is not one formulas react to` : `no formula matches ${event.event}${event.action ? `/${event.action}` : ""}`;
+    } else if (!sender) {
+      ignored = "the delivery names no sender";
+      fired = [];
+    } else if (project.botLogin && sender.login.toLowerCase() === project.botLogin.toLowerCase()) {
+      ignored = `sender ${sender.login} is this runner's bot_login`;
+      fired = [];
+    } else if (sender.bot) {
+      ignored = `sender ${sender.login} is a bot`;
+      fired = [];
+    } else if (await this.deps.ingest.seen(event.deliveryId)) {
+      // A redelivery: skip the forge call; the insert below still decides.
+      fired = [];
+    } else {
+      try {
+        const level = await this.deps.permissions.level(project, sender.login);
+        const allowed = matches.filter((m) => hasAtLeast(level, m.formula.guards.minPermission));
+        if (allowed.length < matches.length) {
+          const refused = matches.filter((m) => !allowed.includes(m));
+          const reason = `sender ${sender.login} has ${level} access; ${refused.map((m) => `${m.formula.name} needs ${m.formula.guards.minPermission}`).join(", ")}`;
+          if (allowed.length === 0) ignored = reason;
+          else log.info({ refused: refused.map((m) => m.formula.name) }, reason);
+        }
+        fired = allowed;
+      } catch (error) {
+        // Fail closed: without a permission answer nothing fires; the record says why.
+        ignored = `permission check failed: ${errorMessage(error)}`;
+        fired = [];
+        log.warn({ err: error }, ignored);
+      }
+    }
+
+    const result = await this.deps.ingest.submit({
+      delivery: {
+        id: event.deliveryId,
+        forge: event.forge,
+        event: event.event,
+        action: event.action ?? null,
+        project: project.name,
+        repository: event.repository ?? null,
+        sender: sender?.login ?? null,
+        payload,
+        outcome: fired.length > 0 ? "queued" : "ignored",
+        reason: fired.length > 0 ? null : (ignored ?? null),
+      },
+      runs: fired.map((m) => ({
+        formula: m.formula,
+        project: project.name,
+        issue: m.issue,
+        trigger: { kind: "webhook", ref: event.deliveryId },
+        event: runEventOf(event),
+      })),
+    });
+    if (result.duplicate) {
+      log.info("duplicate delivery: nothing created");
+    } else if (result.runIds.length > 0) {
+      log.info({ runs: result.runIds, formulas: fired.map((m) => m.formula.name) }, `delivery queued ${result.runIds.length} run(s)`);
+      this.deps.onQueued();
+    } else {
+      log.debug({ reason: ignored }, "delivery fired nothing");
+    }
+    return { duplicate: result.duplicate, runIds: result.runIds, ignored: result.duplicate || result.runIds.length > 0 ? undefined : ignored };
+  }
+}
