@@ -3,8 +3,11 @@ import { HTTPException } from "hono/http-exception";
 import { bodyLimit } from "hono/body-limit";
 import { requestId } from "hono/request-id";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
+import { deliveryRoutes } from "../routes/deliveries.js";
+import { formulaRoutes } from "../routes/formulas.js";
 import { healthRoutes } from "../routes/health.js";
 import { runRoutes } from "../routes/runs.js";
+import { webhookRoutes } from "../routes/webhooks.js";
 import { worktreeRoutes } from "../routes/worktrees.js";
 import { requireBearerToken } from "./auth.js";
 import { AppError, ERROR_STATUS, type ErrorCode } from "./errors.js";
@@ -71,12 +74,15 @@ export function createApp(services: Services): Hono<AppEnv> {
   );
 
   app.route("/", healthRoutes(services));
+  app.route("/", webhookRoutes(services));
   app.use("/api/*", requireBearerToken(services.apiToken));
   app.use("/api/*", bodyLimit({ maxSize: API_BODY_LIMIT, onError: () => {
     throw new AppError({ code: "payload_too_large", message: `request body over ${API_BODY_LIMIT} bytes` });
   } }));
   app.route("/", runRoutes(services));
   app.route("/", worktreeRoutes(services));
+  app.route("/", formulaRoutes(services));
+  app.route("/", deliveryRoutes(services));
 
   return app;
 }

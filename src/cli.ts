@@ -23,6 +23,8 @@ export interface CliIo {
    * before starting so a signal during start-up still stops cleanly.
    */
   untilSignal: () => Promise<string>;
+  /** Calls `reload` on SIGHUP until the returned function is called. */
+  onHangup?: (reload: () => void) => () => void;
 }
 
 const line = (out: CliIo["stdout"], text = "") => out.write(`${text}\n`);
@@ -174,7 +176,12 @@ async function serve(io: CliIo): Promise<number> {
   } catch (error) {
     return reportStartError(error, io);
   }
+  const unhook = io.onHangup?.(() => {
+    server.services.log.info("SIGHUP: reloading formulas and schedules");
+    server.services.reloadFormulas().catch((error: unknown) => server.services.log.error({ err: error }, "reload failed"));
+  });
   const signal = await signalled;
+  unhook?.();
   server.services.log.info({ signal }, `received ${signal}`);
   await server.stop();
   return 0;

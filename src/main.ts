@@ -26,4 +26,8 @@ process.exitCode = await runCli(process.argv.slice(2), {
   stdout: process.stdout,
   stderr: process.stderr,
   untilSignal,
+  onHangup: (reload) => {
+    process.on("SIGHUP", reload);
+    return () => process.off("SIGHUP", reload);
+  },
 });

@@ -5,14 +5,18 @@ import { type Database, openDatabase } from "../db/client.js";
 import { migrate } from "../db/migrate.js";
 import { ensureApiToken } from "./api-token.js";
 import { createApp } from "./app.js";
-import { type Config, loadConfig } from "./config.js";
+import { type Config, loadConfig, type ProjectConfig } from "./config.js";
 import { errorMessage } from "./errors.js";
 import { FormulaStore } from "./formulas/store.js";
+import { DeliveryIngest } from "./forge/delivery-ingest.js";
+import { ForgeClient, PermissionCache } from "./forge/forge-client.js";
+import { WebhookService } from "./forge/webhook-service.js";
 import { Housekeeping } from "./housekeeping.js";
 import { type MemoryProbe, readAvailableMemoryMb } from "./memory.js";
 import type { RunObserver } from "./runs/run-executor.js";
 import { RunService } from "./runs/run-service.js";
 import { RunWorker } from "./runs/run-worker.js";
+import { Scheduler } from "./scheduler/scheduler.js";
 import { WorktreeManager } from "./worktrees/worktree-manager.js";
 import { InstanceHeartbeat, resolveInstanceId } from "./instance.js";
 import { createLogger, type Logger, type LoggerOptions } from "./logger.js";
@@ -143,6 +147,40 @@ export async function startServer(options: StartOptions = {}): Promise<RunningSe
   );
   const runService = new RunService({ database, config, formulas, worktrees, worker, secrets, log: instanceLog });
   const housekeeping = new Housekeeping({ worktrees, projects: config.projects, log: instanceLog });
+  const forgeClients = new Map<string, ForgeClient>();
+  const forgeClient = (project: ProjectConfig) => {
+    let client = forgeClients.get(project.name);
+    if (!client) forgeClients.set(project.name, (client = new ForgeClient(project)));
+    return client;
+  };
+  const webhooks = new WebhookService({
+    formulas,
+    ingest: new DeliveryIngest(database, instanceLog),
+    permissions: new PermissionCache(forgeClient),
+    log: instanceLog,
+    onQueued: () => worker.notify(),
+  });
+  const scheduler = new Scheduler({
+    database,
+    formulas,
+    projects: config.projects,
+    instanceId,
+    log: instanceLog,
+    onQueued: () => worker.notify(),
+    now,
+  });
+  // One reload at a time; a request during one gets a fresh reload after it, so an edit
+  // made while a reload was reading the files is never missed.
+  let reloadChain: Promise<void> = Promise.resolve();
+  const reloadFormulas = () => {
+    reloadChain = reloadChain
+      .catch(() => {})
+      .then(async () => {
+        await formulas.reload();
+        await scheduler.sync();
+      });
+    return reloadChain;
+  };
   const services: Services = {
     config,
     database,
@@ -154,6 +192,9 @@ export async function startServer(options: StartOptions = {}): Promise<RunningSe
     formulas,
     runs: runService,
     worktrees,
+    webhooks,
+    scheduler,
+    reloadFormulas,
     intake: { accepting: true },
   };
 
@@ -170,6 +211,7 @@ export async function startServer(options: StartOptions = {}): Promise<RunningSe
   });
   components.push({ name: "housekeeping", start: () => housekeeping.start(), stop: () => housekeeping.stop() });
   components.push({ name: "run worker", start: () => worker.start(), stop: () => worker.stop() });
+  components.push({ name: "scheduler", start: () => scheduler.start(), stop: () => scheduler.stop() });
 
   let httpServer: ServerType | undefined;
   let stopping: Promise<void> | undefined;

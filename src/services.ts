@@ -2,7 +2,9 @@ import type { Config } from "./config.js";
 import type { Database } from "../db/client.js";
 import type { FormulaStore } from "./formulas/store.js";
 import type { Logger } from "./logger.js";
+import type { WebhookService } from "./forge/webhook-service.js";
 import type { RunService } from "./runs/run-service.js";
+import type { Scheduler } from "./scheduler/scheduler.js";
 import type { Secret, SecretRegistry } from "./secrets.js";
 import type { WorktreeManager } from "./worktrees/worktree-manager.js";
 
@@ -23,5 +25,9 @@ export interface Services {
   formulas: FormulaStore;
   runs: RunService;
   worktrees: WorktreeManager;
+  webhooks: WebhookService;
+  scheduler: Scheduler;
+  /** Re-reads the formulas directory and updates the schedules (SIGHUP, POST /api/formulas/reload). */
+  reloadFormulas(): Promise<void>;
   intake: Intake;
 }

@@ -1,3 +1,5 @@
+import { existsSync } from "node:fs";
+import path from "node:path";
 import type { Logger } from "../logger.js";
 import { formatProblem, loadFormulas } from "./load.js";
 import type { FormulaProblem } from "./load.js";
@@ -22,8 +24,26 @@ export class FormulaStore {
     return this.#dir;
   }
 
+  /**
+   * Reads the directory again. A formula whose file broke since the last load keeps its
+   * last valid version (a typo must not silently stop its schedule); a deleted file's
+   * formula goes.
+   */
   async reload(): Promise<{ formulas: readonly Formula[]; problems: readonly FormulaProblem[] }> {
-    const { formulas, problems } = await loadFormulas(this.#dir);
+    const loaded = await loadFormulas(this.#dir);
+    const formulas = [...loaded.formulas];
+    const problems = [...loaded.problems];
+    const broken = new Set(problems.filter((p) => p.severity === "error").map((p) => path.resolve(this.#dir, p.file)));
+    for (const previous of this.#formulas.values()) {
+      if (formulas.some((f) => f.name === previous.name) || !broken.has(previous.file) || !existsSync(previous.file)) continue;
+      formulas.push(previous);
+      problems.push({
+        file: previous.file,
+        field: "(file)",
+        message: "has errors: the last valid version stays in force until they are fixed",
+        severity: "warning",
+      });
+    }
     this.#formulas = new Map(formulas.map((f) => [f.name, f]));
     this.#problems = problems;
     for (const problem of problems) {

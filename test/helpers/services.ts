@@ -2,7 +2,11 @@ import type { Database } from "../../db/client.js";
 import { type Config, loadSettings } from "../../src/config.js";
 import { DEFAULT_AGENTS, type ProjectConfig } from "../../src/config.js";
 import { FormulaStore } from "../../src/formulas/store.js";
+import { DeliveryIngest } from "../../src/forge/delivery-ingest.js";
+import { ForgeClient, PermissionCache } from "../../src/forge/forge-client.js";
+import { WebhookService } from "../../src/forge/webhook-service.js";
 import { RunService } from "../../src/runs/run-service.js";
+import { Scheduler } from "../../src/scheduler/scheduler.js";
 import { WorktreeManager } from "../../src/worktrees/worktree-manager.js";
 import { createLogger } from "../../src/logger.js";
 import { Secret, SecretRegistry } from "../../src/secrets.js";
@@ -39,6 +43,14 @@ export function testServices(options: TestServicesOptions): Services {
     destination: { write: (line: string) => lines?.push(line) },
   });
   const formulas = new FormulaStore(options.formulasDir ?? settings.formulasDir, log);
+  const scheduler = new Scheduler({
+    database: options.database,
+    formulas,
+    projects: config.projects,
+    instanceId: "test-instance",
+    log,
+    onQueued: () => {},
+  });
   const worktrees = new WorktreeManager({ database: options.database, root: settings.worktreeRoot, instanceId: "test-instance", log });
   return {
     config,
@@ -51,6 +63,18 @@ export function testServices(options: TestServicesOptions): Services {
     formulas,
     worktrees,
     runs: new RunService({ database: options.database, config, formulas, worktrees, worker: undefined, secrets, log }),
+    webhooks: new WebhookService({
+      formulas,
+      ingest: new DeliveryIngest(options.database, log),
+      permissions: new PermissionCache((project) => new ForgeClient(project)),
+      log,
+      onQueued: () => {},
+    }),
+    scheduler,
+    reloadFormulas: async () => {
+      await formulas.reload();
+      await scheduler.sync();
+    },
     intake: { accepting: true },
   };
 }

@@ -38,6 +38,10 @@ export interface TestServerOptions {
   /** Agent profiles: name -> test agent script (or a full command). */
   agents?: Record<string, TestAgent | string[]>;
   env?: Record<string, string>;
+  /** More keys of the "demo" project (webhook_secret_env, forge_url, bot_login...). */
+  project?: Record<string, string | number>;
+  /** More TOML appended to formula-runner.toml (other [[projects]]). */
+  extraConfig?: string;
   readMemory?: MemoryProbe;
   now?: () => Date;
 }
@@ -79,7 +83,16 @@ export async function startTestServer(options: TestServerOptions): Promise<TestS
   });
   await writeFile(
     path.join(dir, "formula-runner.toml"),
-    `[[projects]]\nname = "demo"\nrepo_path = ${JSON.stringify(repo.clone)}\nrepo = "acme/demo"\n\n${agentTables.join("\n")}`,
+    [
+      "[[projects]]",
+      'name = "demo"',
+      `repo_path = ${JSON.stringify(repo.clone)}`,
+      'repo = "acme/demo"',
+      ...Object.entries(options.project ?? {}).map(([key, value]) => `${key} = ${JSON.stringify(value)}`),
+      "",
+      options.extraConfig ?? "",
+      ...agentTables,
+    ].join("\n"),
   );
   const server = await startServer({
     env: {
