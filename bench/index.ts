@@ -7,6 +7,7 @@ import os from "node:os";
 import { benchDatabase } from "./database.js";
 import { benchEngine } from "./engine.js";
 import { benchPhaseWatcher } from "./phase-watcher.js";
+import { benchWebhooks } from "./webhooks.js";
 import { benchWorktrees } from "./worktrees.js";
 
 const benchmarks: Record<string, (postgresUrl: string | undefined) => Promise<void>> = {
@@ -14,6 +15,7 @@ const benchmarks: Record<string, (postgresUrl: string | undefined) => Promise<vo
   "phase-watcher": () => benchPhaseWatcher(),
   engine: benchEngine,
   worktrees: () => benchWorktrees(),
+  webhooks: benchWebhooks,
 };
 
 const wanted = process.argv.slice(2);
