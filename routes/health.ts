@@ -26,7 +26,7 @@ export function healthRoutes(services: Services): Hono<AppEnv> {
         }),
       ]);
     } catch (error) {
-      c.get("log").warn({ err: error }, "readiness check: database unavailable");
+      c.get("log")().warn({ err: error }, "readiness check: database unavailable");
       throw new AppError({
         code: "unavailable",
         message: `database unavailable: ${errorMessage(error)}`,

@@ -1,10 +1,11 @@
+import type { IncomingMessage } from "node:http";
 import { Hono } from "hono";
-import { bodyLimit } from "hono/body-limit";
+import type { Context } from "hono";
 import type { AppEnv } from "../src/app.js";
 import { AppError } from "../src/errors.js";
 import { normalizeEvent } from "../src/forge/normalize.js";
 import { projectsSigning, readWebhookHeaders } from "../src/forge/webhook-request.js";
-import { storable } from "../src/forge/webhook-service.js";
+import { parsePayload } from "../src/forge/webhook-service.js";
 import type { Services } from "../src/services.js";
 
 /** Forges send at most a few hundred KiB; anything over this is refused unread. */
@@ -22,12 +23,6 @@ export function webhookRoutes(services: Services): Hono<AppEnv> {
 
   app.post(
     "/webhooks",
-    bodyLimit({
-      maxSize: WEBHOOK_BODY_LIMIT,
-      onError: () => {
-        throw new AppError({ code: "payload_too_large", message: `webhook body over ${WEBHOOK_BODY_LIMIT} bytes` });
-      },
-    }),
     async (c) => {
       if (!services.intake.accepting) {
         c.header("Retry-After", "30");
@@ -36,7 +31,7 @@ export function webhookRoutes(services: Services): Hono<AppEnv> {
       const read = readWebhookHeaders((name) => c.req.header(name));
       if (!read.ok) throw new AppError({ code: read.code, message: read.message });
       const { headers } = read;
-      const body = new Uint8Array(await c.req.arrayBuffer());
+      const body = await readBody(c);
 
       const signers = projectsSigning(body, headers, services.config.projects);
       if (signers.length === 0) {
@@ -44,7 +39,7 @@ export function webhookRoutes(services: Services): Hono<AppEnv> {
       }
       let payload: unknown;
       try {
-        payload = storable(JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(body)));
+        payload = parsePayload(body);
       } catch (error) {
         throw new AppError({ code: "invalid_json", message: `the body is not valid JSON: ${(error as Error).message}` });
       }
@@ -76,4 +71,33 @@ export function webhookRoutes(services: Services): Hono<AppEnv> {
   );
 
   return app;
+}
+
+const tooLarge = () => new AppError({ code: "payload_too_large", message: `webhook body over ${WEBHOOK_BODY_LIMIT} bytes` });
+
+/**
+ * The raw body, at most WEBHOOK_BODY_LIMIT bytes whatever Content-Length says. Under
+ * @hono/node-server it is read straight from the Node request: building a WHATWG Request
+ * for it cost about a tenth of the CPU of a delivery.
+ */
+async function readBody(c: Context<AppEnv>): Promise<Uint8Array> {
+  const declared = Number(c.req.header("content-length") ?? 0);
+  if (declared > WEBHOOK_BODY_LIMIT) throw tooLarge();
+  const incoming = (c.env as { incoming?: IncomingMessage } | undefined)?.incoming;
+  if (!incoming || incoming.readableEnded) {
+    const body = new Uint8Array(await c.req.arrayBuffer());
+    if (body.byteLength > WEBHOOK_BODY_LIMIT) throw tooLarge();
+    return body;
+  }
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of incoming as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > WEBHOOK_BODY_LIMIT) {
+      incoming.resume();
+      throw tooLarge();
+    }
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks, size);
 }

@@ -20,7 +20,8 @@ const API_BODY_LIMIT = 1024 * 1024;
 export interface AppEnv {
   Variables: {
     requestId: string;
-    log: Logger;
+    /** The request's logger (bound to its request id), made on first use. */
+    log: () => Logger;
   };
 }
 
@@ -39,12 +40,15 @@ export function createApp(services: Services): Hono<AppEnv> {
 
   app.use(requestId());
   app.use(async (c, next) => {
-    const log = services.log.child({ requestId: c.get("requestId") });
+    let child: Logger | undefined;
+    const log = () => (child ??= services.log.child({ requestId: c.get("requestId") }));
     c.set("log", log);
     const started = performance.now();
     await next();
-    const quiet = c.req.path === "/healthz" || c.req.path === "/readyz" || c.req.path === "/metrics";
-    log[quiet && c.res.status < 400 ? "debug" : "info"](
+    // Probes and accepted deliveries would flood the log; the webhook service logs what matters.
+    const quiet = c.req.path === "/healthz" || c.req.path === "/readyz" || c.req.path === "/metrics" || c.req.path === "/webhooks";
+    const level = quiet && c.res.status < 400 ? "debug" : "info";
+    if (services.log.isLevelEnabled(level)) log()[level](
       { method: c.req.method, path: c.req.path, status: c.res.status, ms: Math.round(performance.now() - started) },
       "request",
     );
@@ -62,7 +66,7 @@ export function createApp(services: Services): Hono<AppEnv> {
       const status = error.status as ContentfulStatusCode;
       return c.json({ error: { code: codeForStatus(status), message: error.message || "request failed", request_id } }, status);
     }
-    (c.get("log") ?? services.log).error({ err: error }, "unhandled error");
+    (c.get("log")?.() ?? services.log).error({ err: error }, "unhandled error");
     return c.json({ error: { code: "internal", message: "internal server error", request_id } }, 500);
   });
 

@@ -1,3 +1,4 @@
+import { isUtf8 } from "node:buffer";
 import type { ProjectConfig } from "../config.js";
 import { errorMessage } from "../errors.js";
 import type { FormulaStore } from "../formulas/store.js";
@@ -18,7 +19,7 @@ export interface WebhookOutcome {
 /**
  * Replaces NUL characters and lone surrogates in every string of a parsed payload: JSON
  * allows them, PostgreSQL's jsonb does not, and a valid signed delivery must never turn
- * into a 500.
+ * into a 500. See `parsePayload` for the cheap path that skips this walk.
  */
 export function storable(value: unknown): unknown {
   if (typeof value === "string") return value.includes("\u0000") || !value.isWellFormed() ? value.toWellFormed().replaceAll("\u0000", "\uFFFD") : value;
@@ -29,6 +30,21 @@ export function storable(value: unknown): unknown {
     return out;
   }
   return value;
+}
+
+/** `\u0000` or a `\uD800`-`\uDFFF` escape: the only ways JSON text can carry what jsonb refuses. */
+const SUSPECT_ESCAPE = /\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})/;
+
+/**
+ * Parses a delivery body: UTF-8 (invalid bytes are refused), JSON, made storable. The
+ * deep walk of `storable` only runs when the text has an escape that needs it.
+ */
+export function parsePayload(body: Uint8Array): unknown {
+  const buffer = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+  if (!isUtf8(buffer)) throw new SyntaxError("the body is not UTF-8");
+  const text = buffer.toString("utf8");
+  const value: unknown = JSON.parse(text);
+  return SUSPECT_ESCAPE.test(text) ? storable(value) : value;
 }
 
 /**
@@ -50,7 +66,9 @@ export class WebhookService {
 
   /** `payload` must already be `storable` (the event was normalised from it). */
   async accept(event: ForgeEvent, project: ProjectConfig, payload: unknown): Promise<WebhookOutcome> {
-    const log = this.deps.log.child({ delivery: event.deliveryId, event: event.event, action: event.action, project: project.name });
+    // A child logger per delivery costs more than the rest of the decision: made on first use.
+    let child: Logger | undefined;
+    const log = () => (child ??= this.deps.log.child({ delivery: event.deliveryId, event: event.event, action: event.action, project: project.name }));
     const matches = matchFormulas(this.deps.formulas.list(), event);
     let ignored: string | undefined;
     let fired = matches;
@@ -77,14 +95,14 @@ export class WebhookService {
           const refused = matches.filter((m) => !allowed.includes(m));
           const reason = `sender ${sender.login} has ${level} access; ${refused.map((m) => `${m.formula.name} needs ${m.formula.guards.minPermission}`).join(", ")}`;
           if (allowed.length === 0) ignored = reason;
-          else log.info({ refused: refused.map((m) => m.formula.name) }, reason);
+          else log().info({ refused: refused.map((m) => m.formula.name) }, reason);
         }
         fired = allowed;
       } catch (error) {
         // Fail closed: without a permission answer nothing fires; the record says why.
         ignored = `permission check failed: ${errorMessage(error)}`;
         fired = [];
-        log.warn({ err: error }, ignored);
+        log().warn({ err: error }, ignored);
       }
     }
 
@@ -110,12 +128,12 @@ export class WebhookService {
       })),
     });
     if (result.duplicate) {
-      log.info("duplicate delivery: nothing created");
+      log().info("duplicate delivery: nothing created");
     } else if (result.runIds.length > 0) {
-      log.info({ runs: result.runIds, formulas: fired.map((m) => m.formula.name) }, `delivery queued ${result.runIds.length} run(s)`);
+      log().info({ runs: result.runIds, formulas: fired.map((m) => m.formula.name) }, `delivery queued ${result.runIds.length} run(s)`);
       this.deps.onQueued();
-    } else {
-      log.debug({ reason: ignored }, "delivery fired nothing");
+    } else if (this.deps.log.isLevelEnabled("debug")) {
+      log().debug({ reason: ignored }, "delivery fired nothing");
     }
     return { duplicate: result.duplicate, runIds: result.runIds, ignored: result.duplicate || result.runIds.length > 0 ? undefined : ignored };
   }
