@@ -7,3 +7,4 @@ export * from "./worktrees.js";
 export * from "./escalations.js";
 export * from "./outbox.js";
 export * from "./schedule-slots.js";
+export * from "./escalation-replies.js";

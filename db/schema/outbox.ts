@@ -1,7 +1,14 @@
-import { bigint, index, integer, jsonb, pgTable, text, timestamp } from "drizzle-orm/pg-core";
+import { sql } from "drizzle-orm";
+import { bigint, index, integer, jsonb, pgTable, text, timestamp, uniqueIndex } from "drizzle-orm/pg-core";
 import { runs } from "./runs.js";
 
-export const OUTBOX_KINDS = ["comment", "comment_edit", "label"] as const;
+/**
+ * `status`: the run's status comment, rendered from the run's current state when sent
+ * (created the first time, edited after), so a burst of phases costs one edit;
+ * `comment`: a new comment (an escalation question, an acknowledgement);
+ * `comment_edit`: an edit of a known comment; `label`: labels added to an issue.
+ */
+export const OUTBOX_KINDS = ["status", "comment", "comment_edit", "label"] as const;
 export type OutboxKind = (typeof OUTBOX_KINDS)[number];
 
 export const OUTBOX_STATES = ["pending", "sent", "failed"] as const;
@@ -26,7 +33,14 @@ export const outbox = pgTable(
     createdAt: timestamp("created_at", { withTimezone: true }).notNull().defaultNow(),
     sentAt: timestamp("sent_at", { withTimezone: true }),
   },
-  (t) => [index("outbox_state_next_idx").on(t.state, t.nextAttemptAt), index("outbox_run_id_idx").on(t.runId)],
+  (t) => [
+    index("outbox_state_next_idx").on(t.state, t.nextAttemptAt),
+    index("outbox_run_id_idx").on(t.runId),
+    // At most one pending status write per run: more phases just make it due again.
+    uniqueIndex("outbox_status_pending_idx")
+      .on(t.runId)
+      .where(sql`${t.kind} = 'status' and ${t.state} = 'pending'`),
+  ],
 );
 
 export type OutboxEntry = typeof outbox.$inferSelect;

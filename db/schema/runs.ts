@@ -60,6 +60,10 @@ export const runs = pgTable(
     detail: text("detail"),
     instanceId: text("instance_id"),
     cancelRequestedAt: timestamp("cancel_requested_at", { withTimezone: true }),
+    /** Where the status comment lives: the run's issue, or the project's escalation_issue. */
+    reportIssue: integer("report_issue"),
+    /** The forge's id of the status comment, once it is posted. */
+    statusCommentId: bigint("status_comment_id", { mode: "number" }),
     updatedAt: timestamp("updated_at", { withTimezone: true }).notNull().defaultNow(),
   },
   (t) => [

@@ -26,6 +26,7 @@ describe.each(testBackends())("database on %s", (kind) => {
     );
     expect(tables.map((r) => r.table_name)).toEqual([
       "deliveries",
+      "escalation_replies",
       "escalations",
       "formula_runner_migrations",
       "instances",
@@ -145,12 +146,12 @@ postgresOnly("migrations on PostgreSQL", () => {
     const t = await openTestDatabase("postgres");
     try {
       await t.database.rows(sql`drop table formula_runner_migrations`);
-      await t.database.rows(sql.raw("drop table phases, escalations, sessions, worktrees, outbox, schedule_slots, runs, deliveries, instances cascade"));
+      await t.database.rows(sql.raw("drop table escalation_replies, phases, escalations, sessions, worktrees, outbox, schedule_slots, runs, deliveries, instances cascade"));
       const url = t.url as string;
       const a = await openDatabase({ url });
       const b = await openDatabase({ url });
       const [ra, rb] = await Promise.all([migrate(a), migrate(b)]);
-      expect([...ra.applied, ...rb.applied].sort()).toEqual(["0000_init", "0001_run-engine"]);
+      expect([...ra.applied, ...rb.applied].sort()).toEqual(["0000_init", "0001_run-engine", "0002_forge-writes"]);
       await a.close();
       await b.close();
     } finally {
