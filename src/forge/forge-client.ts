@@ -26,34 +26,91 @@ export function accessLevelOf(answer: { permission?: unknown; role_name?: unknow
   return (["read", "write", "admin"] as const).find((p) => p === permission) ?? "none";
 }
 
-/** A forge call that failed: HTTP status (if any) and what the forge said. */
+/**
+ * A forge call that failed: the HTTP status (undefined when no answer came: a timeout or a
+ * network error), what the forge said, and the answer's headers (lower-case names), so a
+ * caller can read `retry-after` and `x-ratelimit-*`. The message never holds the token.
+ */
 export class ForgeError extends Error {
+  readonly headers: Record<string, string> | undefined;
+
   constructor(
     message: string,
     readonly status: number | undefined,
-    options?: { cause?: unknown },
+    options?: { cause?: unknown; headers?: Record<string, string> | undefined },
   ) {
-    super(message, options);
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.name = "ForgeError";
+    this.headers = options?.headers;
   }
 }
 
+/** Turns whatever Octokit (or fetch under it) threw into a ForgeError that says what was being done. */
+export function toForgeError(what: string, error: unknown, timeoutMs?: number): ForgeError {
+  if (error instanceof ForgeError) return error;
+  const response = (error as { response?: { status?: unknown; headers?: unknown } } | undefined)?.response;
+  if (response && typeof response.status === "number") {
+    const headers: Record<string, string> = {};
+    for (const [name, value] of Object.entries((response.headers ?? {}) as Record<string, unknown>)) {
+      if (value !== undefined && value !== null) headers[name.toLowerCase()] = String(value);
+    }
+    const said = error instanceof Error && error.message ? `: ${error.message}` : "";
+    return new ForgeError(`${what} failed: HTTP ${response.status}${said}`, response.status, { cause: error, headers });
+  }
+  const name = (error as { name?: unknown } | undefined)?.name;
+  if ((name === "AbortError" || name === "TimeoutError") && timeoutMs !== undefined) {
+    return new ForgeError(`${what} failed: no answer within ${timeoutMs / 1000} s`, undefined, { cause: error });
+  }
+  const message = error instanceof Error ? error.message : String(error);
+  return new ForgeError(`${what} failed: ${message}`, undefined, { cause: error });
+}
+
 const PERMISSION_TIMEOUT_MS = 3_000;
+/** How long one write or listing call may take before it counts as failed (and is retried by the outbox). */
+const WRITE_TIMEOUT_MS = 30_000;
+/** findComment looks at this many of the newest comments at most. */
+const FIND_COMMENT_LIMIT = 1_000;
+/** Colours of labels the runner creates on Gitea/Forgejo (GitHub picks one itself). */
+const LABEL_COLOURS: Record<string, string> = { blocked: "#d73a4a" };
+const DEFAULT_LABEL_COLOUR = "#ededed";
+
+export interface ForgeClientOptions {
+  /** Per-request timeout of comment and label calls; default 30 s. */
+  timeoutMs?: number;
+}
+
+interface ListedComment {
+  id: number;
+  body?: string | null;
+}
+
+interface RepoLabel {
+  id: number;
+  name: string;
+}
 
 /**
  * One project's forge, through @octokit/rest: GitHub at its API URL, Gitea and Forgejo at
- * `https://host/api/v1` (their paths for comments, labels and collaborator permission
- * match GitHub's; where they differ it is handled here).
+ * `https://host/api/v1`. Their paths for comments, labels and collaborator permission match
+ * GitHub's; where they differ (page size parameter, labels added by id) it is handled here,
+ * so callers make the same calls whatever the forge.
  */
 export class ForgeClient {
   readonly octokit: Octokit;
   readonly #owner: string;
   readonly #repo: string;
+  readonly #gitea: boolean;
+  readonly #timeoutMs: number;
 
-  constructor(readonly project: ProjectConfig) {
+  constructor(
+    readonly project: ProjectConfig,
+    options: ForgeClientOptions = {},
+  ) {
     const [owner, repo] = project.repo.split("/") as [string, string];
     this.#owner = owner;
     this.#repo = repo;
+    this.#gitea = project.forge !== "github";
+    this.#timeoutMs = options.timeoutMs ?? WRITE_TIMEOUT_MS;
     this.octokit = new Octokit({
       baseUrl: project.forgeUrl,
       ...(project.token ? { auth: project.token.reveal() } : {}),
@@ -75,9 +132,196 @@ export class ForgeClient {
     } catch (error) {
       const status = (error as { status?: number }).status;
       if (status === 404) return "none";
-      throw new ForgeError(`could not read ${login}'s permission on ${this.project.repo}: ${(error as Error).message}`, status, { cause: error });
+      const failed = toForgeError(`reading ${login}'s permission on ${this.project.repo}`, error, PERMISSION_TIMEOUT_MS);
+      // Kept as before: a call that got no answer still reports Octokit's status.
+      throw new ForgeError(`could not read ${login}'s permission on ${this.project.repo}: ${(error as Error).message}`, status, {
+        cause: error,
+        headers: failed.headers,
+      });
     }
   }
+
+  /** Posts a comment on an issue (or pull request); its id and web address. */
+  async createComment(issue: number, body: string): Promise<{ id: number; url: string | undefined }> {
+    const { data } = await this.#call(`posting a comment on ${this.project.repo}#${issue}`, (signal) =>
+      this.octokit.rest.issues.createComment({
+        owner: this.#owner,
+        repo: this.#repo,
+        issue_number: issue,
+        body,
+        request: { signal },
+      }),
+    );
+    return { id: data.id, url: typeof data.html_url === "string" && data.html_url !== "" ? data.html_url : undefined };
+  }
+
+  /** Replaces the body of a comment. */
+  async updateComment(commentId: number, body: string): Promise<void> {
+    await this.#call(`editing comment ${commentId} on ${this.project.repo}`, (signal) =>
+      this.octokit.rest.issues.updateComment({
+        owner: this.#owner,
+        repo: this.#repo,
+        comment_id: commentId,
+        body,
+        request: { signal },
+      }),
+    );
+  }
+
+  /**
+   * The newest comment of the issue whose body contains `marker` (only comments updated
+   * since `since`, when given). The forges list comments oldest first, so this reads the
+   * last page first and walks back, looking at about 1000 comments at most. A Gitea that
+   * does not paginate this listing answers everything at once, which is read the same way.
+   */
+  async findComment(issue: number, marker: string, since?: Date): Promise<{ id: number } | undefined> {
+    const perPage = this.#gitea ? 50 : 100;
+    const maxPages = Math.ceil(FIND_COMMENT_LIMIT / perPage);
+    const page = (n: number) =>
+      this.#call(`listing the comments of ${this.project.repo}#${issue}`, (signal) =>
+        this.octokit.request("GET /repos/{owner}/{repo}/issues/{issue_number}/comments", {
+          owner: this.#owner,
+          repo: this.#repo,
+          issue_number: issue,
+          ...(this.#gitea ? { limit: perPage } : { per_page: perPage }),
+          page: n,
+          ...(since ? { since: since.toISOString() } : {}),
+          request: { signal },
+        }),
+      );
+    const first = await page(1);
+    const last = lastPageOf(first.headers.link) ?? 1;
+    const lowest = Math.max(1, last - maxPages + 1);
+    for (let n = last; n >= lowest; n--) {
+      const comments = (n === 1 ? first.data : (await page(n)).data) as ListedComment[];
+      for (let i = comments.length - 1; i >= 0; i--) {
+        const comment = comments[i]!;
+        if (typeof comment.body === "string" && comment.body.includes(marker)) return { id: comment.id };
+      }
+    }
+    return undefined;
+  }
+
+  /**
+   * Adds labels to an issue, keeping the ones it has. GitHub takes names and creates
+   * unknown labels itself; Gitea and Forgejo take label ids, so their repository labels are
+   * listed and a missing one is created first (`blocked` in red).
+   */
+  async addLabels(issue: number, labels: string[]): Promise<void> {
+    if (labels.length === 0) return;
+    const what = `labelling ${this.project.repo}#${issue} ${labels.join(", ")}`;
+    if (!this.#gitea) {
+      await this.#call(what, (signal) =>
+        this.octokit.rest.issues.addLabels({ owner: this.#owner, repo: this.#repo, issue_number: issue, labels, request: { signal } }),
+      );
+      return;
+    }
+    const ids: number[] = [];
+    let known = await this.#giteaLabels();
+    for (const name of labels) {
+      let label = findLabel(known, name);
+      if (!label) {
+        try {
+          label = await this.#giteaCreateLabel(name);
+        } catch (error) {
+          // Someone (another instance) may have created it meanwhile: look again before giving up.
+          known = await this.#giteaLabels();
+          label = findLabel(known, name);
+          if (!label) throw error;
+        }
+        known = [...known, label];
+      }
+      ids.push(label.id);
+    }
+    await this.#call(what, (signal) =>
+      this.octokit.request({
+        method: "POST",
+        url: "/repos/{owner}/{repo}/issues/{issue_number}/labels",
+        owner: this.#owner,
+        repo: this.#repo,
+        issue_number: issue,
+        labels: ids,
+        request: { signal },
+      }),
+    );
+  }
+
+  /** Every label of the repository (Gitea pages them by `limit`). */
+  async #giteaLabels(): Promise<RepoLabel[]> {
+    const limit = 50;
+    const all: RepoLabel[] = [];
+    const seen = new Set<number>();
+    for (let page = 1; page <= 100; page++) {
+      const { data } = await this.#call(`listing the labels of ${this.project.repo}`, (signal) =>
+        this.octokit.request({
+          method: "GET",
+          url: "/repos/{owner}/{repo}/labels",
+          owner: this.#owner,
+          repo: this.#repo,
+          limit,
+          page,
+          request: { signal },
+        }),
+      );
+      const labels = (Array.isArray(data) ? data : []) as RepoLabel[];
+      const fresh = labels.filter((l) => !seen.has(l.id));
+      for (const label of fresh) {
+        seen.add(label.id);
+        all.push({ id: label.id, name: label.name });
+      }
+      // A short page is the last; a page of nothing new means the forge ignores paging.
+      if (labels.length < limit || fresh.length === 0) break;
+    }
+    return all;
+  }
+
+  async #giteaCreateLabel(name: string): Promise<RepoLabel> {
+    const { data } = await this.#call(`creating label "${name}" on ${this.project.repo}`, (signal) =>
+      this.octokit.request({
+        method: "POST",
+        url: "/repos/{owner}/{repo}/labels",
+        owner: this.#owner,
+        repo: this.#repo,
+        name,
+        color: LABEL_COLOURS[name.toLowerCase()] ?? DEFAULT_LABEL_COLOUR,
+        request: { signal },
+      }),
+    );
+    const label = data as RepoLabel;
+    return { id: label.id, name: label.name };
+  }
+
+  /** One forge call with a timeout; any failure becomes a ForgeError saying what was being done. */
+  async #call<T>(what: string, call: (signal: AbortSignal) => Promise<T>): Promise<T> {
+    const controller = new AbortController();
+    // A plain timer cleared when the call ends, so no timer outlives the call.
+    const timer = setTimeout(() => controller.abort(), this.#timeoutMs);
+    try {
+      return await call(controller.signal);
+    } catch (error) {
+      throw toForgeError(what, error, this.#timeoutMs);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}
+
+/** The page number of `rel="last"` in a Link header. */
+function lastPageOf(link: string | undefined): number | undefined {
+  if (!link) return undefined;
+  for (const part of link.split(",")) {
+    if (!/rel="last"/.test(part)) continue;
+    const url = /<([^>]+)>/.exec(part)?.[1];
+    if (!url) continue;
+    const page = Number(new URL(url, "http://x").searchParams.get("page"));
+    if (Number.isInteger(page) && page > 0) return page;
+  }
+  return undefined;
+}
+
+/** A label by exact name, else ignoring case (Gitea keeps the case it was created with). */
+function findLabel(labels: readonly RepoLabel[], name: string): RepoLabel | undefined {
+  return labels.find((l) => l.name === name) ?? labels.find((l) => l.name.toLowerCase() === name.toLowerCase());
 }
 
 /** Caches permission answers for a minute (DESIGN), sharing lookups in flight. */
