@@ -17,6 +17,13 @@ const dispatchBody = z
   })
   .strict();
 
+const replyBody = z
+  .object({
+    body: z.string().trim().min(1, "must not be empty").max(65_536),
+    author: z.string().min(1).max(100).optional(),
+  })
+  .strict();
+
 const listQuery = z
   .object({
     status: z
@@ -55,20 +62,29 @@ export function runRoutes(services: Services): Hono<AppEnv> {
       issue: body.issue,
       actor: body.actor ?? "api",
     });
-    return c.json(runJson(run), 201);
+    return c.json(runJson(run, (text) => services.secrets.scrub(text)), 201);
   });
 
   app.get("/api/runs", async (c) => {
     const query = queryParams(c, listQuery);
     const page = await services.runs.list(query);
-    return c.json({ runs: page.runs.map(runJson), next_cursor: page.nextCursor });
+    const scrub = (text: string) => services.secrets.scrub(text);
+    return c.json({ runs: page.runs.map((r) => runJson(r, scrub)), next_cursor: page.nextCursor });
   });
 
   app.get("/api/runs/:id", async (c) => c.json(await services.runs.detail(idParam(c))));
 
   app.post("/api/runs/:id/cancel", async (c) => {
     const run = await services.runs.cancel(idParam(c));
-    return c.json(runJson(run), run.status === "cancelled" ? 200 : 202);
+    return c.json(runJson(run, (text) => services.secrets.scrub(text)), run.status === "cancelled" ? 200 : 202);
+  });
+
+  /** Answers the run's open question, the same way a permitted reply on the issue does. */
+  app.post("/api/runs/:id/reply", async (c) => {
+    const id = idParam(c);
+    const body = await jsonBody(c, replyBody);
+    const escalation = await services.escalations.replyViaApi(id, body.body, body.author ?? "api");
+    return c.json({ run_id: id, escalation_id: escalation.id, state: escalation.state, resuming: true }, 202);
   });
 
   app.get("/api/runs/:id/log", async (c) => {

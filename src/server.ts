@@ -10,6 +10,10 @@ import { errorMessage } from "./errors.js";
 import { FormulaStore } from "./formulas/store.js";
 import { DeliveryIngest } from "./forge/delivery-ingest.js";
 import { ForgeClient, PermissionCache } from "./forge/forge-client.js";
+import { EscalationMonitor, EscalationService } from "./escalations/escalation-service.js";
+import { OutboxWorker } from "./forge/outbox.js";
+import { ForgeReporter } from "./forge/reporter.js";
+import { renderStatusFor } from "./forge/status-comment.js";
 import { WebhookService } from "./forge/webhook-service.js";
 import { Housekeeping } from "./housekeeping.js";
 import { type MemoryProbe, readAvailableMemoryMb } from "./memory.js";
@@ -123,7 +127,38 @@ export async function startServer(options: StartOptions = {}): Promise<RunningSe
   const now = options.now ?? (() => new Date());
   const worktrees = new WorktreeManager({ database, root: settings.worktreeRoot, instanceId, log: instanceLog, now });
   let serverUrl: string | undefined;
-  const worker = new RunWorker(
+  const forgeClients = new Map<string, ForgeClient>();
+  const forgeClient = (project: ProjectConfig) => {
+    let client = forgeClients.get(project.name);
+    if (!client) forgeClients.set(project.name, (client = new ForgeClient(project)));
+    return client;
+  };
+  const permissions = new PermissionCache(forgeClient);
+  const outbox = new OutboxWorker({
+    database,
+    projects: config.projects,
+    clientFor: forgeClient,
+    renderStatus: (runId) => renderStatusFor(database, secrets, runId, now()),
+    secrets,
+    log: instanceLog,
+    now,
+  });
+  const reporter = new ForgeReporter({ database, projects: config.projects, formulas, log: instanceLog, onOutbox: () => outbox.notify() });
+  // The worker and the escalations refer to each other (answers wake the worker, timeouts
+  // settle a run's worktree through it): `worker` is assigned just below.
+  let worker: RunWorker;
+  const escalationService = new EscalationService({
+    database,
+    projects: config.projects,
+    permissions,
+    log: instanceLog,
+    now,
+    onAnswered: () => worker.notify(),
+    onOutbox: () => outbox.notify(),
+    onExpired: (run) => worker.settleEnded(run),
+  });
+  const escalationMonitor = new EscalationMonitor(escalationService, instanceLog);
+  worker = new RunWorker(
     {
       database,
       config,
@@ -135,7 +170,8 @@ export async function startServer(options: StartOptions = {}): Promise<RunningSe
       apiToken,
       serverEnv: options.env ?? process.env,
       serverUrl: () => serverUrl,
-      observers: [...(options.observers ?? [])],
+      observers: [reporter, ...(options.observers ?? [])],
+      escalations: escalationService,
       now,
       terminalLingerMs: 60_000,
     },
@@ -147,18 +183,13 @@ export async function startServer(options: StartOptions = {}): Promise<RunningSe
   );
   const runService = new RunService({ database, config, formulas, worktrees, worker, secrets, log: instanceLog });
   const housekeeping = new Housekeeping({ worktrees, projects: config.projects, log: instanceLog });
-  const forgeClients = new Map<string, ForgeClient>();
-  const forgeClient = (project: ProjectConfig) => {
-    let client = forgeClients.get(project.name);
-    if (!client) forgeClients.set(project.name, (client = new ForgeClient(project)));
-    return client;
-  };
   const webhooks = new WebhookService({
     formulas,
     ingest: new DeliveryIngest(database, instanceLog),
-    permissions: new PermissionCache(forgeClient),
+    permissions,
     log: instanceLog,
     onQueued: () => worker.notify(),
+    escalations: escalationService,
   });
   const scheduler = new Scheduler({
     database,
@@ -193,6 +224,8 @@ export async function startServer(options: StartOptions = {}): Promise<RunningSe
     runs: runService,
     worktrees,
     webhooks,
+    escalations: escalationService,
+    outbox,
     scheduler,
     reloadFormulas,
     intake: { accepting: true },
@@ -209,7 +242,9 @@ export async function startServer(options: StartOptions = {}): Promise<RunningSe
     },
     stop: async () => {},
   });
+  components.push({ name: "outbox", start: () => outbox.start(), stop: () => outbox.stop() });
   components.push({ name: "housekeeping", start: () => housekeeping.start(), stop: () => housekeeping.stop() });
+  components.push({ name: "escalation timeouts", start: () => escalationMonitor.start(), stop: () => escalationMonitor.stop() });
   components.push({ name: "run worker", start: () => worker.start(), stop: () => worker.stop() });
   components.push({ name: "scheduler", start: () => scheduler.start(), stop: () => scheduler.stop() });
 

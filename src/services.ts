@@ -2,6 +2,8 @@ import type { Config } from "./config.js";
 import type { Database } from "../db/client.js";
 import type { FormulaStore } from "./formulas/store.js";
 import type { Logger } from "./logger.js";
+import type { EscalationService } from "./escalations/escalation-service.js";
+import type { OutboxWorker } from "./forge/outbox.js";
 import type { WebhookService } from "./forge/webhook-service.js";
 import type { RunService } from "./runs/run-service.js";
 import type { Scheduler } from "./scheduler/scheduler.js";
@@ -26,6 +28,9 @@ export interface Services {
   runs: RunService;
   worktrees: WorktreeManager;
   webhooks: WebhookService;
+  escalations: EscalationService;
+  /** Sends forge writes (comments, edits, labels); `notify()` wakes it. */
+  outbox: OutboxWorker;
   scheduler: Scheduler;
   /** Re-reads the formulas directory and updates the schedules (SIGHUP, POST /api/formulas/reload). */
   reloadFormulas(): Promise<void>;

@@ -61,6 +61,8 @@ export class WebhookService {
       permissions: PermissionCache;
       log: Logger;
       onQueued: () => void;
+      /** Answers to agents' questions arrive as issue comments. */
+      escalations?: { handleComment(project: ProjectConfig, event: ForgeEvent): Promise<unknown> };
     },
   ) {}
 
@@ -69,6 +71,11 @@ export class WebhookService {
     // A child logger per delivery costs more than the rest of the decision: made on first use.
     let child: Logger | undefined;
     const log = () => (child ??= this.deps.log.child({ delivery: event.deliveryId, event: event.event, action: event.action, project: project.name }));
+    if (event.kind === "issue_comment" && event.action === "created" && this.deps.escalations) {
+      // Before the delivery is recorded: if we die in between, the forge's redelivery is
+      // not a duplicate yet and the answer is not lost. The claim itself is exactly-once.
+      await this.deps.escalations.handleComment(project, event).catch((error: unknown) => log().error({ err: error }, `escalation reply: ${errorMessage(error)}`));
+    }
     const matches = matchFormulas(this.deps.formulas.list(), event);
     let ignored: string | undefined;
     let fired = matches;

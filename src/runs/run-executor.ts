@@ -1,6 +1,6 @@
 import { access, readFile, rm } from "node:fs/promises";
 import path from "node:path";
-import { and, asc, desc, eq, sql } from "drizzle-orm";
+import { and, asc, desc, eq, isNotNull, sql } from "drizzle-orm";
 import type { Database } from "../../db/client.js";
 import {
   escalations,
@@ -27,6 +27,9 @@ import { agentCommand, agentEnv } from "./agent-env.js";
 import { readContextFiles, runContextCommands, worktreeState } from "./prompt-inputs.js";
 import type { RunEvent } from "./run-event.js";
 import { describeExit, type SessionOutcome, SessionRunner, type StopCause } from "./session-runner.js";
+import type { EscalationAnswer } from "../escalations/escalation-service.js";
+
+export type ExecutionMode = "start" | "takeover" | "resume";
 
 /** Things that want to hear about runs (status comments, metrics); failures are logged, never fatal. */
 export interface RunObserver {
@@ -50,6 +53,8 @@ export interface RunEngineDeps {
   /** Where agents can reach this server, once it listens. */
   serverUrl: () => string | undefined;
   observers: RunObserver[];
+  /** Answers to escalations, for resumed sessions (absent in tests that do not need them). */
+  escalations?: { answerFor(runId: number): Promise<EscalationAnswer | undefined>; markResumed(escalationId: number, sessionId: number): Promise<void> };
   now: () => Date;
   /** After a terminal phase, how long an agent may take to exit (DESIGN: 60 s). */
   terminalLingerMs: number;
@@ -68,6 +73,48 @@ export function runPaths(dataDir: string, runId: number) {
 }
 
 const FINAL_BY_OUTCOME = { failed: "failed", crashed: "crashed", timed_out: "timed_out" } as const;
+
+type FinalStatus = Exclude<RunStatus, "queued" | "running" | "escalated" | "skipped">;
+
+/**
+ * The worktree's fate when its run ends: preserved (with expiry) when the outcome is in
+ * the formula's `preserve_on`, removed otherwise. Never throws: a failure is logged and
+ * housekeeping finds the worktree later.
+ */
+export async function settleWorktree(
+  deps: Pick<RunEngineDeps, "formulas" | "config" | "worktrees">,
+  run: Run,
+  status: FinalStatus,
+  worktree: Worktree | undefined,
+  log: Logger,
+): Promise<Worktree | undefined> {
+  if (!worktree || worktree.state !== "active") return worktree;
+  const formula = deps.formulas.get(run.formula);
+  const project = deps.config.projects.find((p) => p.name === run.project);
+  try {
+    const keep = status in FINAL_BY_OUTCOME && (formula?.preserveOn ?? ["crashed"]).includes(status as never);
+    if (keep) {
+      const kept = await deps.worktrees.preserve(worktree, status, formula?.retentionMs ?? 24 * 3_600_000);
+      log.warn({ path: worktree.path, expiresAt: kept.expiresAt }, `worktree preserved for debugging: ${worktree.path}`);
+      return kept;
+    }
+    return await deps.worktrees.remove(worktree, status === "cancelled" ? "api" : "success", project);
+  } catch (error) {
+    log.error({ err: error, path: worktree.path }, `could not settle the worktree: ${errorMessage(error)}`);
+    return worktree;
+  }
+}
+
+/** The run's worktree in use, if it has one. */
+export async function activeWorktreeOf(database: Database, runId: number): Promise<Worktree | undefined> {
+  const [row] = await database.db
+    .select()
+    .from(worktrees)
+    .where(and(eq(worktrees.runId, runId), eq(worktrees.state, "active")))
+    .orderBy(desc(worktrees.id))
+    .limit(1);
+  return row;
+}
 
 /**
  * Carries one claimed run through its sessions to its final status: worktree, prompt,
@@ -104,9 +151,10 @@ export class RunExecution {
 
   /**
    * `start`: a freshly claimed run. `takeover`: a run this instance left `running` when it
-   * died; its agent group is already stopped, and it counts as a crash.
+   * died; its agent group is already stopped, and it counts as a crash. `resume`: an
+   * escalated run whose question was answered; a new session continues with the answer.
    */
-  async execute(mode: "start" | "takeover"): Promise<void> {
+  async execute(mode: ExecutionMode): Promise<void> {
     try {
       await this.#execute(mode);
     } catch (error) {
@@ -117,7 +165,7 @@ export class RunExecution {
     }
   }
 
-  async #execute(mode: "start" | "takeover"): Promise<void> {
+  async #execute(mode: ExecutionMode): Promise<void> {
     const { config, formulas } = this.#deps;
     const formula = formulas.get(this.run.formula);
     const project = config.projects.find((p) => p.name === this.run.project);
@@ -135,8 +183,12 @@ export class RunExecution {
     let recoveryUsed = previous.some((s) => s.kind === "recovery");
     let worktree = await this.#activeWorktree();
 
-    let kind: SessionKind = "initial";
+    let kind: SessionKind = mode === "resume" ? "resume" : "initial";
     let recovery: RecoveryContext | undefined;
+    if (mode === "resume" && (!worktree || !(await exists(worktree.path)))) {
+      await this.#finish("failed", "the run's worktree is gone; it cannot resume", worktree);
+      return;
+    }
     if (mode === "takeover" && previous.length > 0) {
       const last = previous[previous.length - 1] as Session;
       if (!worktree || !(await exists(worktree.path))) {
@@ -229,6 +281,10 @@ export class RunExecution {
     recovery: RecoveryContext | undefined;
   }) {
     const { formula, project, worktree, paths, seq, kind, recovery } = args;
+    // The answer stays in every later prompt of the run (a recovery after a resumed
+    // session still needs it); only a resume session is started with --resume.
+    const answer = await this.#deps.escalations?.answerFor(this.run.id);
+    const lastAgentSession = await this.#lastAgentSessionId();
     const { config } = this.#deps;
     const profile = config.agents[formula.agent];
     if (!profile) {
@@ -251,6 +307,7 @@ export class RunExecution {
       worktree: worktree.path,
       serverUrl: this.#deps.serverUrl(),
       apiToken: this.#deps.apiToken.reveal(),
+      ...(answer ? { escalationReply: answer.body } : {}),
     });
     const [contextFiles, contextOutputs, scratch] = await Promise.all([
       readContextFiles(formula, worktree.path, project.repoPath),
@@ -282,6 +339,7 @@ export class RunExecution {
       contextOutputs,
       scratch,
       recovery,
+      ...(answer ? { escalationReply: { author: answer.author, body: answer.body, question: answer.escalation.question } } : {}),
       envNames: Object.keys(env).sort(),
     });
     const runner = new SessionRunner(
@@ -289,7 +347,7 @@ export class RunExecution {
         runId: this.run.id,
         seq,
         kind,
-        command: agentCommand(profile, formula.model, undefined),
+        command: agentCommand(profile, formula.model, kind === "resume" ? lastAgentSession : undefined),
         cwd: worktree.path,
         env,
         prompt,
@@ -314,20 +372,29 @@ export class RunExecution {
     this.#runner = runner;
     if (this.#stopCause) runner.stop(this.#stopCause);
     try {
-      return await runner.run();
+      return await runner.run({
+        onStarted: async (session) => {
+          if (kind === "resume" && answer) await this.#deps.escalations?.markResumed(answer.escalation.id, session.id);
+        },
+      });
     } finally {
       this.#runner = undefined;
     }
   }
 
-  async #activeWorktree(): Promise<Worktree | undefined> {
+  /** The agent's own id of the last session that reported one (Claude Code's session_id), for --resume. */
+  async #lastAgentSessionId(): Promise<string | undefined> {
     const [row] = await this.#deps.database.db
-      .select()
-      .from(worktrees)
-      .where(and(eq(worktrees.runId, this.run.id), eq(worktrees.state, "active")))
-      .orderBy(desc(worktrees.id))
+      .select({ id: sessions.agentSessionId })
+      .from(sessions)
+      .where(and(eq(sessions.runId, this.run.id), isNotNull(sessions.agentSessionId)))
+      .orderBy(desc(sessions.seq))
       .limit(1);
-    return row;
+    return row?.id ?? undefined;
+  }
+
+  async #activeWorktree(): Promise<Worktree | undefined> {
+    return activeWorktreeOf(this.#deps.database, this.run.id);
   }
 
   async #escalate(formula: Formula, session: Session, question: string): Promise<void> {
@@ -338,8 +405,9 @@ export class RunExecution {
         .values({
           runId: this.run.id,
           sessionId: session.id,
-          question: question.trim() || "the agent needs input",
-          issue: this.run.issue,
+          question: this.#deps.secrets.scrub(question.trim()) || "the agent needs input",
+          // Asked on the run's issue, else on the project's escalation_issue.
+          issue: this.run.issue ?? this.#deps.config.projects.find((p) => p.name === this.run.project)?.escalationIssue ?? null,
           deadlineAt: deadline,
         })
         .returning();
@@ -356,26 +424,11 @@ export class RunExecution {
   }
 
   /** Final status, the worktree's fate (removed, or preserved per `preserve_on`), observers told. */
-  async #finish(status: Exclude<RunStatus, "queued" | "running" | "escalated" | "skipped">, detail: string | null, worktree: Worktree | undefined) {
-    const formula = this.#deps.formulas.get(this.run.formula);
-    const project = this.#deps.config.projects.find((p) => p.name === this.run.project);
-    let finalWorktree = worktree;
-    if (worktree && worktree.state === "active") {
-      try {
-        const keep = status in FINAL_BY_OUTCOME && (formula?.preserveOn ?? ["crashed"]).includes(status as never);
-        if (keep) {
-          finalWorktree = await this.#deps.worktrees.preserve(worktree, status, formula?.retentionMs ?? 24 * 3_600_000);
-          this.#log.warn({ path: worktree.path, expiresAt: finalWorktree.expiresAt }, `worktree preserved for debugging: ${worktree.path}`);
-        } else {
-          finalWorktree = await this.#deps.worktrees.remove(worktree, status === "cancelled" ? "api" : "success", project);
-        }
-      } catch (error) {
-        this.#log.error({ err: error, path: worktree.path }, `could not settle the worktree: ${errorMessage(error)}`);
-      }
-    }
+  async #finish(status: FinalStatus, detail: string | null, worktree: Worktree | undefined) {
+    const finalWorktree = await settleWorktree(this.#deps, this.run, status, worktree, this.#log);
     const [run] = await this.#deps.database.db
       .update(runs)
-      .set({ status, detail, finishedAt: sql`now()`, updatedAt: sql`now()` })
+      .set({ status, detail: detail === null ? null : this.#deps.secrets.scrub(detail), finishedAt: sql`now()`, updatedAt: sql`now()` })
       .where(eq(runs.id, this.run.id))
       .returning();
     this.run = run as Run;

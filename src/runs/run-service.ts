@@ -44,8 +44,8 @@ function decodeCursor(cursor: string): number {
   return Number(match[1]);
 }
 
-/** A run as the API shows it (DESIGN "A run in JSON"). */
-export function runJson(run: Run) {
+/** A run as the API shows it (DESIGN "A run in JSON"); `scrub` removes secret values from text. */
+export function runJson(run: Run, scrub: (text: string) => string = (t) => t) {
   return {
     id: run.id,
     formula: run.formula,
@@ -59,7 +59,7 @@ export function runJson(run: Run) {
     started_at: run.startedAt?.toISOString() ?? null,
     finished_at: run.finishedAt?.toISOString() ?? null,
     phase: run.phase,
-    detail: run.detail,
+    detail: run.detail === null ? null : scrub(run.detail),
     instance_id: run.instanceId,
     concurrency_key: run.concurrencyKey,
     cancel_requested: run.cancelRequestedAt !== null,
@@ -162,8 +162,8 @@ export class RunService {
     const scrub = (text: string | null) => (text === null ? null : this.deps.secrets.scrub(text));
     const worktree = worktreeRows[0];
     return {
-      ...runJson(run),
-      phases: phaseRows.map((p) => ({ phase: p.phase, detail: p.detail, at: p.at.toISOString(), session: p.sessionId })),
+      ...runJson(run, this.deps.secrets.scrub.bind(this.deps.secrets)),
+      phases: phaseRows.map((p) => ({ phase: p.phase, detail: scrub(p.detail), at: p.at.toISOString(), session: p.sessionId })),
       sessions: sessionRows.map((s) => ({
         id: s.id,
         seq: s.seq,
@@ -196,12 +196,12 @@ export class RunService {
       escalations: escalationRows.map((e) => ({
         id: e.id,
         state: e.state,
-        question: e.question,
+        question: scrub(e.question),
         issue: e.issue,
         asked_at: e.askedAt.toISOString(),
         deadline_at: e.deadlineAt.toISOString(),
         reply_author: e.replyAuthor,
-        reply_body: e.replyBody,
+        reply_body: scrub(e.replyBody),
         claimed_at: e.claimedAt?.toISOString() ?? null,
       })),
     };

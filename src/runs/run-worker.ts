@@ -3,7 +3,7 @@ import { type Run, runs, sessions } from "../../db/schema/index.js";
 import { errorMessage } from "../errors.js";
 import type { MemoryProbe } from "../memory.js";
 import { processHasEnv, stopGroup } from "../sessions/process-group.js";
-import { type RunEngineDeps, RunExecution } from "./run-executor.js";
+import { activeWorktreeOf, type ExecutionMode, type RunEngineDeps, RunExecution, settleWorktree } from "./run-executor.js";
 import { claimNextRun } from "./run-queue.js";
 
 export interface RunWorkerOptions {
@@ -90,7 +90,7 @@ export class RunWorker {
     return this.#stopped;
   }
 
-  #launch(run: Run, mode: "start" | "takeover"): void {
+  #launch(run: Run, mode: ExecutionMode): void {
     const execution = new RunExecution(this.#deps, run);
     const done = execution
       .execute(mode)
@@ -106,6 +106,13 @@ export class RunWorker {
     while (!this.#stopping) {
       try {
         await this.#pollCancellations();
+        // Answered questions first: those runs already hold a worktree and a key.
+        while (!this.#stopping) {
+          const answered = await this.#claimAnswered();
+          if (!answered) break;
+          this.#deps.log.info({ runId: answered.id }, "resuming an answered run");
+          this.#launch(answered, "resume");
+        }
         while (!this.#stopping && this.#active.size < this.#options.maxSessions) {
           const claimed = await claimNextRun(this.#deps.database, this.#deps.instanceId, (run) => ({
             formula: this.#deps.formulas.get(run.formula),
@@ -137,6 +144,42 @@ export class RunWorker {
         };
       });
       this.#wake = undefined;
+    }
+  }
+
+  /**
+   * An escalated run of THIS instance (its worktree is on this disk) whose question was
+   * answered and not yet delivered to a session: moved back to `running` here.
+   */
+  async #claimAnswered(): Promise<Run | undefined> {
+    const rows = await this.#deps.database.rows<{ id: number }>(sql`
+      update runs set status = 'running', updated_at = now()
+      where id = (
+        select r.id from runs r
+        join escalations e on e.run_id = r.id
+        where r.status = 'escalated' and r.instance_id = ${this.#deps.instanceId}
+          and e.state = 'answered' and e.resumed_session_id is null
+        order by e.claimed_at
+        limit 1
+        for update of r skip locked)
+      returning id`);
+    const id = rows[0]?.id;
+    if (id === undefined) return undefined;
+    const [run] = await this.#deps.database.db.select().from(runs).where(eq(runs.id, Number(id)));
+    return run;
+  }
+
+  /**
+   * A run another part of the server failed while no session ran (an escalation that
+   * timed out): settle its worktree here when it is on this instance's disk, and tell
+   * the observers. On another instance, its housekeeping finds the worktree.
+   */
+  async settleEnded(run: Run): Promise<void> {
+    const worktree = run.instanceId === this.#deps.instanceId ? await activeWorktreeOf(this.#deps.database, run.id) : undefined;
+    const log = this.#deps.log.child({ runId: run.id });
+    const final = await settleWorktree(this.#deps, run, run.status as "failed", worktree, log);
+    for (const observer of this.#deps.observers) {
+      await Promise.resolve(observer.runFinished?.(run, final)).catch((error: unknown) => log.error({ err: error }, "run observer failed"));
     }
   }
 

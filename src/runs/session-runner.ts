@@ -90,7 +90,7 @@ export class SessionRunner {
     void this.#process?.stop(cause.kind === "interrupted" ? "server shutting down" : cause.why);
   }
 
-  async run(): Promise<{ outcome: SessionOutcome; session: Session; lastPhase: string | undefined }> {
+  async run(hooks: { onStarted?: (session: Session) => Promise<void> } = {}): Promise<{ outcome: SessionOutcome; session: Session; lastPhase: string | undefined }> {
     const spec = this.#spec;
     const log = this.#deps.log.child({ session: spec.seq });
     await mkdir(spec.runDir, { recursive: true });
@@ -109,6 +109,7 @@ export class SessionRunner {
       .update(runs)
       .set({ attempt: spec.seq, updatedAt: sql`now()` })
       .where(eq(runs.id, spec.runId));
+    await hooks.onStarted?.(this.#session);
 
     let lastPhase: string | undefined;
     let lingerTimer: NodeJS.Timeout | undefined;
@@ -176,7 +177,7 @@ export class SessionRunner {
 
     const outcome = this.#classify(exit);
     const tail = this.#deps.secrets.scrub(agent.tail());
-    const detail = outcomeDetail(outcome, exit);
+    const detail = ((d) => (d === null ? null : this.#deps.secrets.scrub(d)))(outcomeDetail(outcome, exit));
     await appendFile(logFile, `\n=== formula-runner: session ${spec.seq} ended: ${describeExit(exit)}; ${outcome.kind}${detail ? `: ${detail}` : ""} ===\n`);
     const [ended] = await this.#deps.database.db
       .update(sessions)
@@ -196,7 +197,9 @@ export class SessionRunner {
 
   async #recordPhase(signal: PhaseSignal & { at: Date }, log: Logger): Promise<void> {
     try {
-      const detail = signal.phase === "escalate" ? signal.body || null : (signal.detail ?? null);
+      // Agents print what they see, tokens included: nothing secret is stored.
+      const raw = signal.phase === "escalate" ? signal.body || null : (signal.detail ?? null);
+      const detail = raw === null ? null : this.#deps.secrets.scrub(raw);
       const [row] = await this.#deps.database.db
         .insert(phases)
         .values({ runId: this.#spec.runId, sessionId: this.#session?.id ?? null, phase: signal.phase, detail, at: signal.at })

@@ -2,7 +2,9 @@ import type { Database } from "../../db/client.js";
 import { type Config, loadSettings } from "../../src/config.js";
 import { DEFAULT_AGENTS, type ProjectConfig } from "../../src/config.js";
 import { FormulaStore } from "../../src/formulas/store.js";
+import { EscalationService } from "../../src/escalations/escalation-service.js";
 import { DeliveryIngest } from "../../src/forge/delivery-ingest.js";
+import { OutboxWorker } from "../../src/forge/outbox.js";
 import { ForgeClient, PermissionCache } from "../../src/forge/forge-client.js";
 import { WebhookService } from "../../src/forge/webhook-service.js";
 import { RunService } from "../../src/runs/run-service.js";
@@ -69,6 +71,23 @@ export function testServices(options: TestServicesOptions): Services {
       permissions: new PermissionCache((project) => new ForgeClient(project)),
       log,
       onQueued: () => {},
+    }),
+    escalations: new EscalationService({
+      database: options.database,
+      projects: config.projects,
+      permissions: new PermissionCache((project) => new ForgeClient(project)),
+      log,
+      now: () => new Date(),
+      onAnswered: () => {},
+      onOutbox: () => {},
+    }),
+    outbox: new OutboxWorker({
+      database: options.database,
+      projects: config.projects,
+      clientFor: (project) => new ForgeClient(project),
+      renderStatus: async () => undefined,
+      secrets,
+      log,
     }),
     scheduler,
     reloadFormulas: async () => {
