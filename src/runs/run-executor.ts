@@ -36,6 +36,8 @@ export interface RunObserver {
   runStarted?(run: Run): Promise<void> | void;
   phaseRecorded?(run: Run, phase: Phase): Promise<void> | void;
   escalated?(run: Run, escalation: Escalation): Promise<void> | void;
+  /** A session's process ended and its record (outcome, turns, cost) is final. */
+  sessionEnded?(run: Run, session: Session): Promise<void> | void;
   runFinished?(run: Run, worktree: Worktree | undefined): Promise<void> | void;
 }
 
