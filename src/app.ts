@@ -6,6 +6,7 @@ import type { ContentfulStatusCode } from "hono/utils/http-status";
 import { deliveryRoutes } from "../routes/deliveries.js";
 import { formulaRoutes } from "../routes/formulas.js";
 import { healthRoutes } from "../routes/health.js";
+import { metricsRoutes } from "../routes/metrics.js";
 import { runRoutes } from "../routes/runs.js";
 import { webhookRoutes } from "../routes/webhooks.js";
 import { worktreeRoutes } from "../routes/worktrees.js";
@@ -78,6 +79,7 @@ export function createApp(services: Services): Hono<AppEnv> {
   );
 
   app.route("/", healthRoutes(services));
+  app.route("/", metricsRoutes(services));
   app.route("/", webhookRoutes(services));
   app.use("/api/*", requireBearerToken(services.apiToken));
   app.use("/api/*", bodyLimit({ maxSize: API_BODY_LIMIT, onError: () => {

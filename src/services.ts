@@ -2,6 +2,7 @@ import type { Config } from "./config.js";
 import type { Database } from "../db/client.js";
 import type { FormulaStore } from "./formulas/store.js";
 import type { Logger } from "./logger.js";
+import type { Metrics } from "./metrics.js";
 import type { EscalationService } from "./escalations/escalation-service.js";
 import type { OutboxWorker } from "./forge/outbox.js";
 import type { WebhookService } from "./forge/webhook-service.js";
@@ -32,6 +33,8 @@ export interface Services {
   /** Sends forge writes (comments, edits, labels); `notify()` wakes it. */
   outbox: OutboxWorker;
   scheduler: Scheduler;
+  /** Prometheus metrics for GET /metrics; also a run observer. */
+  metrics: Metrics;
   /** Re-reads the formulas directory and updates the schedules (SIGHUP, POST /api/formulas/reload). */
   reloadFormulas(): Promise<void>;
   intake: Intake;

@@ -11,6 +11,7 @@ import { RunService } from "../../src/runs/run-service.js";
 import { Scheduler } from "../../src/scheduler/scheduler.js";
 import { WorktreeManager } from "../../src/worktrees/worktree-manager.js";
 import { createLogger } from "../../src/logger.js";
+import { Metrics } from "../../src/metrics.js";
 import { Secret, SecretRegistry } from "../../src/secrets.js";
 import type { Services } from "../../src/services.js";
 
@@ -90,6 +91,7 @@ export function testServices(options: TestServicesOptions): Services {
       log,
     }),
     scheduler,
+    metrics: new Metrics({ database: options.database, log }),
     reloadFormulas: async () => {
       await formulas.reload();
       await scheduler.sync();
