@@ -190,7 +190,7 @@ async function serve(io: CliIo): Promise<number> {
 async function migrateCommand(io: CliIo): Promise<number> {
   try {
     const config = await loadConfig(io.env, io.cwd);
-    const log = createLogger({ level: config.settings.logLevel, secrets: collectSecrets(config) });
+    const log = createLogger({ level: config.settings.logLevel, secrets: collectSecrets(config, process.env) });
     const database = await openAndMigrate(config, log);
     await database.close();
     return 0;

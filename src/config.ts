@@ -51,12 +51,34 @@ export interface ProjectConfig {
 }
 
 /** How to start one kind of agent. `{model}` and `{session_id}` are filled in per session. */
+/** How the server reads an agent's stdout: plain text, or Claude Code's JSON lines. */
+export const AGENT_OUTPUTS = ["text", "stream-json"] as const;
+export type AgentOutput = (typeof AGENT_OUTPUTS)[number];
+
 export interface AgentProfile {
   name: string;
   command: readonly string[];
   modelArgs: readonly string[];
   resumeArgs: readonly string[];
   env: Readonly<Record<string, string>>;
+  /**
+   * `stream-json`: stdout is read as Claude Code's JSON lines (session id for --resume,
+   * turns, cost, API errors, the final result). Default: `stream-json` when the command
+   * asks for that output format, else `text`.
+   */
+  output: AgentOutput;
+  /**
+   * Give the agent the runner's Claude Code settings (`--settings FILE`): the phase
+   * protocol again after a context compaction, and a guard on Bash. Default: true when
+   * the program is `claude`.
+   */
+  claudeSettings: boolean;
+}
+
+/** The profile defaults that follow from its command. */
+export function agentDefaults(command: readonly string[]): Pick<AgentProfile, "output" | "claudeSettings"> {
+  const streamJson = command.some((arg, i) => arg === "--output-format=stream-json" || (arg === "stream-json" && command[i - 1] === "--output-format"));
+  return { output: streamJson ? "stream-json" : "text", claudeSettings: path.basename(command[0] ?? "") === "claude" };
 }
 
 export interface Config {
@@ -95,6 +117,8 @@ export const DEFAULT_AGENTS: Readonly<Record<string, AgentProfile>> = Object.fre
     modelArgs: Object.freeze(["--model", "{model}"]),
     resumeArgs: Object.freeze(["--resume", "{session_id}"]),
     env: Object.freeze({ CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: "1" }),
+    output: "stream-json",
+    claudeSettings: true,
   }),
 });
 
@@ -124,6 +148,8 @@ const agentSchema = z
     model_args: argList.optional(),
     resume_args: argList.optional(),
     env: z.record(z.string().regex(ENV_NAME, "must be an environment variable name"), z.string()).optional(),
+    output: z.enum(AGENT_OUTPUTS).optional(),
+    claude_settings: z.boolean().optional(),
   })
   .strict();
 
@@ -272,6 +298,8 @@ export function parseConfigFile(
       modelArgs: Object.freeze([...(a.model_args ?? [])]),
       resumeArgs: Object.freeze([...(a.resume_args ?? [])]),
       env: Object.freeze({ ...(a.env ?? {}) }),
+      output: a.output ?? agentDefaults(a.command).output,
+      claudeSettings: a.claude_settings ?? agentDefaults(a.command).claudeSettings,
     });
   }
   return { projects, agents, problems, warnings };

@@ -17,6 +17,7 @@ import { renderStatusFor } from "./forge/status-comment.js";
 import { WebhookService } from "./forge/webhook-service.js";
 import { Housekeeping } from "./housekeeping.js";
 import { type MemoryProbe, readAvailableMemoryMb } from "./memory.js";
+import { Metrics } from "./metrics.js";
 import type { RunObserver } from "./runs/run-executor.js";
 import { RunService } from "./runs/run-service.js";
 import { RunWorker } from "./runs/run-worker.js";
@@ -26,6 +27,7 @@ import { InstanceHeartbeat, resolveInstanceId } from "./instance.js";
 import { createLogger, type Logger, type LoggerOptions } from "./logger.js";
 import { VERSION } from "./package-info.js";
 import { SecretRegistry } from "./secrets.js";
+import { rootRefusal } from "./runs/agent-env.js";
 import type { Services } from "./services.js";
 
 /** A long-lived part of the server. `stop()` is idempotent and waits for work in flight. */
@@ -48,6 +50,8 @@ export interface StartOptions {
   observers?: RunObserver[];
   /** An open, migrated database to use instead of the configured one (tests); the caller closes it. */
   database?: Database;
+  /** How long a stream-json agent may run on after its final result before it is stopped; 30 s. */
+  resultLingerMs?: number;
 }
 
 export interface RunningServer {
@@ -58,9 +62,16 @@ export interface RunningServer {
   stop(): Promise<void>;
 }
 
-/** Every secret value of the configuration, so logs and comments can be scrubbed of them. */
-export function collectSecrets(config: Config): SecretRegistry {
+/**
+ * Credentials agents inherit from the server's environment (ANTHROPIC_*, CLAUDE_*): an
+ * agent may print them, so their values are scrubbed like the configured secrets.
+ */
+const AGENT_CREDENTIAL = /^(ANTHROPIC|CLAUDE)_\w*(KEY|TOKEN|SECRET|PASSWORD)$/;
+
+/** Every secret value of the configuration and agent credentials, so logs and comments can be scrubbed of them. */
+export function collectSecrets(config: Config, env: Readonly<Record<string, string | undefined>> = {}): SecretRegistry {
   const secrets = new SecretRegistry();
+  for (const [name, value] of Object.entries(env)) if (AGENT_CREDENTIAL.test(name)) secrets.add(value);
   secrets.add(config.settings.apiToken);
   for (const project of config.projects) {
     secrets.add(project.token);
@@ -106,7 +117,7 @@ export async function openAndMigrate(config: Config, log: Logger): Promise<Datab
 export async function startServer(options: StartOptions = {}): Promise<RunningServer> {
   const config = await loadConfig(options.env ?? process.env, options.cwd ?? process.cwd());
   const { settings } = config;
-  const secrets = collectSecrets(config);
+  const secrets = collectSecrets(config, options.env ?? process.env);
   const log = createLogger({ level: settings.logLevel, secrets, destination: options.logDestination });
 
   await mkdir(settings.dataDir, { recursive: true, mode: 0o700 });
@@ -120,6 +131,11 @@ export async function startServer(options: StartOptions = {}): Promise<RunningSe
     instanceLog.warn({ file: settings.configFile }, `no config file at ${settings.configFile}: running with zero projects`);
   } else {
     instanceLog.info({ projects: config.projects.map((p) => p.name) }, `${config.projects.length} project(s) configured`);
+  }
+  for (const profile of Object.values(config.agents)) {
+    // Said at start, not only when a run fails: the fix is how the server is started.
+    const refusal = rootRefusal(profile.command, { IS_SANDBOX: (options.env ?? process.env).IS_SANDBOX ?? "" });
+    if (refusal) instanceLog.warn({ agent: profile.name }, `agent "${profile.name}": ${refusal}; its runs will fail`);
   }
 
   const database = options.database ?? (await openAndMigrate(config, instanceLog));
@@ -144,6 +160,7 @@ export async function startServer(options: StartOptions = {}): Promise<RunningSe
     now,
   });
   const reporter = new ForgeReporter({ database, projects: config.projects, formulas, log: instanceLog, onOutbox: () => outbox.notify() });
+  const metrics = new Metrics({ database, log: instanceLog });
   // The worker and the escalations refer to each other (answers wake the worker, timeouts
   // settle a run's worktree through it): `worker` is assigned just below.
   let worker: RunWorker;
@@ -170,10 +187,11 @@ export async function startServer(options: StartOptions = {}): Promise<RunningSe
       apiToken,
       serverEnv: options.env ?? process.env,
       serverUrl: () => serverUrl,
-      observers: [reporter, ...(options.observers ?? [])],
+      observers: [reporter, metrics, ...(options.observers ?? [])],
       escalations: escalationService,
       now,
       terminalLingerMs: 60_000,
+      resultLingerMs: options.resultLingerMs ?? 30_000,
     },
     {
       maxSessions: settings.maxSessions,
@@ -227,6 +245,7 @@ export async function startServer(options: StartOptions = {}): Promise<RunningSe
     escalations: escalationService,
     outbox,
     scheduler,
+    metrics,
     reloadFormulas,
     intake: { accepting: true },
   };

@@ -62,8 +62,9 @@ export class ForgeReporter implements RunObserver {
   }
 
   async runFinished(run: Run): Promise<void> {
-    // A skipped run never started: nothing to say on the issue (GET /api/runs has it).
-    if (run.status === "skipped") return;
+    // A run that never started (skipped, cancelled while queued) has no comment to finish:
+    // nothing to say on the issue (GET /api/runs has it).
+    if (run.status === "skipped" || run.startedAt === null) return;
     await this.#status(await this.#fresh(run));
   }
 

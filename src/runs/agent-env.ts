@@ -84,3 +84,16 @@ export function agentCommand(profile: AgentProfile, model: string | undefined, r
   }
   return argv;
 }
+
+/**
+ * Why the agent cannot start here, when that is known in advance: Claude Code refuses
+ * `--dangerously-skip-permissions` under root unless IS_SANDBOX=1 (exactly; "yes" does
+ * not count), and says so only in a line of its output. Undefined when nothing is wrong.
+ */
+export function rootRefusal(command: readonly string[], env: Readonly<Record<string, string>>, uid = process.getuid?.()): string | undefined {
+  if (uid !== 0 || !command.includes("--dangerously-skip-permissions") || env.IS_SANDBOX === "1") return undefined;
+  return (
+    "Claude Code refuses --dangerously-skip-permissions when it runs as root. Run formula-runner as a non-root user " +
+    "(the container image does), or, on a disposable sandbox only, start the server with IS_SANDBOX=1"
+  );
+}

@@ -17,16 +17,17 @@ import {
 } from "../../db/schema/index.js";
 import type { Config, ProjectConfig } from "../config.js";
 import { errorMessage } from "../errors.js";
-import { buildPrompt, type RecoveryContext } from "../formulas/prompt.js";
+import { buildContinuationPrompt, buildPrompt, phaseProtocol, type RecoveryContext } from "../formulas/prompt.js";
 import type { Formula } from "../formulas/schema.js";
 import type { FormulaStore } from "../formulas/store.js";
 import type { Logger } from "../logger.js";
 import type { Secret, SecretRegistry } from "../secrets.js";
 import { WorktreeError, type WorktreeManager } from "../worktrees/worktree-manager.js";
-import { agentCommand, agentEnv } from "./agent-env.js";
+import { claudeSettingsArgs, writeClaudeSettings } from "../sessions/claude-settings.js";
+import { agentCommand, agentEnv, rootRefusal } from "./agent-env.js";
 import { readContextFiles, runContextCommands, worktreeState } from "./prompt-inputs.js";
 import type { RunEvent } from "./run-event.js";
-import { describeExit, type SessionOutcome, SessionRunner, type StopCause } from "./session-runner.js";
+import { describeExit, outcomeDetail, type SessionOutcome, SessionRunner, type StopCause } from "./session-runner.js";
 import type { EscalationAnswer } from "../escalations/escalation-service.js";
 
 export type ExecutionMode = "start" | "takeover" | "resume";
@@ -60,6 +61,8 @@ export interface RunEngineDeps {
   now: () => Date;
   /** After a terminal phase, how long an agent may take to exit (DESIGN: 60 s). */
   terminalLingerMs: number;
+  /** After a stream-json agent's final result, how long it may take to exit (DESIGN: 30 s). */
+  resultLingerMs?: number;
 }
 
 /** Files of one run under `$DATA_DIR/runs/<id>/`. */
@@ -221,13 +224,16 @@ export class RunExecution {
     if (mode === "start") await this.#notify("runStarted", (o) => o.runStarted?.(this.run));
 
     let seq = previous.length;
+    // Set when a --resume found no conversation: the next session starts afresh, once.
+    let fresh = false;
     for (;;) {
       if (this.#stopCause) {
         await this.#settleStopped(this.#stopCause, worktree);
         return;
       }
       seq += 1;
-      const { outcome, session, lastPhase } = await this.#runSession({ formula, project, worktree, paths, seq, kind, recovery });
+      const { outcome, session, lastPhase } = await this.#runSession({ formula, project, worktree, paths, seq, kind, recovery, fresh });
+      if (session) await this.#notify("sessionEnded", (o) => o.sessionEnded?.(this.run, session));
       switch (outcome.kind) {
         case "phase":
           if (outcome.phase === "done" || outcome.phase === "merged") {
@@ -240,7 +246,18 @@ export class RunExecution {
           }
           return;
         case "no_phase":
-          await this.#finish("failed", `the agent exited 0 without writing a phase${tailNote(session)}`, worktree);
+          await this.#finish("failed", `${outcomeDetail(outcome)}${tailNote(session)}`, worktree);
+          return;
+        case "api_error":
+          await this.#finish("failed", outcomeDetail(outcome), worktree);
+          return;
+        case "resume_not_found":
+          if (!fresh) {
+            fresh = true;
+            this.#log.warn({ detail: outcome.message }, "the agent's conversation is gone; starting a fresh session with the full prompt");
+            continue;
+          }
+          await this.#finish("failed", outcomeDetail(outcome), worktree);
           return;
         case "spawn_failed":
           await this.#finish("failed", `could not start the agent: ${outcome.message}`, worktree);
@@ -281,21 +298,22 @@ export class RunExecution {
     seq: number;
     kind: SessionKind;
     recovery: RecoveryContext | undefined;
-  }) {
+    /** Start the agent's conversation afresh even if it could be resumed. */
+    fresh: boolean;
+  }): Promise<{ outcome: SessionOutcome; session: Session | undefined; lastPhase: string | undefined }> {
     const { formula, project, worktree, paths, seq, kind, recovery } = args;
     // The answer stays in every later prompt of the run (a recovery after a resumed
-    // session still needs it); only a resume session is started with --resume.
+    // session still needs it).
     const answer = await this.#deps.escalations?.answerFor(this.run.id);
-    const lastAgentSession = await this.#lastAgentSessionId();
     const { config } = this.#deps;
     const profile = config.agents[formula.agent];
     if (!profile) {
-      return {
-        outcome: { kind: "spawn_failed", message: `agent profile "${formula.agent}" is not configured` } as SessionOutcome,
-        session: undefined as unknown as Session,
-        lastPhase: undefined,
-      };
+      return { outcome: { kind: "spawn_failed", message: `agent profile "${formula.agent}" is not configured` }, session: undefined, lastPhase: undefined };
     }
+    // A resume after an answer, or a recovery after a crash, continues the agent's own
+    // conversation when the profile can (resume_args) and the last session reported its id.
+    const resumeId =
+      kind !== "initial" && !args.fresh && profile.resumeArgs.length > 0 ? await this.#lastAgentSessionId() : undefined;
     const issue = this.run.issue ?? undefined;
     const env = agentEnv({
       serverEnv: this.#deps.serverEnv,
@@ -328,7 +346,7 @@ export class RunExecution {
       ),
       readFile(paths.scratchFile, "utf8").catch(() => undefined),
     ]);
-    const prompt = buildPrompt({
+    const promptInput = {
       formula,
       project,
       runId: this.run.id,
@@ -343,13 +361,26 @@ export class RunExecution {
       recovery,
       ...(answer ? { escalationReply: { author: answer.author, body: answer.body, question: answer.escalation.question } } : {}),
       envNames: Object.keys(env).sort(),
-    });
+    };
+    const prompt = resumeId === undefined ? buildPrompt(promptInput) : buildContinuationPrompt(promptInput);
+    const refusal = rootRefusal(profile.command, env);
+    if (refusal) return { outcome: { kind: "spawn_failed", message: refusal }, session: undefined, lastPhase: undefined };
+    const command = agentCommand(profile, formula.model, resumeId);
+    if (profile.claudeSettings) {
+      const settings = await writeClaudeSettings({
+        runDir: paths.dir,
+        worktree: worktree.path,
+        primaryBranch: project.primaryBranch,
+        phaseProtocol: phaseProtocol(promptInput),
+      });
+      command.push(...claudeSettingsArgs(settings));
+    }
     const runner = new SessionRunner(
       {
         runId: this.run.id,
         seq,
         kind,
-        command: agentCommand(profile, formula.model, kind === "resume" ? lastAgentSession : undefined),
+        command,
         cwd: worktree.path,
         env,
         prompt,
@@ -359,6 +390,9 @@ export class RunExecution {
         maxDurationMs: formula.maxDurationMs,
         killGraceMs: config.settings.killGraceMs,
         terminalLingerMs: this.#deps.terminalLingerMs,
+        output: profile.output,
+        resultLingerMs: this.#deps.resultLingerMs ?? 30_000,
+        resumed: resumeId !== undefined,
       },
       {
         database: this.#deps.database,
@@ -399,14 +433,14 @@ export class RunExecution {
     return activeWorktreeOf(this.#deps.database, this.run.id);
   }
 
-  async #escalate(formula: Formula, session: Session, question: string): Promise<void> {
+  async #escalate(formula: Formula, session: Session | undefined, question: string): Promise<void> {
     const deadline = new Date(this.#deps.now().getTime() + formula.escalationTimeoutMs);
     const escalation = await this.#deps.database.db.transaction(async (tx) => {
       const [row] = await tx
         .insert(escalations)
         .values({
           runId: this.run.id,
-          sessionId: session.id,
+          sessionId: session?.id ?? null,
           question: this.#deps.secrets.scrub(question.trim()) || "the agent needs input",
           // Asked on the run's issue, else on the project's escalation_issue.
           issue: this.run.issue ?? this.#deps.config.projects.find((p) => p.name === this.run.project)?.escalationIssue ?? null,

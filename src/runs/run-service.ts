@@ -161,8 +161,13 @@ export class RunService {
     ]);
     const scrub = (text: string | null) => (text === null ? null : this.deps.secrets.scrub(text));
     const worktree = worktreeRows[0];
+    const sum = (pick: (s: (typeof sessionRows)[number]) => number | null) =>
+      sessionRows.some((s) => pick(s) !== null) ? sessionRows.reduce((n, s) => n + (pick(s) ?? 0), 0) : null;
     return {
       ...runJson(run, this.deps.secrets.scrub.bind(this.deps.secrets)),
+      // Totals over the sessions, as the agent reported them (null when it reports nothing).
+      num_turns: sum((s) => s.numTurns),
+      cost_usd: sum((s) => s.costUsd),
       phases: phaseRows.map((p) => ({ phase: p.phase, detail: scrub(p.detail), at: p.at.toISOString(), session: p.sessionId })),
       sessions: sessionRows.map((s) => ({
         id: s.id,
@@ -175,9 +180,13 @@ export class RunService {
         signal: s.signal,
         outcome: s.outcome,
         detail: scrub(s.detail),
+        duration_ms: s.endedAt ? s.endedAt.getTime() - s.startedAt.getTime() : null,
         agent_session_id: s.agentSessionId,
         num_turns: s.numTurns,
+        tool_calls: s.toolCalls,
         cost_usd: s.costUsd,
+        /** The agent's final result object, shortened (Claude Code: subtype, is_error, usage, text...). */
+        result: s.result,
         output_tail: scrub(s.outputTail),
       })),
       worktree: worktree
@@ -232,7 +241,9 @@ export class RunService {
         .returning();
       if (!cancelled) return this.cancel(id); // it moved on meanwhile: decide again
       await db.update(escalations).set({ state: "cancelled" }).where(and(eq(escalations.runId, id), eq(escalations.state, "open")));
-      if (before.status === "escalated") await this.#removeActiveWorktree(id);
+      // The worker settles the worktree and tells the observers (the status comment, metrics).
+      if (this.deps.worker) await this.deps.worker.settleEnded(cancelled);
+      else if (before.status === "escalated") await this.#removeActiveWorktree(id);
       this.deps.log.info({ runId: id }, "run cancelled");
       return cancelled;
     }

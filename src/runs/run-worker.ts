@@ -170,9 +170,10 @@ export class RunWorker {
   }
 
   /**
-   * A run another part of the server failed while no session ran (an escalation that
-   * timed out): settle its worktree here when it is on this instance's disk, and tell
-   * the observers. On another instance, its housekeeping finds the worktree.
+   * A run another part of the server ended while no session ran (an escalation that
+   * timed out, a queued or escalated run cancelled): settle its worktree here when it is
+   * on this instance's disk, and tell the observers. On another instance, its
+   * housekeeping finds the worktree.
    */
   async settleEnded(run: Run): Promise<void> {
     const worktree = run.instanceId === this.#deps.instanceId ? await activeWorktreeOf(this.#deps.database, run.id) : undefined;

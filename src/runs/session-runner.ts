@@ -2,6 +2,7 @@ import { appendFile, mkdir, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { eq, sql } from "drizzle-orm";
 import type { Database } from "../../db/client.js";
+import type { AgentOutput } from "../config.js";
 import { type Phase, phases, runs, type Session, type SessionKind, sessions } from "../../db/schema/index.js";
 import { errorMessage } from "../errors.js";
 import type { Logger } from "../logger.js";
@@ -9,11 +10,17 @@ import type { SecretRegistry } from "../secrets.js";
 import { type AgentExit, type AgentProcess, startAgentProcess } from "../sessions/agent-process.js";
 import { isTerminalPhase, type PhaseSignal, type TerminalPhase } from "../sessions/phase-file.js";
 import { PhaseWatcher } from "../sessions/phase-watcher.js";
+import { type AgentResult, type ApiError, StreamJsonReader, type StreamSummary } from "../sessions/stream-json.js";
 
 /** How a session ended, as the run lifecycle needs to know it. */
 export type SessionOutcome =
   | { kind: "phase"; phase: TerminalPhase; detail: string | undefined; body: string }
-  | { kind: "no_phase" }
+  /** Exit 0 (or stopped while lingering after its final result) without a terminal phase. */
+  | { kind: "no_phase"; lingered?: boolean }
+  /** The agent's model API failed for good (rate limit, authentication, overload, billing...). */
+  | { kind: "api_error"; error: ApiError }
+  /** `--resume` named a conversation the agent does not have (its history is gone). */
+  | { kind: "resume_not_found"; message: string }
   | { kind: "crash"; exit: AgentExit }
   | { kind: "spawn_failed"; message: string }
   | { kind: "timed_out"; why: string }
@@ -40,6 +47,12 @@ export interface SessionSpec {
   killGraceMs: number;
   /** After a terminal phase, how long the agent may take to exit before it is stopped. */
   terminalLingerMs: number;
+  /** `stream-json`: stdout is Claude Code's JSON lines (session id, turns, cost, result). */
+  output: AgentOutput;
+  /** After the final result object of a stream-json agent, how long it may take to exit (30 s). */
+  resultLingerMs: number;
+  /** The session was started with `--resume` (a missing conversation is then its own outcome). */
+  resumed: boolean;
 }
 
 export interface SessionDeps {
@@ -74,6 +87,10 @@ export class SessionRunner {
   readonly #spec: SessionSpec;
   readonly #deps: SessionDeps;
   #phaseWrites: Promise<void> = Promise.resolve();
+  /** Writes of what the agent's stream reported (session id, result), in order. */
+  #streamWrites: Promise<void> = Promise.resolve();
+  /** The server stopped the agent because it lingered after its final result. */
+  #resultLingered = false;
 
   constructor(spec: SessionSpec, deps: SessionDeps) {
     this.#spec = spec;
@@ -136,6 +153,24 @@ export class SessionRunner {
     await watcher.prime();
     await watcher.start();
 
+    let resultTimer: NodeJS.Timeout | undefined;
+    const reader = spec.output === "stream-json" ? new StreamJsonReader() : undefined;
+    if (reader) {
+      reader.onNote = (note) => log.debug(note);
+      reader.onSessionId = (agentSessionId) => this.#recordStream(log, { agentSessionId });
+      reader.onResult = (result) => {
+        this.#recordStream(log, resultColumns(result, this.#deps.secrets));
+        log.info({ subtype: result.subtype, isError: result.isError, turns: result.numTurns, costUsd: result.totalCostUsd }, "agent reported its result");
+        // The result means the agent has finished; a process still there later is stuck.
+        if (exited || this.#terminal) return;
+        resultTimer = setTimeout(() => {
+          this.#resultLingered = true;
+          log.warn(`agent still running ${spec.resultLingerMs} ms after its final result; stopping it`);
+          void this.#process?.stop(`lingered ${spec.resultLingerMs} ms after its final result`);
+        }, spec.resultLingerMs);
+      };
+    }
+
     this.#lastActivity = Date.now();
     const agent = startAgentProcess({
       command: spec.command,
@@ -145,8 +180,9 @@ export class SessionRunner {
       logFile,
       tailBytes: TAIL_BYTES,
       killGraceMs: spec.killGraceMs,
-      onOutput: () => {
+      onOutput: (text, stream) => {
         this.#lastActivity = Date.now();
+        if (stream === "stdout") reader?.push(text);
       },
     });
     this.#process = agent;
@@ -171,13 +207,18 @@ export class SessionRunner {
     clearTimeout(maxTimer);
     clearInterval(idleTimer);
     clearTimeout(lingerTimer);
+    clearTimeout(resultTimer);
+    reader?.end();
     // One last look: a phase written just before exit must not be missed.
     await watcher.stop();
     await this.#phaseWrites;
+    await this.#streamWrites;
 
-    const outcome = this.#classify(exit);
+    const summary = reader?.summary;
+    const outcome = this.#classify(exit, summary);
     const tail = this.#deps.secrets.scrub(agent.tail());
-    const detail = ((d) => (d === null ? null : this.#deps.secrets.scrub(d)))(outcomeDetail(outcome, exit));
+    const plainDetail = outcomeDetail(outcome);
+    const detail = plainDetail === null ? null : this.#deps.secrets.scrub(plainDetail);
     await appendFile(logFile, `\n=== formula-runner: session ${spec.seq} ended: ${describeExit(exit)}; ${outcome.kind}${detail ? `: ${detail}` : ""} ===\n`);
     const [ended] = await this.#deps.database.db
       .update(sessions)
@@ -188,6 +229,7 @@ export class SessionRunner {
         outcome: outcomeName(outcome),
         detail,
         outputTail: tail,
+        ...(summary ? summaryColumns(summary, this.#deps.secrets) : {}),
       })
       .where(eq(sessions.id, this.#session.id))
       .returning();
@@ -215,7 +257,20 @@ export class SessionRunner {
     }
   }
 
-  #classify(exit: AgentExit): SessionOutcome {
+  /** Records what the agent's stream reported, as it comes (never throws: a failure is logged). */
+  #recordStream(log: Logger, columns: Partial<typeof sessions.$inferInsert>): void {
+    const id = this.#session?.id;
+    if (id === undefined) return;
+    this.#streamWrites = this.#streamWrites.then(async () => {
+      try {
+        await this.#deps.database.db.update(sessions).set(columns).where(eq(sessions.id, id));
+      } catch (error) {
+        log.error({ err: error }, `could not record the agent's report: ${errorMessage(error)}`);
+      }
+    });
+  }
+
+  #classify(exit: AgentExit, summary: StreamSummary | undefined): SessionOutcome {
     // A terminal phase is what the agent meant, whatever happened to the process after.
     if (this.#terminal) {
       return {
@@ -229,6 +284,11 @@ export class SessionRunner {
     if (this.#stopCause) {
       return this.#stopCause.kind === "interrupted" ? { kind: "interrupted" } : this.#stopCause;
     }
+    // The API failed for good (the CLI already retried): another session would fail the same way.
+    if (summary?.apiError && (summary.result?.isError ?? true)) return { kind: "api_error", error: summary.apiError };
+    const missing = this.#spec.resumed ? summary?.result?.errors.find((e) => /no conversation found/i.test(e)) : undefined;
+    if (missing) return { kind: "resume_not_found", message: missing };
+    if (this.#resultLingered) return { kind: "no_phase", lingered: true };
     if (exit.kind === "exited" && exit.code === 0) return { kind: "no_phase" };
     return { kind: "crash", exit };
   }
@@ -239,6 +299,8 @@ function outcomeName(outcome: SessionOutcome): string {
     case "phase":
       return outcome.phase === "merged" ? "done" : outcome.phase === "escalate" ? "escalated" : outcome.phase;
     case "no_phase":
+    case "api_error":
+    case "resume_not_found":
       return "failed";
     case "crash":
       return "crashed";
@@ -250,14 +312,22 @@ function outcomeName(outcome: SessionOutcome): string {
 }
 
 /** Why the session ended, in words for `detail` columns and comments. */
-export function outcomeDetail(outcome: SessionOutcome, exit: AgentExit): string | null {
+export function outcomeDetail(outcome: SessionOutcome): string | null {
   switch (outcome.kind) {
     case "phase":
       return outcome.phase === "failed" ? (outcome.detail ?? "the agent wrote PHASE:failed") : null;
     case "no_phase":
-      return "the agent exited 0 without writing a phase";
+      return outcome.lingered
+        ? "the agent reported its final result without writing a phase, then did not exit; it was stopped"
+        : "the agent exited 0 without writing a phase";
+    case "api_error": {
+      const status = outcome.error.status === undefined ? "" : `, HTTP ${outcome.error.status}`;
+      return `the agent's model API failed (${outcome.error.kind.replace("_", " ")}${status}): ${outcome.error.message}`;
+    }
+    case "resume_not_found":
+      return `the agent could not resume its conversation: ${outcome.message}`;
     case "crash":
-      return `the agent ended abnormally (${describeExit(exit)}) without a terminal phase`;
+      return `the agent ended abnormally (${describeExit(outcome.exit)}) without a terminal phase`;
     case "spawn_failed":
       return `could not start the agent: ${outcome.message}`;
     case "timed_out":
@@ -269,3 +339,37 @@ export function outcomeDetail(outcome: SessionOutcome, exit: AgentExit): string 
 }
 
 export { describeExit };
+
+/** Longest final text of an agent kept in the session record. */
+const RESULT_TEXT_LIMIT = 4_000;
+
+/** The session columns a result object fills (the text scrubbed of secrets and shortened). */
+function resultColumns(result: AgentResult, secrets: SecretRegistry): Partial<typeof sessions.$inferInsert> {
+  const text = result.result === undefined ? undefined : secrets.scrub(result.result);
+  return {
+    ...(result.sessionId !== undefined ? { agentSessionId: result.sessionId } : {}),
+    ...(result.numTurns !== undefined ? { numTurns: result.numTurns } : {}),
+    ...(result.totalCostUsd !== undefined ? { costUsd: result.totalCostUsd } : {}),
+    result: {
+      subtype: result.subtype,
+      is_error: result.isError,
+      num_turns: result.numTurns ?? null,
+      total_cost_usd: result.totalCostUsd ?? null,
+      duration_ms: result.durationMs ?? null,
+      api_error_status: result.apiErrorStatus ?? null,
+      usage: result.usage ?? null,
+      errors: result.errors.map((e) => secrets.scrub(e)),
+      text: text === undefined ? null : text.length > RESULT_TEXT_LIMIT ? `${text.slice(0, RESULT_TEXT_LIMIT - 1)}…` : text,
+    },
+  };
+}
+
+/** The session columns the whole stream fills at the end (turns and tool calls even without a result). */
+function summaryColumns(summary: StreamSummary, secrets: SecretRegistry): Partial<typeof sessions.$inferInsert> {
+  return {
+    ...(summary.result ? resultColumns(summary.result, secrets) : {}),
+    ...(summary.sessionId !== undefined ? { agentSessionId: summary.sessionId } : {}),
+    numTurns: summary.turns,
+    toolCalls: summary.toolCalls,
+  };
+}

@@ -85,6 +85,12 @@ const MESSAGE_LIMIT = 500;
 export class StreamJsonReader {
   /** Called once, when the first `{"type":"result"}` object arrives. Must not throw (it is called from push()). */
   onResult?: (result: AgentResult) => void;
+  /**
+   * Called when the agent's session id is first known (the `init` line, else the result),
+   * and again if it changes, so it can be recorded before the session ends: a crashed
+   * session can then still be resumed. Must not throw.
+   */
+  onSessionId?: (sessionId: string) => void;
   /** A line was dropped (too long) or skipped (not JSON): a short note for the log. */
   onNote?: (note: string) => void;
 
@@ -94,6 +100,7 @@ export class StreamJsonReader {
   /** Inside an oversized line: everything up to the next newline is discarded. */
   #dropping = false;
   #initSessionId: string | undefined;
+  #reportedSessionId: string | undefined;
   #assistantMessages = 0;
   #lastMessageId: string | undefined;
   #toolCalls = 0;
@@ -220,7 +227,10 @@ export class StreamJsonReader {
   #system(value: Record<string, unknown>): void {
     if (value.subtype === "init") {
       const id = str(value.session_id);
-      if (id !== undefined) this.#initSessionId = id;
+      if (id !== undefined) {
+        this.#initSessionId = id;
+        this.#reportSessionId(id);
+      }
     } else if (value.subtype === "api_retry") {
       this.#apiRetries++;
       this.#lastApiRetry = {
@@ -272,6 +282,7 @@ export class StreamJsonReader {
       raw: value,
     };
     this.#result = result;
+    if (result.sessionId !== undefined) this.#reportSessionId(result.sessionId);
     if (result.isError && this.#isApiError(result)) {
       const text = result.result ?? this.#assistantError?.text ?? "";
       const kind = classifyApiError({ status: result.apiErrorStatus, code: this.#assistantError?.code, text });
@@ -280,6 +291,16 @@ export class StreamJsonReader {
     if (!this.#resultNotified) {
       this.#resultNotified = true;
       this.onResult?.(result);
+    }
+  }
+
+  #reportSessionId(id: string): void {
+    if (id === this.#reportedSessionId) return;
+    this.#reportedSessionId = id;
+    try {
+      this.onSessionId?.(id);
+    } catch {
+      // A callback for recording; a failure there must not stop the parsing.
     }
   }
 

@@ -35,8 +35,8 @@ export interface TestServerOptions {
   backend: BackendKind;
   /** Formula files by name (TOML text, see testFormula). */
   formulas: Record<string, string>;
-  /** Agent profiles: name -> test agent script (or a full command). */
-  agents?: Record<string, TestAgent | string[]>;
+  /** Agent profiles: name -> test agent script, a full command, or a whole `[agents.NAME]` table. */
+  agents?: Record<string, TestAgent | string[] | AgentTable>;
   env?: Record<string, string>;
   /** More keys of the "demo" project (webhook_secret_env, forge_url, bot_login...). */
   project?: Record<string, string | number>;
@@ -44,6 +44,18 @@ export interface TestServerOptions {
   extraConfig?: string;
   readMemory?: MemoryProbe;
   now?: () => Date;
+  /** How long a stream-json agent may linger after its final result (the server's default is 30 s). */
+  resultLingerMs?: number;
+}
+
+/** An `[agents.NAME]` table of formula-runner.toml, keys as in the file. */
+export interface AgentTable {
+  command: string[];
+  model_args?: string[];
+  resume_args?: string[];
+  env?: Record<string, string>;
+  output?: "text" | "stream-json";
+  claude_settings?: boolean;
 }
 
 export interface TestServer {
@@ -76,10 +88,13 @@ export async function startTestServer(options: TestServerOptions): Promise<TestS
   const formulasDir = path.join(dir, "formulas");
   await mkdir(formulasDir, { recursive: true });
   for (const [name, text] of Object.entries(options.formulas)) await writeFile(path.join(formulasDir, `${name}.toml`), text);
-  const agents = { done: "done", ...options.agents } as Record<string, TestAgent | string[]>;
+  const agents = { done: "done", ...options.agents } as Record<string, TestAgent | string[] | AgentTable>;
   const agentTables = Object.entries(agents).map(([name, agent]) => {
-    const command = Array.isArray(agent) ? agent : ["bash", agentPath(agent)];
-    return `[agents.${name}]\ncommand = ${JSON.stringify(command)}\n`;
+    const table: AgentTable = Array.isArray(agent) ? { command: agent } : typeof agent === "string" ? { command: ["bash", agentPath(agent)] } : agent;
+    const lines = Object.entries(table).map(([key, value]) =>
+      key === "env" ? `env = { ${Object.entries(value as Record<string, string>).map(([k, v]) => `${k} = ${JSON.stringify(v)}`).join(", ")} }` : `${key} = ${JSON.stringify(value)}`,
+    );
+    return `[agents.${name}]\n${lines.join("\n")}\n`;
   });
   await writeFile(
     path.join(dir, "formula-runner.toml"),
@@ -113,6 +128,7 @@ export async function startTestServer(options: TestServerOptions): Promise<TestS
     database: db.database,
     ...(options.readMemory ? { readMemory: options.readMemory } : {}),
     ...(options.now ? { now: options.now } : {}),
+    ...(options.resultLingerMs !== undefined ? { resultLingerMs: options.resultLingerMs } : {}),
   });
   const api = async (method: string, route: string, body?: unknown) => {
     const res = await fetch(`${server.url}${route}`, {

@@ -127,9 +127,11 @@ function texts(body: any): string[] {
   return out;
 }
 
-const hasCli = existsSync(CLAUDE);
+describe("Claude Code CLI against the fake API", () => {
+  it("is installed (the pinned devDependency): these tests never skip", () => {
+    expect(existsSync(CLAUDE), `${CLAUDE} is missing: run npm ci`).toBe(true);
+  });
 
-describe.skipIf(!hasCli)("Claude Code CLI against the fake API", () => {
   it("runs a scripted Bash tool call that writes the phase file, and reports it in stream-json", async () => {
     fake.script([{ bash: 'printf "PHASE:done\\n" > "$PHASE_FILE"', description: "Write the phase file" }, { text: "Wrote PHASE:done." }]);
 

@@ -11,6 +11,8 @@ import { startTestServer, TEST_TOKEN, type TestServer, testFormula } from "../he
 
 const SECRET = "escalation-webhook-secret-1";
 const FORGE_TOKEN = "forge-token-escalations-42";
+/** An agent credential the server passes through to agents. */
+const MODEL_KEY = "sk-ant-model-key-escalations-7";
 
 const eventually = async <T>(probe: () => Promise<T | undefined | false>, timeoutMs = 20_000, what = "condition"): Promise<T> => {
   const deadline = Date.now() + timeoutMs;
@@ -34,7 +36,7 @@ describe.each(testBackends())("escalations through the forge, on %s", (backend) 
     t = await startTestServer({
       backend,
       now: () => new Date(clock),
-      env: { DEMO_SECRET: SECRET, DEMO_TOKEN: FORGE_TOKEN },
+      env: { DEMO_SECRET: SECRET, DEMO_TOKEN: FORGE_TOKEN, ANTHROPIC_API_KEY: MODEL_KEY },
       project: { webhook_secret_env: "DEMO_SECRET", token_env: "DEMO_TOKEN", forge_url: forge.url, bot_login: "runner-bot", escalation_issue: 99 },
       formulas: {
         ask: testFormula("ask", { agent: "escalate", escalation_timeout: "1h", env: { REPLY_COPY: replyFile, PROMPT_COPY: promptFile } }),
@@ -44,7 +46,7 @@ describe.each(testBackends())("escalations through the forge, on %s", (backend) 
       agents: {
         escalate: "escalate",
         // Prints the forge token it was given, then fails: the comment must not show it.
-        leak: ["bash", "-c", 'cat >/dev/null; echo "token is $DEMO_TOKEN"; printf "PHASE:failed\\nReason: leaked $DEMO_TOKEN\\n" > "$PHASE_FILE"'],
+        leak: ["bash", "-c", 'cat >/dev/null; echo "token is $DEMO_TOKEN, key is $ANTHROPIC_API_KEY"; printf "PHASE:failed\\nReason: leaked $DEMO_TOKEN\\n" > "$PHASE_FILE"'],
       },
     });
     forge.setPermission("acme/demo", "alice", "write");
@@ -147,6 +149,18 @@ describe.each(testBackends())("escalations through the forge, on %s", (backend) 
     clock = Date.now();
   });
 
+  it("finishes the status comment and removes the worktree when an escalated run is cancelled", async () => {
+    const { body } = await t.api("POST", "/api/runs", { formula: "ask", issue: 12 });
+    const escalated = await t.waitForRun(body.id, ["escalated"]);
+    expect(escalated.worktree.state).toBe("active");
+    expect((await t.api("POST", `/api/runs/${body.id}/cancel`)).status).toBe(200);
+    const cancelled = await t.waitForRun(body.id, ["cancelled"]);
+    expect(cancelled.worktree.state).toBe("removed");
+    expect(cancelled.escalations[0].state).toBe("cancelled");
+    await eventually(async () => markerComments(12, body.id)[0]?.body.includes("— cancelled") === true, 20_000, "status comment says cancelled");
+    expect(markerComments(12, body.id)).toHaveLength(1);
+  });
+
   it("never shows a secret in a comment, even when the agent prints one", async () => {
     const { body } = await t.api("POST", "/api/runs", { formula: "leak" });
     const run = await t.waitForRun(body.id);
@@ -156,13 +170,14 @@ describe.each(testBackends())("escalations through the forge, on %s", (backend) 
       const c = markerComments(99, body.id)[0];
       return c?.body.includes("— failed") ? c : undefined;
     }, 20_000, "status comment on the escalation issue");
-    expect(status.body).toContain("token is [redacted]");
-    for (const issue of [7, 8, 9, 99]) {
+    expect(status.body).toContain("token is [redacted], key is [redacted]");
+    for (const issue of [7, 8, 9, 12, 99]) {
       for (const c of comments(issue)) {
-        for (const secret of [FORGE_TOKEN, SECRET, TEST_TOKEN]) expect(c.body).not.toContain(secret);
+        for (const secret of [FORGE_TOKEN, SECRET, TEST_TOKEN, MODEL_KEY]) expect(c.body).not.toContain(secret);
       }
     }
     expect(JSON.stringify(run)).not.toContain(FORGE_TOKEN);
+    expect(JSON.stringify(run)).not.toContain(MODEL_KEY);
   });
 
   it("finishes a run while the forge is down, and posts everything once it is back", async () => {

@@ -27,14 +27,13 @@ async function eventually<T>(probe: () => Promise<T | undefined | false>, what: 
   }
 }
 
+const SOURCE_DIR = new URL("../../src/", import.meta.url).pathname;
+
 /**
- * Follows the timers created from now on. (Counting every Timeout of the process is not
- * exact: fetch re-arms a shared timer of its own with refresh().)
- */
-/**
- * Timers created by the code under test (a frame in src/) that are still pending. The
- * test's own sleeps are left out: async_hooks reports a timer's destroy a little after it
- * fired, so the sleep that just ended would still count.
+ * Follows the timers created from now on by the code under test (a frame in this
+ * repository's src/). Counting every Timeout of the process is not exact: fetch re-arms
+ * a shared timer of its own with refresh(), postgres.js keeps idle timers, and the test's
+ * own sleep that just ended is reported destroyed a little after it fired.
  */
 function trackTimers(): { live(): string[]; stop(): void } {
   const live = new Map<number, string>();
@@ -42,7 +41,7 @@ function trackTimers(): { live(): string[]; stop(): void } {
     init(id, type) {
       if (type !== "Timeout") return;
       const stack = new Error().stack?.split("\n").slice(2) ?? [];
-      if (stack.some((frame) => frame.includes("/src/"))) live.set(id, stack.slice(0, 12).join(" | "));
+      if (stack.some((frame) => frame.includes(SOURCE_DIR))) live.set(id, stack.slice(0, 12).join(" | "));
     },
     destroy(id) {
       live.delete(id);

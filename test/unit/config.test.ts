@@ -163,6 +163,30 @@ forge = "forgejo"
   });
 });
 
+describe("agent profiles", () => {
+  const agents = (table: string) => parseConfigFile("/etc/fr/formula-runner.toml", table, {});
+
+  it("reads Claude Code's JSON lines and gives it the runner's settings by default, for the built-in profile and any `claude` command", () => {
+    expect(DEFAULT_AGENTS.claude).toMatchObject({ output: "stream-json", claudeSettings: true });
+    const result = agents(
+      ['[agents.mine]', 'command = ["/opt/bin/claude", "-p", "--output-format=stream-json", "--verbose"]', '[agents.plain]', 'command = ["bash", "agent.sh"]'].join("\n"),
+    );
+    expect(result.problems).toEqual([]);
+    expect(result.agents.mine).toMatchObject({ output: "stream-json", claudeSettings: true });
+    expect(result.agents.plain).toMatchObject({ output: "text", claudeSettings: false });
+  });
+
+  it("lets a profile say how its output is read and whether it gets the settings", () => {
+    const result = agents(['[agents.wrapped]', 'command = ["bash", "-c", "claude \\"$@\\"", "x"]', 'output = "stream-json"', "claude_settings = true"].join("\n"));
+    expect(result.problems).toEqual([]);
+    expect(result.agents.wrapped).toMatchObject({ output: "stream-json", claudeSettings: true });
+    const bad = agents(['[agents.x]', 'command = ["x"]', 'output = "json"', 'claude_settings = "yes"'].join("\n"));
+    expect(bad.problems).toHaveLength(2);
+    expect(bad.problems.join("\n")).toContain("agents.x.output");
+    expect(bad.problems.join("\n")).toContain("agents.x.claude_settings");
+  });
+});
+
 describe("loadConfig", () => {
   let dir: string;
   beforeEach(async () => {

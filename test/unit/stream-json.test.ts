@@ -269,6 +269,28 @@ describe("StreamJsonReader chunking", () => {
     expect(reader.summary.result?.result).toBe("Second result");
   });
 
+  it("reports the session id from the init line, before any result, and again only if it changes", () => {
+    const lines = fixture("bash-tool-success.jsonl").trimEnd().split("\n");
+    const reader = new StreamJsonReader();
+    const ids: string[] = [];
+    reader.onSessionId = (id) => ids.push(id);
+    reader.push(`${lines[0]}\n`);
+    expect(ids).toHaveLength(1);
+    expect(ids[0]).toBe(JSON.parse(lines[0] as string).session_id);
+    for (const line of lines.slice(1)) reader.push(`${line}\n`);
+    reader.end();
+    expect(ids).toEqual([reader.summary.sessionId]);
+    // A result naming another id (a forked conversation) is reported too; a throwing callback changes nothing.
+    const other = (lines.at(-1) as string).replace(/"session_id":"[^"]+"/, '"session_id":"11111111-2222-4333-8444-555555555555"');
+    reader.onSessionId = (id) => {
+      ids.push(id);
+      throw new Error("recording failed");
+    };
+    reader.push(`${other}\n`);
+    expect(ids.at(-1)).toBe("11111111-2222-4333-8444-555555555555");
+    expect(reader.summary.sessionId).toBe("11111111-2222-4333-8444-555555555555");
+  });
+
   it("tolerates CRLF line ends", () => {
     const text = fixture("multi-block-turn.jsonl");
     expect(summaryOf(text.replaceAll("\n", "\r\n"))).toEqual(summaryOf(text));
