@@ -1,9 +1,10 @@
 import { Hono } from "hono";
 import { z } from "zod";
-import { WORKTREE_STATES, type Worktree } from "../db/schema/index.js";
+import { WORKTREE_STATES } from "../db/schema/index.js";
 import type { AppEnv } from "../src/app.js";
 import { AppError } from "../src/errors.js";
 import type { Services } from "../src/services.js";
+import { worktreeJson } from "../src/worktrees/worktree-manager.js";
 import { idParam, jsonBody, queryParams } from "./input.js";
 
 const listQuery = z
@@ -23,26 +24,6 @@ const purgeBody = z
     dry_run: z.boolean().default(false),
   })
   .strict();
-
-/** A worktree as the API shows it. */
-export function worktreeJson(w: Worktree) {
-  return {
-    id: w.id,
-    run_id: w.runId,
-    project: w.project,
-    formula: w.formula,
-    path: w.path,
-    state: w.state,
-    reason: w.reason,
-    instance_id: w.instanceId,
-    size_bytes: w.sizeBytes,
-    created_at: w.createdAt.toISOString(),
-    preserved_at: w.preservedAt?.toISOString() ?? null,
-    expires_at: w.expiresAt?.toISOString() ?? null,
-    removed_at: w.removedAt?.toISOString() ?? null,
-    removed_by: w.removedBy,
-  };
-}
 
 export function worktreeRoutes(services: Services): Hono<AppEnv> {
   const app = new Hono<AppEnv>();

@@ -517,6 +517,13 @@ export class WorktreeManager {
    * third of the time on the embedded database: no per-row objects in JavaScript.
    */
   async listJson(filter: WorktreeListFilter = {}): Promise<{ json: string; count: number; lastId: number | null }> {
+    if (this.database.kind === "postgres") {
+      // PostgreSQL builds JSON slowly (json_agg of 10,000 rows: ~150 ms here, ~200 ms with
+      // the time formatting); postgres.js reads the rows and JavaScript writes the JSON in
+      // about half that. PGlite is the other way round.
+      const rows = await this.list(filter);
+      return { json: JSON.stringify(rows.map(worktreeJson)), count: rows.length, lastId: rows.at(-1)?.id ?? null };
+    }
     const wanted = filter.limit !== undefined && Number.isFinite(filter.limit) ? Math.trunc(filter.limit) : DEFAULT_LIST_LIMIT;
     const limit = Math.min(MAX_LIST_LIMIT, Math.max(1, wanted));
     const conditions: SQL[] = [];
@@ -792,4 +799,24 @@ async function mapLimit<T>(items: readonly T[], limit: number, task: (item: T) =
   };
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
   if (failure) throw failure.error;
+}
+
+/** A worktree as the API shows it (listJson writes the same fields on PGlite). */
+export function worktreeJson(w: Worktree) {
+  return {
+    id: w.id,
+    run_id: w.runId,
+    project: w.project,
+    formula: w.formula,
+    path: w.path,
+    state: w.state,
+    reason: w.reason,
+    instance_id: w.instanceId,
+    size_bytes: w.sizeBytes,
+    created_at: w.createdAt.toISOString(),
+    preserved_at: w.preservedAt?.toISOString() ?? null,
+    expires_at: w.expiresAt?.toISOString() ?? null,
+    removed_at: w.removedAt?.toISOString() ?? null,
+    removed_by: w.removedBy,
+  };
 }

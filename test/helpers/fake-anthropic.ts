@@ -64,6 +64,22 @@ const OUTPUT_TOKENS = 20;
 
 type Block = { type: "text"; text: string } | { type: "tool_use"; id: string; name: string; input: Record<string, unknown> };
 
+/** Every text of a recorded request's messages, in order (strings and text/tool_use/tool_result blocks), for assertions. */
+export function messageTexts(body: any): string[] {
+  const out: string[] = [];
+  for (const message of body.messages as { role: string; content: unknown }[]) {
+    if (typeof message.content === "string") out.push(`${message.role}: ${message.content}`);
+    else if (Array.isArray(message.content)) {
+      for (const block of message.content) {
+        if (block.type === "text") out.push(`${message.role}: ${block.text}`);
+        else if (block.type === "tool_use") out.push(`${message.role}: tool_use ${JSON.stringify(block.input)}`);
+        else if (block.type === "tool_result") out.push(`${message.role}: tool_result ${JSON.stringify(block.content)}`);
+      }
+    }
+  }
+  return out;
+}
+
 export async function startFakeAnthropic(): Promise<FakeAnthropic> {
   const queue: FakeTurn[] = [];
   const requests: FakeRequest[] = [];

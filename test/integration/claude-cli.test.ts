@@ -11,7 +11,7 @@ import { execa } from "execa";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { startAgentProcess } from "../../src/sessions/agent-process.js";
 import { type StreamSummary, StreamJsonReader } from "../../src/sessions/stream-json.js";
-import { type FakeAnthropic, NO_MORE_SCRIPT, startFakeAnthropic } from "../helpers/fake-anthropic.js";
+import { type FakeAnthropic, messageTexts as texts, NO_MORE_SCRIPT, startFakeAnthropic } from "../helpers/fake-anthropic.js";
 import { cleanupTempDirs, makeTempDir, pendingTempDirs } from "../helpers/tmp.js";
 
 const CLAUDE = fileURLToPath(new URL("../../node_modules/.bin/claude", import.meta.url));
@@ -109,22 +109,6 @@ async function runClaude(prompt: string, options: { args?: string[]; env?: Recor
 /** What a failed assertion shows of a run. */
 function show(run: CliRun): string {
   return `exit ${run.exitCode} after ${run.elapsedMs} ms\nstdout:\n${run.stdout.slice(-4000)}\nstderr:\n${run.stderr.slice(-2000)}`;
-}
-
-/** Every text of a request's messages, in order (strings and text/tool_result blocks). */
-function texts(body: any): string[] {
-  const out: string[] = [];
-  for (const message of body.messages as { role: string; content: unknown }[]) {
-    if (typeof message.content === "string") out.push(`${message.role}: ${message.content}`);
-    else if (Array.isArray(message.content)) {
-      for (const block of message.content) {
-        if (block.type === "text") out.push(`${message.role}: ${block.text}`);
-        else if (block.type === "tool_use") out.push(`${message.role}: tool_use ${JSON.stringify(block.input)}`);
-        else if (block.type === "tool_result") out.push(`${message.role}: tool_result ${JSON.stringify(block.content)}`);
-      }
-    }
-  }
-  return out;
 }
 
 describe("Claude Code CLI against the fake API", () => {

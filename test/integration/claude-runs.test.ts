@@ -10,29 +10,13 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { testBackends } from "../helpers/db.js";
-import { type FakeAnthropic, startFakeAnthropic } from "../helpers/fake-anthropic.js";
+import { type FakeAnthropic, messageTexts as texts, startFakeAnthropic } from "../helpers/fake-anthropic.js";
 import { startTestServer, type TestServer, testFormula } from "../helpers/test-server.js";
 import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
 
 const BIN = fileURLToPath(new URL("../../node_modules/.bin", import.meta.url));
 const SESSION_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const CLAUDE_ARGS = ["-p", "--output-format", "stream-json", "--verbose", "--dangerously-skip-permissions"];
-
-/** Every text of a request's messages, in order (strings and text/tool_use/tool_result blocks). */
-function texts(body: any): string[] {
-  const out: string[] = [];
-  for (const message of body.messages as { role: string; content: unknown }[]) {
-    if (typeof message.content === "string") out.push(`${message.role}: ${message.content}`);
-    else if (Array.isArray(message.content)) {
-      for (const block of message.content) {
-        if (block.type === "text") out.push(`${message.role}: ${block.text}`);
-        else if (block.type === "tool_use") out.push(`${message.role}: tool_use ${JSON.stringify(block.input)}`);
-        else if (block.type === "tool_result") out.push(`${message.role}: tool_result ${JSON.stringify(block.content)}`);
-      }
-    }
-  }
-  return out;
-}
 
 const writePhase = (lines: string) => ({ bash: `printf '${lines}' > "$PHASE_FILE"`, description: "Write the phase file" });
 
