@@ -62,21 +62,20 @@ export function runRoutes(services: Services): Hono<AppEnv> {
       issue: body.issue,
       actor: body.actor ?? "api",
     });
-    return c.json(runJson(run, (text) => services.secrets.scrub(text)), 201);
+    return c.json(runJson(run, services.secrets), 201);
   });
 
   app.get("/api/runs", async (c) => {
     const query = queryParams(c, listQuery);
     const page = await services.runs.list(query);
-    const scrub = (text: string) => services.secrets.scrub(text);
-    return c.json({ runs: page.runs.map((r) => runJson(r, scrub)), next_cursor: page.nextCursor });
+    return c.json({ runs: page.runs.map((r) => runJson(r, services.secrets)), next_cursor: page.nextCursor });
   });
 
   app.get("/api/runs/:id", async (c) => c.json(await services.runs.detail(idParam(c))));
 
   app.post("/api/runs/:id/cancel", async (c) => {
     const run = await services.runs.cancel(idParam(c));
-    return c.json(runJson(run, (text) => services.secrets.scrub(text)), run.status === "cancelled" ? 200 : 202);
+    return c.json(runJson(run, services.secrets), run.status === "cancelled" ? 200 : 202);
   });
 
   /** Answers the run's open question, the same way a permitted reply on the issue does. */

@@ -292,14 +292,15 @@ export function parseConfigFile(
 
   const agents: Record<string, AgentProfile> = { ...DEFAULT_AGENTS };
   for (const [name, a] of Object.entries(parsed.data.agents)) {
+    const defaults = agentDefaults(a.command);
     agents[name] = Object.freeze({
       name,
       command: Object.freeze([...a.command]),
       modelArgs: Object.freeze([...(a.model_args ?? [])]),
       resumeArgs: Object.freeze([...(a.resume_args ?? [])]),
       env: Object.freeze({ ...(a.env ?? {}) }),
-      output: a.output ?? agentDefaults(a.command).output,
-      claudeSettings: a.claude_settings ?? agentDefaults(a.command).claudeSettings,
+      output: a.output ?? defaults.output,
+      claudeSettings: a.claude_settings ?? defaults.claudeSettings,
     });
   }
   return { projects, agents, problems, warnings };

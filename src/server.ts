@@ -154,7 +154,7 @@ export async function startServer(options: StartOptions = {}): Promise<RunningSe
     database,
     projects: config.projects,
     clientFor: forgeClient,
-    renderStatus: (runId) => renderStatusFor(database, secrets, runId, now()),
+    renderStatus: (runId) => renderStatusFor(database, runId, now()),
     secrets,
     log: instanceLog,
     now,

@@ -122,22 +122,15 @@ export class ForgeClient {
   /** The user's access to the repository; `none` when the forge does not know them as a collaborator. */
   async accessLevel(login: string): Promise<AccessLevel> {
     try {
-      const { data } = await this.octokit.rest.repos.getCollaboratorPermissionLevel({
-        owner: this.#owner,
-        repo: this.#repo,
-        username: login,
-        request: { signal: AbortSignal.timeout(PERMISSION_TIMEOUT_MS) },
-      });
+      const { data } = await this.#call(
+        `reading ${login}'s permission on ${this.project.repo}`,
+        (signal) => this.octokit.rest.repos.getCollaboratorPermissionLevel({ owner: this.#owner, repo: this.#repo, username: login, request: { signal } }),
+        PERMISSION_TIMEOUT_MS,
+      );
       return accessLevelOf(data as { permission?: unknown; role_name?: unknown });
     } catch (error) {
-      const status = (error as { status?: number }).status;
-      if (status === 404) return "none";
-      const failed = toForgeError(`reading ${login}'s permission on ${this.project.repo}`, error, PERMISSION_TIMEOUT_MS);
-      // Kept as before: a call that got no answer still reports Octokit's status.
-      throw new ForgeError(`could not read ${login}'s permission on ${this.project.repo}: ${(error as Error).message}`, status, {
-        cause: error,
-        headers: failed.headers,
-      });
+      if (error instanceof ForgeError && error.status === 404) return "none";
+      throw error;
     }
   }
 
@@ -292,14 +285,14 @@ export class ForgeClient {
   }
 
   /** One forge call with a timeout; any failure becomes a ForgeError saying what was being done. */
-  async #call<T>(what: string, call: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  async #call<T>(what: string, call: (signal: AbortSignal) => Promise<T>, timeoutMs = this.#timeoutMs): Promise<T> {
     const controller = new AbortController();
     // A plain timer cleared when the call ends, so no timer outlives the call.
-    const timer = setTimeout(() => controller.abort(), this.#timeoutMs);
+    const timer = setTimeout(() => controller.abort(), timeoutMs);
     try {
       return await call(controller.signal);
     } catch (error) {
-      throw toForgeError(what, error, this.#timeoutMs);
+      throw toForgeError(what, error, timeoutMs);
     } finally {
       clearTimeout(timer);
     }

@@ -12,7 +12,6 @@ import {
   type Worktree,
   worktrees,
 } from "../../db/schema/index.js";
-import type { SecretRegistry } from "../secrets.js";
 import { statusMarker } from "./outbox.js";
 
 const ICON: Record<string, string> = {
@@ -59,7 +58,7 @@ export interface StatusInput {
  * The status comment of a run: formula, trigger, current phase with a short timeline,
  * duration, and at the end the outcome, why, the preserved worktree and its expiry, and
  * the last lines of output for failures. The hidden marker finds it again. Secrets are
- * scrubbed by the caller (`renderStatusFor`) and again by the outbox.
+ * scrubbed by the outbox, which every forge write goes through.
  */
 export function renderStatus(input: StatusInput): string {
   const { run, now } = input;
@@ -117,8 +116,8 @@ export function renderStatus(input: StatusInput): string {
   return `${lines.join("\n")}\n`;
 }
 
-/** Loads what the status comment of a run shows and renders it, secrets scrubbed. */
-export async function renderStatusFor(database: Database, secrets: SecretRegistry, runId: number, now = new Date()): Promise<string | undefined> {
+/** Loads what the status comment of a run shows and renders it (the outbox scrubs it when sending). */
+export async function renderStatusFor(database: Database, runId: number, now = new Date()): Promise<string | undefined> {
   const [run] = await database.db.select().from(runs).where(eq(runs.id, runId));
   if (!run) return undefined;
   const [phaseRows, sessionRows, worktreeRows, escalationRows] = await Promise.all([
@@ -127,5 +126,5 @@ export async function renderStatusFor(database: Database, secrets: SecretRegistr
     database.db.select().from(worktrees).where(eq(worktrees.runId, runId)).orderBy(desc(worktrees.id)).limit(1),
     database.db.select().from(escalations).where(eq(escalations.runId, runId)).orderBy(asc(escalations.id)),
   ]);
-  return secrets.scrub(renderStatus({ run, phases: phaseRows, sessions: sessionRows, worktree: worktreeRows[0], escalations: escalationRows, now }));
+  return renderStatus({ run, phases: phaseRows, sessions: sessionRows, worktree: worktreeRows[0], escalations: escalationRows, now });
 }

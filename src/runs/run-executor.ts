@@ -472,13 +472,23 @@ export class RunExecution {
     await this.#notify("runFinished", (o) => o.runFinished?.(this.run, finalWorktree));
   }
 
-  async #notify(what: string, call: (observer: RunObserver) => Promise<void> | void): Promise<void> {
-    for (const observer of this.#deps.observers) {
-      try {
-        await call(observer);
-      } catch (error) {
-        this.#log.error({ err: error }, `run observer failed on ${what}: ${errorMessage(error)}`);
-      }
+  #notify(what: string, call: (observer: RunObserver) => Promise<void> | void): Promise<void> {
+    return notifyObservers(this.#deps.observers, this.#log, what, call);
+  }
+}
+
+/** Tells every observer, in order; a failing observer is logged and never stops the others or the run. */
+export async function notifyObservers(
+  observers: readonly RunObserver[],
+  log: Logger,
+  what: string,
+  call: (observer: RunObserver) => Promise<void> | void,
+): Promise<void> {
+  for (const observer of observers) {
+    try {
+      await call(observer);
+    } catch (error) {
+      log.error({ err: error }, `run observer failed on ${what}: ${errorMessage(error)}`);
     }
   }
 }

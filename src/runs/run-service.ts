@@ -17,7 +17,7 @@ import type { Logger } from "../logger.js";
 import type { SecretRegistry } from "../secrets.js";
 import type { WorktreeManager } from "../worktrees/worktree-manager.js";
 import type { RunEvent } from "./run-event.js";
-import { runPaths } from "./run-executor.js";
+import { activeWorktreeOf, runPaths, settleWorktree } from "./run-executor.js";
 import { enqueueRun } from "./run-queue.js";
 import type { RunWorker } from "./run-worker.js";
 
@@ -44,8 +44,8 @@ function decodeCursor(cursor: string): number {
   return Number(match[1]);
 }
 
-/** A run as the API shows it (DESIGN "A run in JSON"); `scrub` removes secret values from text. */
-export function runJson(run: Run, scrub: (text: string) => string = (t) => t) {
+/** A run as the API shows it (DESIGN "A run in JSON"), secret values scrubbed from its text. */
+export function runJson(run: Run, secrets: Pick<SecretRegistry, "scrub">) {
   return {
     id: run.id,
     formula: run.formula,
@@ -59,7 +59,7 @@ export function runJson(run: Run, scrub: (text: string) => string = (t) => t) {
     started_at: run.startedAt?.toISOString() ?? null,
     finished_at: run.finishedAt?.toISOString() ?? null,
     phase: run.phase,
-    detail: run.detail === null ? null : scrub(run.detail),
+    detail: run.detail === null ? null : secrets.scrub(run.detail),
     instance_id: run.instanceId,
     concurrency_key: run.concurrencyKey,
     cancel_requested: run.cancelRequestedAt !== null,
@@ -164,7 +164,7 @@ export class RunService {
     const sum = (pick: (s: (typeof sessionRows)[number]) => number | null) =>
       sessionRows.some((s) => pick(s) !== null) ? sessionRows.reduce((n, s) => n + (pick(s) ?? 0), 0) : null;
     return {
-      ...runJson(run, this.deps.secrets.scrub.bind(this.deps.secrets)),
+      ...runJson(run, this.deps.secrets),
       // Totals over the sessions, as the agent reported them (null when it reports nothing).
       num_turns: sum((s) => s.numTurns),
       cost_usd: sum((s) => s.costUsd),
@@ -241,9 +241,10 @@ export class RunService {
         .returning();
       if (!cancelled) return this.cancel(id); // it moved on meanwhile: decide again
       await db.update(escalations).set({ state: "cancelled" }).where(and(eq(escalations.runId, id), eq(escalations.state, "open")));
-      // The worker settles the worktree and tells the observers (the status comment, metrics).
+      // The worker settles the worktree and tells the observers (the status comment, metrics);
+      // without one (an API-only setup) the worktree is settled the same way, no one to tell.
       if (this.deps.worker) await this.deps.worker.settleEnded(cancelled);
-      else if (before.status === "escalated") await this.#removeActiveWorktree(id);
+      else await settleWorktree(this.deps, cancelled, "cancelled", await activeWorktreeOf(this.deps.database, id), this.deps.log);
       this.deps.log.info({ runId: id }, "run cancelled");
       return cancelled;
     }
@@ -251,15 +252,5 @@ export class RunService {
     const local = this.deps.worker?.cancelLocal(id, "cancelled on request");
     if (local) await local;
     return this.get(id);
-  }
-
-  async #removeActiveWorktree(runId: number): Promise<void> {
-    const [worktree] = await this.deps.database.db
-      .select()
-      .from(worktrees)
-      .where(and(eq(worktrees.runId, runId), eq(worktrees.state, "active")));
-    if (!worktree) return;
-    const project = this.deps.config.projects.find((p) => p.name === worktree.project);
-    await this.deps.worktrees.remove(worktree, "api", project);
   }
 }

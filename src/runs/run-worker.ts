@@ -3,7 +3,7 @@ import { type Run, runs, sessions } from "../../db/schema/index.js";
 import { errorMessage } from "../errors.js";
 import type { MemoryProbe } from "../memory.js";
 import { processHasEnv, stopGroup } from "../sessions/process-group.js";
-import { activeWorktreeOf, type ExecutionMode, type RunEngineDeps, RunExecution, settleWorktree } from "./run-executor.js";
+import { activeWorktreeOf, type ExecutionMode, notifyObservers, type RunEngineDeps, RunExecution, settleWorktree } from "./run-executor.js";
 import { claimNextRun } from "./run-queue.js";
 
 export interface RunWorkerOptions {
@@ -179,9 +179,7 @@ export class RunWorker {
     const worktree = run.instanceId === this.#deps.instanceId ? await activeWorktreeOf(this.#deps.database, run.id) : undefined;
     const log = this.#deps.log.child({ runId: run.id });
     const final = await settleWorktree(this.#deps, run, run.status as "failed", worktree, log);
-    for (const observer of this.#deps.observers) {
-      await Promise.resolve(observer.runFinished?.(run, final)).catch((error: unknown) => log.error({ err: error }, "run observer failed"));
-    }
+    await notifyObservers(this.#deps.observers, log, "runFinished", (o) => o.runFinished?.(run, final));
   }
 
   /** Cancel requests made on another instance (or by `cancel-running`) for runs executing here. */
