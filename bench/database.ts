@@ -14,7 +14,9 @@ async function insertLatency(database: Database): Promise<ReturnType<typeof summ
   const samples: number[] = [];
   for (let i = 0; i < INSERTS; i++) {
     const started = performance.now();
-    await database.db.insert(runs).values({ formula: "bench", project: "bench", triggerKind: "dispatch", triggerRef: `b${i}` });
+    await database.db
+      .insert(runs)
+      .values({ formula: "bench", project: "bench", triggerKind: "dispatch", triggerRef: `b${i}` });
     samples.push(performance.now() - started);
   }
   return summarize(samples);
@@ -36,7 +38,13 @@ export async function benchDatabase(postgresUrl: string | undefined): Promise<vo
     t = performance.now();
     const reopened = await openDatabase({ dataDir });
     const reopenMs = performance.now() - t;
-    rows.push({ backend: "pglite (disk)", "open ms": Math.round(createMs), "reopen ms": Math.round(reopenMs), "migrate ms": Math.round(migrateMs), ...stats(await insertLatency(reopened)) });
+    rows.push({
+      backend: "pglite (disk)",
+      "open ms": Math.round(createMs),
+      "reopen ms": Math.round(reopenMs),
+      "migrate ms": Math.round(migrateMs),
+      ...stats(await insertLatency(reopened)),
+    });
     await reopened.close();
 
     if (postgresUrl) {
@@ -50,7 +58,13 @@ export async function benchDatabase(postgresUrl: string | undefined): Promise<vo
         const openMs = performance.now() - t;
         t = performance.now();
         await migrate(pg);
-        rows.push({ backend: "postgres", "open ms": Math.round(openMs), "reopen ms": "-", "migrate ms": Math.round(performance.now() - t), ...stats(await insertLatency(pg)) });
+        rows.push({
+          backend: "postgres",
+          "open ms": Math.round(openMs),
+          "reopen ms": "-",
+          "migrate ms": Math.round(performance.now() - t),
+          ...stats(await insertLatency(pg)),
+        });
         await pg.close();
       } finally {
         await admin.unsafe(`drop schema "${schema}" cascade`);

@@ -50,8 +50,11 @@ async function setUp(formulas: Record<string, string>, agents: Record<string, st
   const dir = await makeTempDir("fr-bench-engine-");
   const repo = await createTestRepo();
   await mkdir(path.join(dir, "formulas"));
-  for (const [name, text] of Object.entries(formulas)) await writeFile(path.join(dir, "formulas", `${name}.toml`), text);
-  const agentTables = Object.entries(agents).map(([name, command]) => `[agents.${name}]\ncommand = ${JSON.stringify(command)}\n`);
+  for (const [name, text] of Object.entries(formulas))
+    await writeFile(path.join(dir, "formulas", `${name}.toml`), text);
+  const agentTables = Object.entries(agents).map(
+    ([name, command]) => `[agents.${name}]\ncommand = ${JSON.stringify(command)}\n`,
+  );
   await writeFile(
     path.join(dir, "formula-runner.toml"),
     `[[projects]]\nname = "demo"\nrepo_path = ${JSON.stringify(repo.clone)}\nrepo = "acme/demo"\n${agentTables.join("\n")}`,
@@ -72,7 +75,14 @@ async function benchPhaseLatency(postgresUrl: string | undefined): Promise<Recor
     const { database, cleanup } = await benchDatabase(backend, postgresUrl);
     const latencies: number[] = [];
     const server = await startServer({
-      env: { PATH: process.env.PATH, HOME: process.env.HOME, DATA_DIR: path.join(dir, "data"), PORT: "0", API_TOKEN: TOKEN, LOG_LEVEL: "warn" },
+      env: {
+        PATH: process.env.PATH,
+        HOME: process.env.HOME,
+        DATA_DIR: path.join(dir, "data"),
+        PORT: "0",
+        API_TOKEN: TOKEN,
+        LOG_LEVEL: "warn",
+      },
       cwd: dir,
       database,
       observers: [
@@ -92,7 +102,15 @@ async function benchPhaseLatency(postgresUrl: string | undefined): Promise<Recor
         await new Promise((r) => setTimeout(r, 200));
       }
       const s = summarize(latencies);
-      rows.push({ backend, "phases stored": `${s.n}/${PHASE_WRITES}`, "median ms": s.median, "p99 ms": s.p99, "max ms": Math.max(...latencies), "target p99": "< 100 ms", "bash design": "10-15 s poll" });
+      rows.push({
+        backend,
+        "phases stored": `${s.n}/${PHASE_WRITES}`,
+        "median ms": s.median,
+        "p99 ms": s.p99,
+        "max ms": Math.max(...latencies),
+        "target p99": "< 100 ms",
+        "bash design": "10-15 s poll",
+      });
     } finally {
       await server.stop();
       await cleanup();
@@ -103,7 +121,10 @@ async function benchPhaseLatency(postgresUrl: string | undefined): Promise<Recor
   return rows;
 }
 
-async function benchDatabase(backend: string, postgresUrl: string | undefined): Promise<{ database: Database; cleanup: () => Promise<void> }> {
+async function benchDatabase(
+  backend: string,
+  postgresUrl: string | undefined,
+): Promise<{ database: Database; cleanup: () => Promise<void> }> {
   if (backend === "pglite") {
     const database = await openDatabase({});
     await migrate(database);
@@ -125,12 +146,14 @@ async function benchDatabase(backend: string, postgresUrl: string | undefined): 
 }
 
 function procStat(pid: number): Promise<{ cpuTicks: number; rssKb: number }> {
-  return Promise.all([readFile(`/proc/${pid}/stat`, "utf8"), readFile(`/proc/${pid}/status`, "utf8")]).then(([stat, status]) => {
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    const cpuTicks = Number(fields[11]) + Number(fields[12]);
-    const rssKb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
-    return { cpuTicks, rssKb };
-  });
+  return Promise.all([readFile(`/proc/${pid}/stat`, "utf8"), readFile(`/proc/${pid}/status`, "utf8")]).then(
+    ([stat, status]) => {
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      const cpuTicks = Number(fields[11]) + Number(fields[12]);
+      const rssKb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
+      return { cpuTicks, rssKb };
+    },
+  );
 }
 
 async function benchOverhead(postgresUrl: string | undefined): Promise<Record<string, string | number>[]> {
@@ -191,9 +214,11 @@ async function overheadOnce(databaseUrl: string | undefined): Promise<Record<str
     // LOG_LEVEL=warn hides the "listening" line: find the port from /proc instead of the log.
     const url = await waitForListening(child.pid as number);
     const api = (method: string, route: string, body?: unknown) =>
-      fetch(`${url}${route}`, { method, headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" }, body: body ? JSON.stringify(body) : undefined }).then(
-        (r) => r.json() as Promise<any>,
-      );
+      fetch(`${url}${route}`, {
+        method,
+        headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" },
+        body: body ? JSON.stringify(body) : undefined,
+      }).then((r) => r.json() as Promise<any>);
     const idle = await procStat(child.pid as number);
     const ids: number[] = [];
     for (let i = 0; i < IDLE_SESSIONS; i++) ids.push((await api("POST", "/api/runs", { formula: "idle" })).id);
@@ -262,7 +287,13 @@ async function benchListing(postgresUrl: string | undefined): Promise<Record<str
     await mkdir(path.join(dir, "formulas"));
     await writeFile(path.join(dir, "formula-runner.toml"), "");
     const server = await startServer({
-      env: { PATH: process.env.PATH, DATA_DIR: path.join(dir, "data"), PORT: "0", API_TOKEN: TOKEN, LOG_LEVEL: "error" },
+      env: {
+        PATH: process.env.PATH,
+        DATA_DIR: path.join(dir, "data"),
+        PORT: "0",
+        API_TOKEN: TOKEN,
+        LOG_LEVEL: "error",
+      },
       cwd: dir,
       database,
     });
@@ -289,14 +320,23 @@ async function benchListing(postgresUrl: string | undefined): Promise<Record<str
       let bytes = 0;
       for (let i = 0; i < 12; i++) {
         const started = performance.now();
-        const res = await fetch(`${server.url}/api/worktrees?limit=10000`, { headers: { authorization: `Bearer ${TOKEN}` } });
+        const res = await fetch(`${server.url}/api/worktrees?limit=10000`, {
+          headers: { authorization: `Bearer ${TOKEN}` },
+        });
         const text = await res.text();
         if (i >= 2) samples.push(performance.now() - started);
         count = (JSON.parse(text) as { worktrees: unknown[] }).worktrees.length;
         bytes = text.length;
       }
       const s = summarize(samples);
-      rows.push({ backend, records: count, "response KB": Math.round(bytes / 1024), "median ms": s.median, "max ms": Math.max(...samples), target: "< 200 ms" });
+      rows.push({
+        backend,
+        records: count,
+        "response KB": Math.round(bytes / 1024),
+        "median ms": s.median,
+        "max ms": Math.max(...samples),
+        target: "< 200 ms",
+      });
     } finally {
       await server.stop();
       await cleanup();
@@ -307,11 +347,20 @@ async function benchListing(postgresUrl: string | undefined): Promise<Record<str
 }
 
 export async function benchOverheadOnly(postgresUrl: string | undefined): Promise<void> {
-  printTable(`server overhead following ${IDLE_SESSIONS} idle sessions (the compiled server process, measured over 10 s)`, await benchOverhead(postgresUrl));
+  printTable(
+    `server overhead following ${IDLE_SESSIONS} idle sessions (the compiled server process, measured over 10 s)`,
+    await benchOverhead(postgresUrl),
+  );
 }
 
 export async function benchEngine(postgresUrl: string | undefined): Promise<void> {
-  printTable(`phase latency: agent writes its phase file -> phase row stored (${PHASE_WRITES} writes, 20-80 ms apart)`, await benchPhaseLatency(postgresUrl));
-  printTable(`server overhead following ${IDLE_SESSIONS} idle sessions (the compiled server process, measured over 10 s)`, await benchOverhead(postgresUrl));
+  printTable(
+    `phase latency: agent writes its phase file -> phase row stored (${PHASE_WRITES} writes, 20-80 ms apart)`,
+    await benchPhaseLatency(postgresUrl),
+  );
+  printTable(
+    `server overhead following ${IDLE_SESSIONS} idle sessions (the compiled server process, measured over 10 s)`,
+    await benchOverhead(postgresUrl),
+  );
   printTable("GET /api/worktrees?limit=10000 over HTTP (10 runs after 2 warm-ups)", await benchListing(postgresUrl));
 }

@@ -70,7 +70,8 @@ async function measure(dir: string, scenario: Scenario): Promise<Record<string, 
   const deadline = Date.now() + (scenario.pollMs ?? 0) + 200;
   while (lastStep !== WRITES - 1 && Date.now() < deadline) await sleep(10);
   await watcher.stop();
-  if (exit.kind !== "exited" || exit.code !== 0) throw new Error(`writer failed: ${JSON.stringify(exit)}: ${agent.tail()}`);
+  if (exit.kind !== "exited" || exit.code !== 0)
+    throw new Error(`writer failed: ${JSON.stringify(exit)}: ${agent.tail()}`);
   const stats = summarize(latencies);
   return {
     scenario: scenario.name,

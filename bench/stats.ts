@@ -16,7 +16,8 @@ export function printTable(title: string, rows: Record<string, string | number>[
   process.stdout.write(`\n## ${title}\n\n`);
   if (rows.length === 0) return;
   const headers = Object.keys(rows[0] as object);
-  const cell = (v: string | number | undefined) => (typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toFixed(2)) : (v ?? ""));
+  const cell = (v: string | number | undefined) =>
+    typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toFixed(2)) : (v ?? "");
   process.stdout.write(`| ${headers.join(" | ")} |\n| ${headers.map(() => "---").join(" | ")} |\n`);
   for (const row of rows) process.stdout.write(`| ${headers.map((h) => cell(row[h])).join(" | ")} |\n`);
 }

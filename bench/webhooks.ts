@@ -41,7 +41,12 @@ interface Target {
   count?: () => Promise<number>;
 }
 
-async function spawnListening(command: string, args: string[], env: Record<string, string | undefined>, cwd = REPO_ROOT): Promise<{ child: ChildProcess; port: number }> {
+async function spawnListening(
+  command: string,
+  args: string[],
+  env: Record<string, string | undefined>,
+  cwd = REPO_ROOT,
+): Promise<{ child: ChildProcess; port: number }> {
   const child = spawn(command, args, { cwd, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "inherit"] });
   const port = await new Promise<number>((resolve, reject) => {
     let buffer = "";
@@ -95,7 +100,13 @@ async function formulaRunner(backend: "pglite" | "postgres", postgresUrl: string
   const { child, port } = await spawnListening(
     process.execPath,
     [await compiledMain(), "serve"],
-    { PORT: "0", LOG_LEVEL: "info", BENCH_WEBHOOK_SECRET: SECRET, DATABASE_URL: databaseUrl, API_TOKEN: "bench-token-0123456789" },
+    {
+      PORT: "0",
+      LOG_LEVEL: "info",
+      BENCH_WEBHOOK_SECRET: SECRET,
+      DATABASE_URL: databaseUrl,
+      API_TOKEN: "bench-token-0123456789",
+    },
     dir,
   );
   const url = `http://127.0.0.1:${port}/webhooks`;
@@ -142,7 +153,10 @@ async function baseline(file: string, name: string, env: Record<string, string>)
     u.searchParams.set("search_path", schema);
     env = { ...env, DATABASE_URL: u.toString() };
   }
-  const { child, port } = await spawnListening(process.execPath, [path.join(REPO_ROOT, "bench", "baselines", file)], { WEBHOOK_SECRET: SECRET, ...env });
+  const { child, port } = await spawnListening(process.execPath, [path.join(REPO_ROOT, "bench", "baselines", file)], {
+    WEBHOOK_SECRET: SECRET,
+    ...env,
+  });
   const dropSchema = async () => {
     if (!schema) return;
     const admin = postgres(env.DATABASE_URL as string, { max: 1, onnotice: () => {} });
@@ -208,7 +222,10 @@ export async function benchWebhooks(postgresUrl: string | undefined): Promise<vo
     () => baseline("hmac-202.mjs", "node:http + HMAC, no database (ceiling)", {}),
     ...(postgresUrl
       ? [
-          () => baseline("hmac-insert.mjs", "node:http + HMAC + 1 INSERT/request, postgres.js (naive durable)", { DATABASE_URL: postgresUrl }),
+          () =>
+            baseline("hmac-insert.mjs", "node:http + HMAC + 1 INSERT/request, postgres.js (naive durable)", {
+              DATABASE_URL: postgresUrl,
+            }),
           () => formulaRunner("postgres", postgresUrl),
         ]
       : []),
@@ -240,11 +257,20 @@ export async function benchWebhooks(postgresUrl: string | undefined): Promise<vo
         "non-2xx/errors": nonOk,
         "accepted stored": stored,
       });
-      fixed.push({ server: target.name, "req/s": Math.round(steady.requests.average), "p50 ms": steady.latency.p50, "p99 ms": steady.latency.p99, target: "p99 < 20 ms" });
+      fixed.push({
+        server: target.name,
+        "req/s": Math.round(steady.requests.average),
+        "p50 ms": steady.latency.p50,
+        "p99 ms": steady.latency.p99,
+        target: "p99 < 20 ms",
+      });
     } finally {
       await target.stop();
     }
   }
-  printTable(`webhook ingest, ${CONNECTIONS} connections, ${DURATION_S} s, unique delivery ids, no formula matches`, throughput);
+  printTable(
+    `webhook ingest, ${CONNECTIONS} connections, ${DURATION_S} s, unique delivery ids, no formula matches`,
+    throughput,
+  );
   printTable(`webhook ingest at a fixed 1,000 req/s (20 connections, ${DURATION_S} s)`, fixed);
 }

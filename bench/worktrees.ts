@@ -49,7 +49,15 @@ async function insertRuns(database: Database, count: number): Promise<number[]> 
   for (let i = 0; i < count; i += 1_000) {
     const rows = await database.db
       .insert(runs)
-      .values(Array.from({ length: Math.min(1_000, count - i) }, (_, j) => ({ formula: "dev", project: "bench", triggerKind: "dispatch" as const, triggerRef: `b${i + j}`, status: "crashed" as const })))
+      .values(
+        Array.from({ length: Math.min(1_000, count - i) }, (_, j) => ({
+          formula: "dev",
+          project: "bench",
+          triggerKind: "dispatch" as const,
+          triggerRef: `b${i + j}`,
+          status: "crashed" as const,
+        })),
+      )
       .returning({ id: runs.id });
     ids.push(...rows.map((r) => r.id));
   }
@@ -62,7 +70,11 @@ async function timed(task: () => Promise<unknown>): Promise<number> {
   return performance.now() - started;
 }
 
-async function benchCreate(database: Database, repo: TestRepo, root: string): Promise<Record<string, string | number>[]> {
+async function benchCreate(
+  database: Database,
+  repo: TestRepo,
+  root: string,
+): Promise<Record<string, string | number>[]> {
   const project = projectOf(repo);
   const manager = new WorktreeManager({ database, root, instanceId: "bench", log: silentLogger() });
   const plainRoot = path.join(root, "plain");
@@ -74,8 +86,16 @@ async function benchCreate(database: Database, repo: TestRepo, root: string): Pr
   // Interleaved, so drift of the machine (page cache, other load) hits all three alike.
   for (let i = 0; i < CREATE_ROUNDS; i++) {
     create.push(await timed(() => manager.create({ runId: runIds[i] as number, project, formula: "dev" })));
-    add.push(await timed(() => git(repo.clone, "worktree", "add", "--quiet", "--detach", path.join(plainRoot, `a-${i}`), "origin/main")));
-    fetchOnly.push(await timed(() => git(repo.clone, "fetch", "--quiet", "--no-tags", "origin", "+refs/heads/main:refs/remotes/origin/main")));
+    add.push(
+      await timed(() =>
+        git(repo.clone, "worktree", "add", "--quiet", "--detach", path.join(plainRoot, `a-${i}`), "origin/main"),
+      ),
+    );
+    fetchOnly.push(
+      await timed(() =>
+        git(repo.clone, "fetch", "--quiet", "--no-tags", "origin", "+refs/heads/main:refs/remotes/origin/main"),
+      ),
+    );
     fetchAdd.push(
       await timed(async () => {
         await git(repo.clone, "fetch", "--quiet", "--no-tags", "origin", "+refs/heads/main:refs/remotes/origin/main");
@@ -88,12 +108,22 @@ async function benchCreate(database: Database, repo: TestRepo, root: string): Pr
   const burstPlain: number[] = [];
   for (let i = 0; i < CREATE_ROUNDS; i++) {
     const ids = runIds.slice(CREATE_ROUNDS + i * BURST, CREATE_ROUNDS + (i + 1) * BURST);
-    burst.push((await timed(() => Promise.all(ids.map((runId) => manager.create({ runId, project, formula: "dev" }))))) / BURST);
+    burst.push(
+      (await timed(() => Promise.all(ids.map((runId) => manager.create({ runId, project, formula: "dev" }))))) / BURST,
+    );
     burstPlain.push(
       (await timed(async () => {
         for (let j = 0; j < BURST; j++) {
           await git(repo.clone, "fetch", "--quiet", "--no-tags", "origin", "+refs/heads/main:refs/remotes/origin/main");
-          await git(repo.clone, "worktree", "add", "--quiet", "--detach", path.join(plainRoot, `b-${i}-${j}`), "origin/main");
+          await git(
+            repo.clone,
+            "worktree",
+            "add",
+            "--quiet",
+            "--detach",
+            path.join(plainRoot, `b-${i}-${j}`),
+            "origin/main",
+          );
         }
       })) / BURST,
     );
@@ -101,16 +131,50 @@ async function benchCreate(database: Database, repo: TestRepo, root: string): Pr
   const m = (samples: number[]) => summarize(samples).median;
   const fair = m(fetchAdd);
   return [
-    { operation: "WorktreeManager.create (fetch, FETCH_HEAD read, add, HEAD check, insert)", "median ms": m(create), "p99 ms": summarize(create).p99, "vs fetch + add": `${(m(create) / fair).toFixed(2)}x` },
-    { operation: "plain git fetch + git worktree add --detach", "median ms": fair, "p99 ms": summarize(fetchAdd).p99, "vs fetch + add": "1.00x" },
-    { operation: "plain git worktree add --detach (no fetch)", "median ms": m(add), "p99 ms": summarize(add).p99, "vs fetch + add": `${(m(add) / fair).toFixed(2)}x` },
-    { operation: "plain git fetch alone (origin unchanged, local remote)", "median ms": m(fetchOnly), "p99 ms": summarize(fetchOnly).p99, "vs fetch + add": `${(m(fetchOnly) / fair).toFixed(2)}x` },
-    { operation: `${BURST} concurrent creates, per run (fetches shared)`, "median ms": m(burst), "p99 ms": summarize(burst).p99, "vs fetch + add": `${(m(burst) / fair).toFixed(2)}x` },
-    { operation: `${BURST} sequential fetch + add, per run`, "median ms": m(burstPlain), "p99 ms": summarize(burstPlain).p99, "vs fetch + add": `${(m(burstPlain) / fair).toFixed(2)}x` },
+    {
+      operation: "WorktreeManager.create (fetch, FETCH_HEAD read, add, HEAD check, insert)",
+      "median ms": m(create),
+      "p99 ms": summarize(create).p99,
+      "vs fetch + add": `${(m(create) / fair).toFixed(2)}x`,
+    },
+    {
+      operation: "plain git fetch + git worktree add --detach",
+      "median ms": fair,
+      "p99 ms": summarize(fetchAdd).p99,
+      "vs fetch + add": "1.00x",
+    },
+    {
+      operation: "plain git worktree add --detach (no fetch)",
+      "median ms": m(add),
+      "p99 ms": summarize(add).p99,
+      "vs fetch + add": `${(m(add) / fair).toFixed(2)}x`,
+    },
+    {
+      operation: "plain git fetch alone (origin unchanged, local remote)",
+      "median ms": m(fetchOnly),
+      "p99 ms": summarize(fetchOnly).p99,
+      "vs fetch + add": `${(m(fetchOnly) / fair).toFixed(2)}x`,
+    },
+    {
+      operation: `${BURST} concurrent creates, per run (fetches shared)`,
+      "median ms": m(burst),
+      "p99 ms": summarize(burst).p99,
+      "vs fetch + add": `${(m(burst) / fair).toFixed(2)}x`,
+    },
+    {
+      operation: `${BURST} sequential fetch + add, per run`,
+      "median ms": m(burstPlain),
+      "p99 ms": summarize(burstPlain).p99,
+      "vs fetch + add": `${(m(burstPlain) / fair).toFixed(2)}x`,
+    },
   ];
 }
 
-async function benchPurge(database: Database, repo: TestRepo, root: string): Promise<Record<string, string | number>[]> {
+async function benchPurge(
+  database: Database,
+  repo: TestRepo,
+  root: string,
+): Promise<Record<string, string | number>[]> {
   const project = projectOf(repo);
   const manager = new WorktreeManager({ database, root, instanceId: "bench", log: silentLogger() });
   // Two identical sets, made with plain git (set-up is not what is measured).
@@ -148,11 +212,25 @@ async function benchPurge(database: Database, repo: TestRepo, root: string): Pro
     for (const dir of looped) await git(repo.clone, "worktree", "remove", "--force", dir);
   });
   const registered = (await execa("git", ["-C", repo.clone, "worktree", "list", "--porcelain"])).stdout;
-  const stale = managed.concat(looped).filter((dir) => registered.includes(`worktree ${dir}\n`) || registered.endsWith(`worktree ${dir}`));
+  const stale = managed
+    .concat(looped)
+    .filter((dir) => registered.includes(`worktree ${dir}\n`) || registered.endsWith(`worktree ${dir}`));
   if (stale.length > 0) throw new Error(`${stale.length} removed worktrees are still registered, like ${stale[0]}`);
   return [
-    { method: "WorktreeManager.purge({expiredOnly}) (rm -r each, one prune, one UPDATE)", worktrees: PURGE_WORKTREES, "total ms": Math.round(purgeMs), "per worktree ms": purgeMs / PURGE_WORKTREES, "speed-up": `${(loopMs / purgeMs).toFixed(1)}x` },
-    { method: "bash loop: git worktree remove --force <dir>, one per worktree", worktrees: PURGE_WORKTREES, "total ms": Math.round(loopMs), "per worktree ms": loopMs / PURGE_WORKTREES, "speed-up": "1.0x" },
+    {
+      method: "WorktreeManager.purge({expiredOnly}) (rm -r each, one prune, one UPDATE)",
+      worktrees: PURGE_WORKTREES,
+      "total ms": Math.round(purgeMs),
+      "per worktree ms": purgeMs / PURGE_WORKTREES,
+      "speed-up": `${(loopMs / purgeMs).toFixed(1)}x`,
+    },
+    {
+      method: "bash loop: git worktree remove --force <dir>, one per worktree",
+      worktrees: PURGE_WORKTREES,
+      "total ms": Math.round(loopMs),
+      "per worktree ms": loopMs / PURGE_WORKTREES,
+      "speed-up": "1.0x",
+    },
   ];
 }
 
@@ -185,13 +263,17 @@ async function benchList(database: Database, root: string): Promise<Record<strin
   }
   if (count !== LIST_ROWS) throw new Error(`list returned ${count} rows`);
   const s = summarize(samples);
-  return [{ method: `list({limit: ${LIST_ROWS}})`, rows: count, "median ms": s.median, "max ms": Math.max(...samples) }];
+  return [
+    { method: `list({limit: ${LIST_ROWS}})`, rows: count, "median ms": s.median, "max ms": Math.max(...samples) },
+  ];
 }
 
 /** Creation overhead, bulk purge vs the bash loop, and listing: two Markdown tables (plus the listing row). */
 export async function benchWorktrees(): Promise<void> {
   const repo = await createTestRepo({
-    files: Object.fromEntries(Array.from({ length: FILES_PER_WORKTREE }, (_, i) => [`src/file-${i}.txt`, `line ${i}\n`.repeat(20)])),
+    files: Object.fromEntries(
+      Array.from({ length: FILES_PER_WORKTREE }, (_, i) => [`src/file-${i}.txt`, `line ${i}\n`.repeat(20)]),
+    ),
   });
   const tmp = await makeTempDir("fr-bench-wt-");
   const database = await openDatabase({});
@@ -199,13 +281,25 @@ export async function benchWorktrees(): Promise<void> {
     await migrate(database);
     const root = path.join(tmp, "worktrees");
     const create = await benchCreate(database, repo, path.join(root, "create"));
-    printTable(`worktrees: creation, median of ${CREATE_ROUNDS} (local bare origin, ${FILES_PER_WORKTREE} files; PGlite in memory)`, create);
+    printTable(
+      `worktrees: creation, median of ${CREATE_ROUNDS} (local bare origin, ${FILES_PER_WORKTREE} files; PGlite in memory)`,
+      create,
+    );
     const purge = await benchPurge(database, repo, path.join(root, "purge"));
     const list = await benchList(database, root);
-    printTable(`worktrees: removing ${PURGE_WORKTREES} preserved worktrees of ${FILES_PER_WORKTREE} files each; listing ${LIST_ROWS} rows`, [
-      ...purge,
-      ...list.map((l) => ({ method: l.method as string, worktrees: l.rows as number, "total ms": l["median ms"] as number, "per worktree ms": (l["median ms"] as number) / LIST_ROWS, "speed-up": `max ${(l["max ms"] as number).toFixed(1)} ms` })),
-    ]);
+    printTable(
+      `worktrees: removing ${PURGE_WORKTREES} preserved worktrees of ${FILES_PER_WORKTREE} files each; listing ${LIST_ROWS} rows`,
+      [
+        ...purge,
+        ...list.map((l) => ({
+          method: l.method as string,
+          worktrees: l.rows as number,
+          "total ms": l["median ms"] as number,
+          "per worktree ms": (l["median ms"] as number) / LIST_ROWS,
+          "speed-up": `max ${(l["max ms"] as number).toFixed(1)} ms`,
+        })),
+      ],
+    );
   } finally {
     await database.close();
     await repo.cleanup();

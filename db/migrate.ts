@@ -81,7 +81,9 @@ export async function migrate(database: Database, dir = MIGRATIONS_DIR): Promise
         continue;
       }
       for (const statement of migration.statements) await tx.execute(sql.raw(inCurrentSchema(statement)));
-      await tx.execute(sql`insert into formula_runner_migrations (tag, hash) values (${migration.tag}, ${migration.hash})`);
+      await tx.execute(
+        sql`insert into formula_runner_migrations (tag, hash) values (${migration.tag}, ${migration.hash})`,
+      );
       result.applied.push(migration.tag);
     }
     return result;

@@ -21,7 +21,9 @@ function formulaJson(formula: Formula, services: Services) {
       dispatch: on.dispatch,
       schedule: services.scheduler.nextRuns(formula.name, 3),
       issues: on.issues ? { types: on.issues.types, labels: on.issues.labels } : null,
-      issue_comment: on.issueComment ? { types: on.issueComment.types, command: on.issueComment.command ?? null } : null,
+      issue_comment: on.issueComment
+        ? { types: on.issueComment.types, command: on.issueComment.command ?? null }
+        : null,
       pull_request: on.pullRequest ? { types: on.pullRequest.types, branches: on.pullRequest.branches ?? null } : null,
     },
     guards: {

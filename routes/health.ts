@@ -1,6 +1,6 @@
 import { Hono } from "hono";
-import { AppError, errorMessage } from "../src/errors.js";
 import type { AppEnv } from "../src/app.js";
+import { AppError, errorMessage } from "../src/errors.js";
 import type { Services } from "../src/services.js";
 
 const READINESS_TIMEOUT_MS = 2_000;
@@ -9,9 +9,7 @@ const READINESS_TIMEOUT_MS = 2_000;
 export function healthRoutes(services: Services): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
 
-  app.get("/healthz", (c) =>
-    c.json({ status: "ok", version: services.version, instance_id: services.instanceId }),
-  );
+  app.get("/healthz", (c) => c.json({ status: "ok", version: services.version, instance_id: services.instanceId }));
 
   app.get("/readyz", async (c) => {
     if (!services.intake.accepting) {
@@ -22,7 +20,10 @@ export function healthRoutes(services: Services): Hono<AppEnv> {
       await Promise.race([
         services.database.ping(),
         new Promise((_, reject) => {
-          timer = setTimeout(() => reject(new Error(`no answer within ${READINESS_TIMEOUT_MS} ms`)), READINESS_TIMEOUT_MS);
+          timer = setTimeout(
+            () => reject(new Error(`no answer within ${READINESS_TIMEOUT_MS} ms`)),
+            READINESS_TIMEOUT_MS,
+          );
         }),
       ]);
     } catch (error) {

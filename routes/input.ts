@@ -27,7 +27,10 @@ export async function jsonBody<T extends z.ZodType>(c: Context, schema: T): Prom
   if (text.trim() !== "") {
     const type = c.req.header("content-type") ?? "";
     if (type !== "" && !/^application\/([\w.+-]*\+)?json\b/i.test(type)) {
-      throw new AppError({ code: "unsupported_media_type", message: `expected a JSON body (Content-Type: application/json), got ${type}` });
+      throw new AppError({
+        code: "unsupported_media_type",
+        message: `expected a JSON body (Content-Type: application/json), got ${type}`,
+      });
     }
     try {
       input = JSON.parse(text);

@@ -34,7 +34,10 @@ const listQuery = z
         const values = text.split(",").map((s) => s.trim());
         const bad = values.filter((v) => !(RUN_STATUSES as readonly string[]).includes(v));
         if (bad.length > 0) {
-          ctx.addIssue({ code: "custom", message: `unknown status ${bad.join(", ")}; one of ${RUN_STATUSES.join(", ")}` });
+          ctx.addIssue({
+            code: "custom",
+            message: `unknown status ${bad.join(", ")}; one of ${RUN_STATUSES.join(", ")}`,
+          });
           return z.NEVER;
         }
         return values as RunStatus[];
@@ -91,7 +94,10 @@ export function runRoutes(services: Services): Hono<AppEnv> {
     const file = await services.runs.logFile(id);
     const scrub = (text: string) => services.secrets.scrub(text);
     if (c.req.query("follow") !== "1" && c.req.query("follow") !== "true") {
-      const size = await stat(file).then((s) => s.size, () => 0);
+      const size = await stat(file).then(
+        (s) => s.size,
+        () => 0,
+      );
       const start = Math.max(0, size - 8 * MAX_LOG_BYTES_AT_ONCE);
       const text = size === 0 ? "" : await readRange(file, start, size);
       return c.text(scrub(start > 0 ? `[earlier output left out: ${start} bytes]\n${text}` : text));
@@ -108,7 +114,10 @@ export function runRoutes(services: Services): Hono<AppEnv> {
       let lastStatusCheck = 0;
       let status = (await services.runs.get(id)).status;
       while (!aborted && services.intake.accepting) {
-        const size = await stat(file).then((s) => s.size, () => 0);
+        const size = await stat(file).then(
+          (s) => s.size,
+          () => 0,
+        );
         if (size > offset) {
           const end = Math.min(size, offset + MAX_LOG_BYTES_AT_ONCE);
           const chunk = Buffer.concat([partial, await readBytes(file, offset, end)]);
@@ -124,7 +133,8 @@ export function runRoutes(services: Services): Hono<AppEnv> {
           continue;
         }
         if (LOG_END_STATUSES.has(status)) {
-          if (partial.length > 0) await stream.writeSSE({ event: "log", id: String(offset), data: scrub(partial.toString("utf8")) });
+          if (partial.length > 0)
+            await stream.writeSSE({ event: "log", id: String(offset), data: scrub(partial.toString("utf8")) });
           await stream.writeSSE({ event: "end", data: JSON.stringify({ status }) });
           return;
         }

@@ -1,6 +1,6 @@
 import type { IncomingMessage } from "node:http";
-import { Hono } from "hono";
 import type { Context } from "hono";
+import { Hono } from "hono";
 import type { AppEnv } from "../src/app.js";
 import { AppError } from "../src/errors.js";
 import { normalizeEvent } from "../src/forge/normalize.js";
@@ -21,59 +21,64 @@ export const WEBHOOK_BODY_LIMIT = 1024 * 1024;
 export function webhookRoutes(services: Services): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
 
-  app.post(
-    "/webhooks",
-    async (c) => {
-      if (!services.intake.accepting) {
-        c.header("Retry-After", "30");
-        throw new AppError({ code: "unavailable", message: "shutting down; deliver again later" });
-      }
-      const read = readWebhookHeaders((name) => c.req.header(name));
-      if (!read.ok) throw new AppError({ code: read.code, message: read.message });
-      const { headers } = read;
-      const body = await readBody(c);
+  app.post("/webhooks", async (c) => {
+    if (!services.intake.accepting) {
+      c.header("Retry-After", "30");
+      throw new AppError({ code: "unavailable", message: "shutting down; deliver again later" });
+    }
+    const read = readWebhookHeaders((name) => c.req.header(name));
+    if (!read.ok) throw new AppError({ code: read.code, message: read.message });
+    const { headers } = read;
+    const body = await readBody(c);
 
-      const signers = projectsSigning(body, headers, services.config.projects);
-      if (signers.length === 0) {
-        throw new AppError({ code: "invalid_signature", message: "the signature does not match the webhook secret of any project" });
-      }
-      let payload: unknown;
-      try {
-        payload = parsePayload(body);
-      } catch (error) {
-        throw new AppError({ code: "invalid_json", message: `the body is not valid JSON: ${(error as Error).message}` });
-      }
-      const event = normalizeEvent(headers.forge, headers.event, headers.deliveryId, payload);
-      if (!event.repository) {
-        throw new AppError({ code: "bad_request", message: "the payload names no repository (repository.full_name)" });
-      }
-      const repo = event.repository.toLowerCase();
-      const project = signers.find((p) => p.repo.toLowerCase() === repo);
-      if (!project) {
-        const known = services.config.projects.some((p) => p.repo.toLowerCase() === repo);
-        if (known) throw new AppError({ code: "invalid_signature", message: `the signature does not match the webhook secret of ${event.repository}` });
-        throw new AppError({ code: "not_found", message: `no project is configured for ${event.repository}` });
-      }
+    const signers = projectsSigning(body, headers, services.config.projects);
+    if (signers.length === 0) {
+      throw new AppError({
+        code: "invalid_signature",
+        message: "the signature does not match the webhook secret of any project",
+      });
+    }
+    let payload: unknown;
+    try {
+      payload = parsePayload(body);
+    } catch (error) {
+      throw new AppError({ code: "invalid_json", message: `the body is not valid JSON: ${(error as Error).message}` });
+    }
+    const event = normalizeEvent(headers.forge, headers.event, headers.deliveryId, payload);
+    if (!event.repository) {
+      throw new AppError({ code: "bad_request", message: "the payload names no repository (repository.full_name)" });
+    }
+    const repo = event.repository.toLowerCase();
+    const project = signers.find((p) => p.repo.toLowerCase() === repo);
+    if (!project) {
+      const known = services.config.projects.some((p) => p.repo.toLowerCase() === repo);
+      if (known)
+        throw new AppError({
+          code: "invalid_signature",
+          message: `the signature does not match the webhook secret of ${event.repository}`,
+        });
+      throw new AppError({ code: "not_found", message: `no project is configured for ${event.repository}` });
+    }
 
-      const outcome = await services.webhooks.accept(event, project, payload);
-      if (outcome.duplicate) return c.json({ delivery: event.deliveryId, duplicate: true, runs: [] }, 200);
-      return c.json(
-        {
-          delivery: event.deliveryId,
-          duplicate: false,
-          project: project.name,
-          runs: outcome.runIds,
-          ...(outcome.ignored !== undefined && { ignored: outcome.ignored }),
-        },
-        202,
-      );
-    },
-  );
+    const outcome = await services.webhooks.accept(event, project, payload);
+    if (outcome.duplicate) return c.json({ delivery: event.deliveryId, duplicate: true, runs: [] }, 200);
+    return c.json(
+      {
+        delivery: event.deliveryId,
+        duplicate: false,
+        project: project.name,
+        runs: outcome.runIds,
+        ...(outcome.ignored !== undefined && { ignored: outcome.ignored }),
+      },
+      202,
+    );
+  });
 
   return app;
 }
 
-const tooLarge = () => new AppError({ code: "payload_too_large", message: `webhook body over ${WEBHOOK_BODY_LIMIT} bytes` });
+const tooLarge = () =>
+  new AppError({ code: "payload_too_large", message: `webhook body over ${WEBHOOK_BODY_LIMIT} bytes` });
 
 /**
  * The raw body, at most WEBHOOK_BODY_LIMIT bytes whatever Content-Length says. Under

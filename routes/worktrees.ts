@@ -20,7 +20,11 @@ const listQuery = z
 
 const purgeBody = z
   .object({
-    older_than_hours: z.number().min(0).max(24 * 365).default(24),
+    older_than_hours: z
+      .number()
+      .min(0)
+      .max(24 * 365)
+      .default(24),
     dry_run: z.boolean().default(false),
   })
   .strict();
@@ -56,7 +60,10 @@ export function worktreeRoutes(services: Services): Hono<AppEnv> {
     const worktree = await services.worktrees.get(id);
     if (!worktree) throw new AppError({ code: "not_found", message: `no worktree ${id}` });
     if (worktree.state === "active") {
-      throw new AppError({ code: "conflict", message: `worktree ${id} is in use by run ${worktree.runId}; cancel the run first` });
+      throw new AppError({
+        code: "conflict",
+        message: `worktree ${id} is in use by run ${worktree.runId}; cancel the run first`,
+      });
     }
     if (worktree.state === "removed") return c.json({ worktree: worktreeJson(worktree) });
     const result = await services.worktrees.purge({ ids: [id], by: "api", projects: services.config.projects });

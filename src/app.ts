@@ -1,6 +1,6 @@
 import { Hono } from "hono";
-import { HTTPException } from "hono/http-exception";
 import { bodyLimit } from "hono/body-limit";
+import { HTTPException } from "hono/http-exception";
 import { requestId } from "hono/request-id";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import { deliveryRoutes } from "../routes/deliveries.js";
@@ -47,12 +47,14 @@ export function createApp(services: Services): Hono<AppEnv> {
     const started = performance.now();
     await next();
     // Probes and accepted deliveries would flood the log; the webhook service logs what matters.
-    const quiet = c.req.path === "/healthz" || c.req.path === "/readyz" || c.req.path === "/metrics" || c.req.path === "/webhooks";
+    const quiet =
+      c.req.path === "/healthz" || c.req.path === "/readyz" || c.req.path === "/metrics" || c.req.path === "/webhooks";
     const level = quiet && c.res.status < 400 ? "debug" : "info";
-    if (services.log.isLevelEnabled(level)) log()[level](
-      { method: c.req.method, path: c.req.path, status: c.res.status, ms: Math.round(performance.now() - started) },
-      "request",
-    );
+    if (services.log.isLevelEnabled(level))
+      log()[level](
+        { method: c.req.method, path: c.req.path, status: c.res.status, ms: Math.round(performance.now() - started) },
+        "request",
+      );
   });
 
   app.onError((error, c) => {
@@ -65,7 +67,10 @@ export function createApp(services: Services): Hono<AppEnv> {
     }
     if (error instanceof HTTPException) {
       const status = error.status as ContentfulStatusCode;
-      return c.json({ error: { code: codeForStatus(status), message: error.message || "request failed", request_id } }, status);
+      return c.json(
+        { error: { code: codeForStatus(status), message: error.message || "request failed", request_id } },
+        status,
+      );
     }
     (c.get("log")?.() ?? services.log).error({ err: error }, "unhandled error");
     return c.json({ error: { code: "internal", message: "internal server error", request_id } }, 500);
@@ -73,7 +78,13 @@ export function createApp(services: Services): Hono<AppEnv> {
 
   app.notFound((c) =>
     c.json(
-      { error: { code: "not_found", message: `no route for ${c.req.method} ${c.req.path}`, request_id: c.get("requestId") } },
+      {
+        error: {
+          code: "not_found",
+          message: `no route for ${c.req.method} ${c.req.path}`,
+          request_id: c.get("requestId"),
+        },
+      },
       404,
     ),
   );
@@ -82,9 +93,15 @@ export function createApp(services: Services): Hono<AppEnv> {
   app.route("/", metricsRoutes(services));
   app.route("/", webhookRoutes(services));
   app.use("/api/*", requireBearerToken(services.apiToken));
-  app.use("/api/*", bodyLimit({ maxSize: API_BODY_LIMIT, onError: () => {
-    throw new AppError({ code: "payload_too_large", message: `request body over ${API_BODY_LIMIT} bytes` });
-  } }));
+  app.use(
+    "/api/*",
+    bodyLimit({
+      maxSize: API_BODY_LIMIT,
+      onError: () => {
+        throw new AppError({ code: "payload_too_large", message: `request body over ${API_BODY_LIMIT} bytes` });
+      },
+    }),
+  );
   app.route("/", runRoutes(services));
   app.route("/", worktreeRoutes(services));
   app.route("/", formulaRoutes(services));

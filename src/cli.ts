@@ -1,10 +1,18 @@
-import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import { readdir } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
+import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import { RUN_STATUSES, WORKTREE_STATES } from "../db/schema/index.js";
 import { ApiClient, ApiError } from "./cli/api-client.js";
-import { type Output, parseAge, runCommand, runsList, runsShow, worktreesList, worktreesPurge } from "./cli/commands.js";
+import {
+  type Output,
+  parseAge,
+  runCommand,
+  runsList,
+  runsShow,
+  worktreesList,
+  worktreesPurge,
+} from "./cli/commands.js";
 import { ConfigError, loadConfig, loadSettings } from "./config.js";
 import { errorMessage } from "./errors.js";
 import { formatProblem, validateFiles } from "./formulas/load.js";
@@ -88,7 +96,8 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     if (!Number.isSafeInteger(n) || n <= 0) throw new InvalidArgumentError("expected a positive integer");
     return n;
   };
-  const apiHelp = "\nTalks to the running server: FORMULA_RUNNER_URL (default http://HOST:PORT), API_TOKEN or $DATA_DIR/api-token.";
+  const apiHelp =
+    "\nTalks to the running server: FORMULA_RUNNER_URL (default http://HOST:PORT), API_TOKEN or $DATA_DIR/api-token.";
 
   program
     .command("run")
@@ -99,9 +108,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     .option("-w, --wait", "follow the run to its end; exit 0 only if it ends done", false)
     .addHelpText("after", apiHelp)
     .action((formula: string, opts: { project?: string; issue?: number; wait: boolean }) =>
-      api((c) =>
-        runCommand(c, { formula, ...opts, actor: `cli:${safeUser()}` }, io.stdout, io.stderr),
-      )(),
+      api((c) => runCommand(c, { formula, ...opts, actor: `cli:${safeUser()}` }, io.stdout, io.stderr))(),
     );
 
   const runsCommand = program.command("runs").description("list and inspect runs");
@@ -133,7 +140,9 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     .option("-p, --project <name>", "only this project")
     .option("--json", "print JSON", false)
     .addHelpText("after", apiHelp)
-    .action((opts: { state?: string; project?: string; json: boolean }) => api((c) => worktreesList(c, opts, io.stdout))());
+    .action((opts: { state?: string; project?: string; json: boolean }) =>
+      api((c) => worktreesList(c, opts, io.stdout))(),
+    );
   worktreesCommand
     .command("purge")
     .description("remove preserved worktrees: one by id, or all older than an age (default 24h)")
@@ -145,12 +154,20 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     })
     .option("--dry-run", "say what would be removed, remove nothing", false)
     .option("--json", "print JSON", false)
-    .addHelpText("after", `\nNever removes a worktree whose run is still active, nor anything outside WORKTREE_ROOT.${apiHelp}`)
+    .addHelpText(
+      "after",
+      `\nNever removes a worktree whose run is still active, nor anything outside WORKTREE_ROOT.${apiHelp}`,
+    )
     .action((opts: { id?: string; olderThan?: number; dryRun: boolean; json: boolean }) =>
       api((c) =>
         worktreesPurge(
           c,
-          { ...(opts.id !== undefined && { id: opts.id }), ...(opts.olderThan !== undefined && { olderThanHours: opts.olderThan }), dryRun: opts.dryRun, json: opts.json },
+          {
+            ...(opts.id !== undefined && { id: opts.id }),
+            ...(opts.olderThan !== undefined && { olderThanHours: opts.olderThan }),
+            dryRun: opts.dryRun,
+            json: opts.json,
+          },
           io.stdout,
         ),
       )(),
@@ -178,7 +195,9 @@ async function serve(io: CliIo): Promise<number> {
   }
   const unhook = io.onHangup?.(() => {
     server.services.log.info("SIGHUP: reloading formulas and schedules");
-    server.services.reloadFormulas().catch((error: unknown) => server.services.log.error({ err: error }, "reload failed"));
+    server.services
+      .reloadFormulas()
+      .catch((error: unknown) => server.services.log.error({ err: error }, "reload failed"));
   });
   const signal = await signalled;
   unhook?.();

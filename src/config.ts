@@ -77,7 +77,10 @@ export interface AgentProfile {
 
 /** The profile defaults that follow from its command. */
 export function agentDefaults(command: readonly string[]): Pick<AgentProfile, "output" | "claudeSettings"> {
-  const streamJson = command.some((arg, i) => arg === "--output-format=stream-json" || (arg === "stream-json" && command[i - 1] === "--output-format"));
+  const streamJson = command.some(
+    (arg, i) =>
+      arg === "--output-format=stream-json" || (arg === "stream-json" && command[i - 1] === "--output-format"),
+  );
   return { output: streamJson ? "stream-json" : "text", claudeSettings: path.basename(command[0] ?? "") === "claude" };
 }
 
@@ -259,7 +262,9 @@ export function parseConfigFile(
     const repoKey = `${p.forge}:${p.repo.toLowerCase()}`;
     const sameRepo = seenRepos.get(repoKey);
     if (sameRepo !== undefined) {
-      problems.push(`${at("repo")}: "${p.repo}" is already configured by projects[${sameRepo}] (webhooks could not tell them apart)`);
+      problems.push(
+        `${at("repo")}: "${p.repo}" is already configured by projects[${sameRepo}] (webhooks could not tell them apart)`,
+      );
     }
     seenRepos.set(repoKey, i);
     if (p.forge !== "github" && p.forge_url === undefined) {

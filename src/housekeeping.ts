@@ -48,10 +48,14 @@ export class Housekeeping {
     const { worktrees, projects, log } = this.#options;
     try {
       const adopted = await worktrees.adoptOrphans(projects, this.#options.adoptRetentionMs);
-      for (const w of adopted) log.warn({ worktreeId: w.id, path: w.path, reason: w.reason }, `adopted unrecorded worktree ${w.path}`);
+      for (const w of adopted)
+        log.warn({ worktreeId: w.id, path: w.path, reason: w.reason }, `adopted unrecorded worktree ${w.path}`);
       const { purged, kept } = await worktrees.purge({ expiredOnly: true, by: "housekeeping", projects });
       if (purged.length > 0 || kept.length > 0) {
-        log.info({ purged: purged.map((p) => p.path), kept: kept.map((k) => ({ path: k.path, reason: k.reason })) }, `housekeeping: purged ${purged.length} expired worktree(s)`);
+        log.info(
+          { purged: purged.map((p) => p.path), kept: kept.map((k) => ({ path: k.path, reason: k.reason })) },
+          `housekeeping: purged ${purged.length} expired worktree(s)`,
+        );
       } else {
         log.debug("housekeeping: nothing to purge");
       }

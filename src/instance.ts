@@ -17,7 +17,12 @@ export async function resolveInstanceId(dataDir: string, fromEnv: string | undef
   const file = path.join(dataDir, "instance-id");
   const existing = await readFile(file, "utf8").catch(() => undefined);
   if (existing?.trim()) return existing.trim();
-  const host = os.hostname().toLowerCase().replace(/[^a-z0-9-]/g, "-").slice(0, 40) || "host";
+  const host =
+    os
+      .hostname()
+      .toLowerCase()
+      .replace(/[^a-z0-9-]/g, "-")
+      .slice(0, 40) || "host";
   const id = `${host}-${randomBytes(4).toString("hex")}`;
   try {
     const handle = await open(file, "wx", 0o600);

@@ -1,5 +1,5 @@
 import { sql } from "drizzle-orm";
-import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
 import type { Database } from "../db/client.js";
 import {
   escalations,
@@ -7,8 +7,8 @@ import {
   RUN_STATUSES,
   type Run,
   runs,
-  type Session,
   SESSION_KINDS,
+  type Session,
   SKIP_REASONS,
   worktrees,
 } from "../db/schema/index.js";
@@ -263,7 +263,10 @@ export class Metrics implements RunObserver {
       const rows = await Promise.race([
         query,
         new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new Error(`no answer within ${this.#queryTimeoutMs} ms`)), this.#queryTimeoutMs);
+          timer = setTimeout(
+            () => reject(new Error(`no answer within ${this.#queryTimeoutMs} ms`)),
+            this.#queryTimeoutMs,
+          );
         }),
       ]);
       const counts: DatabaseCounts = { runs: new Map(), worktrees: new Map(), outboxPending: 0, escalationsOpen: 0 };

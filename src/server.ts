@@ -1,34 +1,34 @@
 import { mkdir } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
-import { serve, type ServerType } from "@hono/node-server";
+import { type ServerType, serve } from "@hono/node-server";
 import { type Database, openDatabase } from "../db/client.js";
 import { migrate } from "../db/migrate.js";
 import { ensureApiToken } from "./api-token.js";
 import { createApp } from "./app.js";
 import { type Config, loadConfig, type ProjectConfig } from "./config.js";
 import { errorMessage } from "./errors.js";
-import { FormulaStore } from "./formulas/store.js";
+import { EscalationMonitor, EscalationService } from "./escalations/escalation-service.js";
 import { DeliveryIngest } from "./forge/delivery-ingest.js";
 import { ForgeClient, PermissionCache } from "./forge/forge-client.js";
-import { EscalationMonitor, EscalationService } from "./escalations/escalation-service.js";
 import { OutboxWorker } from "./forge/outbox.js";
 import { ForgeReporter } from "./forge/reporter.js";
 import { renderStatusFor } from "./forge/status-comment.js";
 import { WebhookService } from "./forge/webhook-service.js";
+import { FormulaStore } from "./formulas/store.js";
 import { Housekeeping } from "./housekeeping.js";
+import { InstanceHeartbeat, resolveInstanceId } from "./instance.js";
+import { createLogger, type Logger, type LoggerOptions } from "./logger.js";
 import { type MemoryProbe, readAvailableMemoryMb } from "./memory.js";
 import { Metrics } from "./metrics.js";
+import { VERSION } from "./package-info.js";
+import { rootRefusal } from "./runs/agent-env.js";
 import type { RunObserver } from "./runs/run-executor.js";
 import { RunService } from "./runs/run-service.js";
 import { RunWorker } from "./runs/run-worker.js";
 import { Scheduler } from "./scheduler/scheduler.js";
-import { WorktreeManager } from "./worktrees/worktree-manager.js";
-import { InstanceHeartbeat, resolveInstanceId } from "./instance.js";
-import { createLogger, type Logger, type LoggerOptions } from "./logger.js";
-import { VERSION } from "./package-info.js";
 import { SecretRegistry } from "./secrets.js";
-import { rootRefusal } from "./runs/agent-env.js";
 import type { Services } from "./services.js";
+import { WorktreeManager } from "./worktrees/worktree-manager.js";
 
 /** A long-lived part of the server. `stop()` is idempotent and waits for work in flight. */
 export interface Component {
@@ -128,9 +128,15 @@ export async function startServer(options: StartOptions = {}): Promise<RunningSe
 
   for (const warning of config.warnings) instanceLog.warn(`config: ${warning}`);
   if (!config.configFileFound) {
-    instanceLog.warn({ file: settings.configFile }, `no config file at ${settings.configFile}: running with zero projects`);
+    instanceLog.warn(
+      { file: settings.configFile },
+      `no config file at ${settings.configFile}: running with zero projects`,
+    );
   } else {
-    instanceLog.info({ projects: config.projects.map((p) => p.name) }, `${config.projects.length} project(s) configured`);
+    instanceLog.info(
+      { projects: config.projects.map((p) => p.name) },
+      `${config.projects.length} project(s) configured`,
+    );
   }
   for (const profile of Object.values(config.agents)) {
     // Said at start, not only when a run fails: the fix is how the server is started.
@@ -159,7 +165,13 @@ export async function startServer(options: StartOptions = {}): Promise<RunningSe
     log: instanceLog,
     now,
   });
-  const reporter = new ForgeReporter({ database, projects: config.projects, formulas, log: instanceLog, onOutbox: () => outbox.notify() });
+  const reporter = new ForgeReporter({
+    database,
+    projects: config.projects,
+    formulas,
+    log: instanceLog,
+    onOutbox: () => outbox.notify(),
+  });
   const metrics = new Metrics({ database, log: instanceLog });
   // The worker and the escalations refer to each other (answers wake the worker, timeouts
   // settle a run's worktree through it): `worker` is assigned just below.
@@ -263,7 +275,11 @@ export async function startServer(options: StartOptions = {}): Promise<RunningSe
   });
   components.push({ name: "outbox", start: () => outbox.start(), stop: () => outbox.stop() });
   components.push({ name: "housekeeping", start: () => housekeeping.start(), stop: () => housekeeping.stop() });
-  components.push({ name: "escalation timeouts", start: () => escalationMonitor.start(), stop: () => escalationMonitor.stop() });
+  components.push({
+    name: "escalation timeouts",
+    start: () => escalationMonitor.start(),
+    stop: () => escalationMonitor.stop(),
+  });
   components.push({ name: "run worker", start: () => worker.start(), stop: () => worker.stop() });
   components.push({ name: "scheduler", start: () => scheduler.start(), stop: () => scheduler.stop() });
 
@@ -278,7 +294,10 @@ export async function startServer(options: StartOptions = {}): Promise<RunningSe
         try {
           await component.stop();
         } catch (error) {
-          instanceLog.error({ err: error, component: component.name }, `stopping ${component.name} failed: ${errorMessage(error)}`);
+          instanceLog.error(
+            { err: error, component: component.name },
+            `stopping ${component.name} failed: ${errorMessage(error)}`,
+          );
         }
       }
       if (!options.database) await database.close();
@@ -301,7 +320,10 @@ export async function startServer(options: StartOptions = {}): Promise<RunningSe
     const host = address.address.includes(":") ? `[${address.address}]` : address.address;
     const url = `http://${host}:${address.port}`;
     serverUrl = url;
-    instanceLog.info({ url, version: VERSION, database: database.kind }, `formula-runner ${VERSION} listening on ${url}`);
+    instanceLog.info(
+      { url, version: VERSION, database: database.kind },
+      `formula-runner ${VERSION} listening on ${url}`,
+    );
     return { url, port: address.port, services, stop };
   } catch (error) {
     await stop();

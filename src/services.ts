@@ -1,11 +1,11 @@
-import type { Config } from "./config.js";
 import type { Database } from "../db/client.js";
-import type { FormulaStore } from "./formulas/store.js";
-import type { Logger } from "./logger.js";
-import type { Metrics } from "./metrics.js";
+import type { Config } from "./config.js";
 import type { EscalationService } from "./escalations/escalation-service.js";
 import type { OutboxWorker } from "./forge/outbox.js";
 import type { WebhookService } from "./forge/webhook-service.js";
+import type { FormulaStore } from "./formulas/store.js";
+import type { Logger } from "./logger.js";
+import type { Metrics } from "./metrics.js";
 import type { RunService } from "./runs/run-service.js";
 import type { Scheduler } from "./scheduler/scheduler.js";
 import type { Secret, SecretRegistry } from "./secrets.js";

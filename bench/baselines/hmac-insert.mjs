@@ -27,7 +27,9 @@ const server = createServer((req, res) => {
   });
 });
 server.listen(0, "127.0.0.1", () => process.stdout.write(`listening ${server.address().port}\n`));
-process.on("SIGTERM", () => server.close(async () => {
-  await sql.end();
-  process.exit(0);
-}));
+process.on("SIGTERM", () =>
+  server.close(async () => {
+    await sql.end();
+    process.exit(0);
+  }),
+);

@@ -28,7 +28,10 @@ export const escalations = pgTable(
     claimedAt: timestamp("claimed_at", { withTimezone: true }),
     resumedSessionId: bigint("resumed_session_id", { mode: "number" }),
   },
-  (t) => [index("escalations_run_id_idx").on(t.runId), index("escalations_state_deadline_idx").on(t.state, t.deadlineAt)],
+  (t) => [
+    index("escalations_run_id_idx").on(t.runId),
+    index("escalations_state_deadline_idx").on(t.state, t.deadlineAt),
+  ],
 );
 
 export type Escalation = typeof escalations.$inferSelect;

@@ -37,9 +37,7 @@ export const outbox = pgTable(
     index("outbox_state_next_idx").on(t.state, t.nextAttemptAt),
     index("outbox_run_id_idx").on(t.runId),
     // At most one pending status write per run: more phases just make it due again.
-    uniqueIndex("outbox_status_pending_idx")
-      .on(t.runId)
-      .where(sql`${t.kind} = 'status' and ${t.state} = 'pending'`),
+    uniqueIndex("outbox_status_pending_idx").on(t.runId).where(sql`${t.kind} = 'status' and ${t.state} = 'pending'`),
   ],
 );
 

@@ -26,15 +26,24 @@ export class ApiClient {
   ) {}
 
   /** FORMULA_RUNNER_URL, else the HOST/PORT the local server listens on; API_TOKEN, else `$DATA_DIR/api-token`. */
-  static async fromEnvironment(settings: Settings, env: Readonly<Record<string, string | undefined>>): Promise<ApiClient> {
+  static async fromEnvironment(
+    settings: Settings,
+    env: Readonly<Record<string, string | undefined>>,
+  ): Promise<ApiClient> {
     const host = settings.host === "0.0.0.0" || settings.host === "::" ? "127.0.0.1" : settings.host;
-    const baseUrl = (env.FORMULA_RUNNER_URL?.trim() || `http://${host.includes(":") ? `[${host}]` : host}:${settings.port}`).replace(/\/+$/, "");
+    const baseUrl = (
+      env.FORMULA_RUNNER_URL?.trim() || `http://${host.includes(":") ? `[${host}]` : host}:${settings.port}`
+    ).replace(/\/+$/, "");
     let token = settings.apiToken?.reveal();
     if (!token) {
       const file = apiTokenPath(settings.dataDir);
       token = (await readFile(file, "utf8").catch(() => "")).trim();
       if (!token) {
-        throw new ApiError(`no API token: set API_TOKEN, or run this where the server's DATA_DIR (${settings.dataDir}) is`, undefined, undefined);
+        throw new ApiError(
+          `no API token: set API_TOKEN, or run this where the server's DATA_DIR (${settings.dataDir}) is`,
+          undefined,
+          undefined,
+        );
       }
     }
     return new ApiClient(baseUrl, token);
@@ -55,7 +64,11 @@ export class ApiClient {
       });
     } catch (error) {
       const cause = (error as { cause?: { code?: string } }).cause?.code ?? (error as Error).message;
-      throw new ApiError(`cannot reach the server at ${this.baseUrl} (${cause}); is \`formula-runner serve\` running? (FORMULA_RUNNER_URL sets where)`, undefined, undefined);
+      throw new ApiError(
+        `cannot reach the server at ${this.baseUrl} (${cause}); is \`formula-runner serve\` running? (FORMULA_RUNNER_URL sets where)`,
+        undefined,
+        undefined,
+      );
     }
     const text = await res.text();
     let parsed: unknown;

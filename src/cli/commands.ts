@@ -85,7 +85,10 @@ export async function runCommand(
     const phaseList = current.phases ?? [];
     for (const phase of phaseList.slice(lastPhaseCount)) {
       if (tty) out.write("\r\x1b[K");
-      println(out, `  ${new Date(phase.at).toISOString().slice(11, 19)}  PHASE:${phase.phase}${phase.detail ? `  ${phase.detail.split("\n")[0]}` : ""}`);
+      println(
+        out,
+        `  ${new Date(phase.at).toISOString().slice(11, 19)}  PHASE:${phase.phase}${phase.detail ? `  ${phase.detail.split("\n")[0]}` : ""}`,
+      );
     }
     lastPhaseCount = phaseList.length;
     if (FINAL.has(current.status) || current.status === "escalated") break;
@@ -100,9 +103,15 @@ export async function runCommand(
     await new Promise((resolve) => setTimeout(resolve, args.pollMs ?? 500));
   }
   if (tty) out.write("\r\x1b[K");
-  println(out, `run ${run.id} ${current.status} after ${elapsed(current)}${current.detail ? `: ${current.detail}` : ""}`);
+  println(
+    out,
+    `run ${run.id} ${current.status} after ${elapsed(current)}${current.detail ? `: ${current.detail}` : ""}`,
+  );
   if (current.worktree?.state === "preserved") {
-    println(out, `worktree kept for debugging: ${current.worktree.path} (expires ${relative(current.worktree.expires_at)})`);
+    println(
+      out,
+      `worktree kept for debugging: ${current.worktree.path} (expires ${relative(current.worktree.expires_at)})`,
+    );
   }
   if (current.status === "escalated") {
     const question = current.escalations?.find((e) => e.state === "open")?.question;
@@ -195,7 +204,8 @@ export async function runsShow(client: ApiClient, id: string, json: boolean, out
         .join("\n"),
     );
   }
-  for (const e of run.escalations) println(out, `\nescalation (${e.state}, deadline ${e.deadline_at}):\n  ${e.question.replaceAll("\n", "\n  ")}`);
+  for (const e of run.escalations)
+    println(out, `\nescalation (${e.state}, deadline ${e.deadline_at}):\n  ${e.question.replaceAll("\n", "\n  ")}`);
   return 0;
 }
 
@@ -255,20 +265,33 @@ export async function worktreesPurge(
   let kept: PurgeEntry[];
   if (args.id !== undefined) {
     if (args.dryRun) {
-      const { worktree } = await client.request<{ worktree: WorktreeJson }>("GET", `/api/worktrees/${encodeURIComponent(args.id)}`);
-      const entry = { ...worktree, reason: worktree.state === "preserved" ? "would be removed" : `state is ${worktree.state}` };
+      const { worktree } = await client.request<{ worktree: WorktreeJson }>(
+        "GET",
+        `/api/worktrees/${encodeURIComponent(args.id)}`,
+      );
+      const entry = {
+        ...worktree,
+        reason: worktree.state === "preserved" ? "would be removed" : `state is ${worktree.state}`,
+      };
       purged = worktree.state === "preserved" ? [entry] : [];
       kept = worktree.state === "preserved" ? [] : [entry];
     } else {
-      const { worktree: removed } = await client.request<{ worktree: WorktreeJson }>("DELETE", `/api/worktrees/${encodeURIComponent(args.id)}`);
+      const { worktree: removed } = await client.request<{ worktree: WorktreeJson }>(
+        "DELETE",
+        `/api/worktrees/${encodeURIComponent(args.id)}`,
+      );
       purged = [{ ...removed, reason: "removed on request" }];
       kept = [];
     }
   } else {
-    ({ purged, kept } = await client.request<{ purged: PurgeEntry[]; kept: PurgeEntry[] }>("POST", "/api/worktrees/purge", {
-      older_than_hours: args.olderThanHours ?? 24,
-      dry_run: args.dryRun,
-    }));
+    ({ purged, kept } = await client.request<{ purged: PurgeEntry[]; kept: PurgeEntry[] }>(
+      "POST",
+      "/api/worktrees/purge",
+      {
+        older_than_hours: args.olderThanHours ?? 24,
+        dry_run: args.dryRun,
+      },
+    ));
   }
   if (args.json) {
     println(out, JSON.stringify({ dry_run: args.dryRun, purged, kept }, null, 2));
@@ -280,7 +303,14 @@ export async function worktreesPurge(
     return 0;
   }
   const rows = (entries: PurgeEntry[]) =>
-    entries.map((e) => [String(e.id), e.project, e.formula, e.run_id === null ? "-" : String(e.run_id), e.reason, e.path]);
+    entries.map((e) => [
+      String(e.id),
+      e.project,
+      e.formula,
+      e.run_id === null ? "-" : String(e.run_id),
+      e.reason,
+      e.path,
+    ]);
   println(out, `${verb} ${purged.length} worktree(s)${kept.length > 0 ? `, kept ${kept.length}` : ""}`);
   if (purged.length > 0) println(out, table(["ID", "PROJECT", "FORMULA", "RUN", "WHY", "PATH"], rows(purged)));
   if (kept.length > 0) {

@@ -78,7 +78,11 @@ export class EscalationService {
       return refuse(`permission check failed: ${errorMessage(error)}`);
     }
     if (!hasAtLeast(level, "write")) return refuse(`not permitted (${level} access; write needed)`);
-    const claimed = await this.#claim(target, { source: "comment", commentId: comment.id, author, body: comment.body }, project);
+    const claimed = await this.#claim(
+      target,
+      { source: "comment", commentId: comment.id, author, body: comment.body },
+      project,
+    );
     return claimed ? "delivered" : refuse("already answered");
   }
 
@@ -121,7 +125,10 @@ export class EscalationService {
         .returning();
       if (!row) return undefined;
       await tx.insert(escalationReplies).values({ escalationId: row.id, ...reply, outcome: "delivered" });
-      await tx.update(runs).set({ detail: `answered by ${reply.author}; resuming`, updatedAt: sql`now()` }).where(eq(runs.id, row.runId));
+      await tx
+        .update(runs)
+        .set({ detail: `answered by ${reply.author}; resuming`, updatedAt: sql`now()` })
+        .where(eq(runs.id, row.runId));
       if (project && row.issue !== null) {
         await enqueueOutbox(tx, {
           project: project.name,
@@ -133,14 +140,20 @@ export class EscalationService {
       return row;
     });
     if (claimed) {
-      this.deps.log.info({ runId: claimed.runId, escalationId: claimed.id, author: reply.author }, "escalation answered; the run resumes");
+      this.deps.log.info(
+        { runId: claimed.runId, escalationId: claimed.id, author: reply.author },
+        "escalation answered; the run resumes",
+      );
       this.deps.onAnswered();
       this.deps.onOutbox();
     }
     return claimed;
   }
 
-  async #record(escalationId: number, reply: { source: string; commentId: number | null; author: string; body: string; outcome: string }) {
+  async #record(
+    escalationId: number,
+    reply: { source: string; commentId: number | null; author: string; body: string; outcome: string },
+  ) {
     await this.deps.database.db.insert(escalationReplies).values({ escalationId, ...reply });
   }
 
@@ -175,7 +188,12 @@ export class EscalationService {
           .where(and(eq(runs.id, row.runId), eq(runs.status, "escalated")))
           .returning();
         if (failed && row.issue !== null) {
-          await enqueueOutbox(tx, { project: failed.project, runId: failed.id, issue: row.issue, payload: { kind: "label", labels: ["blocked"] } });
+          await enqueueOutbox(tx, {
+            project: failed.project,
+            runId: failed.id,
+            issue: row.issue,
+            payload: { kind: "label", labels: ["blocked"] },
+          });
           await enqueueOutbox(tx, {
             project: failed.project,
             runId: failed.id,
@@ -190,8 +208,15 @@ export class EscalationService {
       });
       if (!run) continue;
       expired++;
-      this.deps.log.warn({ runId: run.id, escalationId: escalation.id }, "escalation timed out: run failed, issue labelled blocked");
-      await this.deps.onExpired?.(run).catch((error: unknown) => this.deps.log.error({ err: error, runId: run.id }, "settling an expired run failed"));
+      this.deps.log.warn(
+        { runId: run.id, escalationId: escalation.id },
+        "escalation timed out: run failed, issue labelled blocked",
+      );
+      await this.deps
+        .onExpired?.(run)
+        .catch((error: unknown) =>
+          this.deps.log.error({ err: error, runId: run.id }, "settling an expired run failed"),
+        );
     }
     if (expired > 0) this.deps.onOutbox();
     return expired;
@@ -199,7 +224,10 @@ export class EscalationService {
 
   /** Records that the answer reached a session (a crash before this re-delivers it). */
   async markResumed(escalationId: number, sessionId: number): Promise<void> {
-    await this.deps.database.db.update(escalations).set({ resumedSessionId: sessionId }).where(eq(escalations.id, escalationId));
+    await this.deps.database.db
+      .update(escalations)
+      .set({ resumedSessionId: sessionId })
+      .where(eq(escalations.id, escalationId));
   }
 
   /** The latest answered question of a run: what resumed (and later) sessions continue from. */

@@ -11,7 +11,8 @@ export interface DeliveryFilter {
   cursor?: string | undefined;
 }
 
-const encode = (receivedAt: Date, id: string) => Buffer.from(JSON.stringify([receivedAt.toISOString(), id])).toString("base64url");
+const encode = (receivedAt: Date, id: string) =>
+  Buffer.from(JSON.stringify([receivedAt.toISOString(), id])).toString("base64url");
 function decode(cursor: string): { at: Date; id: string } {
   try {
     const [at, id] = JSON.parse(Buffer.from(cursor, "base64url").toString("utf8")) as [string, string];
@@ -55,10 +56,18 @@ export async function listDeliveries(database: Database, filter: DeliveryFilter)
     .orderBy(desc(deliveries.receivedAt), desc(deliveries.id))
     .limit(limit + 1);
   const page = rows.slice(0, limit);
-  const fired = page.length === 0 ? [] : await database.db
-    .select({ id: runs.id, deliveryId: runs.deliveryId })
-    .from(runs)
-    .where(inArray(runs.deliveryId, page.map((d) => d.id)));
+  const fired =
+    page.length === 0
+      ? []
+      : await database.db
+          .select({ id: runs.id, deliveryId: runs.deliveryId })
+          .from(runs)
+          .where(
+            inArray(
+              runs.deliveryId,
+              page.map((d) => d.id),
+            ),
+          );
   const last = page[page.length - 1];
   return {
     deliveries: page.map((d) => ({
@@ -72,7 +81,10 @@ export async function listDeliveries(database: Database, filter: DeliveryFilter)
       outcome: d.outcome,
       reason: d.reason,
       received_at: d.receivedAt.toISOString(),
-      runs: fired.filter((r) => r.deliveryId === d.id).map((r) => r.id).sort((a, b) => a - b),
+      runs: fired
+        .filter((r) => r.deliveryId === d.id)
+        .map((r) => r.id)
+        .sort((a, b) => a - b),
     })),
     next_cursor: rows.length > limit && last ? encode(last.receivedAt, last.id) : null,
   };

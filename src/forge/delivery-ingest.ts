@@ -80,7 +80,10 @@ export class DeliveryIngest {
         return;
       }
       // One bad item must not fail its neighbours: write them one by one.
-      this.log.warn({ err: error, batch: batch.length }, `delivery batch failed (${errorMessage(error)}); retrying one by one`);
+      this.log.warn(
+        { err: error, batch: batch.length },
+        `delivery batch failed (${errorMessage(error)}); retrying one by one`,
+      );
       for (const pending of batch) await this.#write([pending]);
     }
   }
@@ -128,7 +131,8 @@ export class DeliveryIngest {
         continue;
       }
       const runIds: number[] = [];
-      for (const request of item.runs) runIds.push((await enqueueRun(tx, { ...request, deliveryId: item.delivery.id })).id);
+      for (const request of item.runs)
+        runIds.push((await enqueueRun(tx, { ...request, deliveryId: item.delivery.id })).id);
       results.push({ duplicate: false, runIds });
     }
     return results;
@@ -136,7 +140,10 @@ export class DeliveryIngest {
 
   /** Whether a delivery id is already stored (a cheap early answer for redeliveries). */
   async seen(id: string): Promise<boolean> {
-    const rows = await this.database.db.select({ id: deliveries.id }).from(deliveries).where(inArray(deliveries.id, [id]));
+    const rows = await this.database.db
+      .select({ id: deliveries.id })
+      .from(deliveries)
+      .where(inArray(deliveries.id, [id]));
     return rows.length > 0;
   }
 }

@@ -124,7 +124,13 @@ export class ForgeClient {
     try {
       const { data } = await this.#call(
         `reading ${login}'s permission on ${this.project.repo}`,
-        (signal) => this.octokit.rest.repos.getCollaboratorPermissionLevel({ owner: this.#owner, repo: this.#repo, username: login, request: { signal } }),
+        (signal) =>
+          this.octokit.rest.repos.getCollaboratorPermissionLevel({
+            owner: this.#owner,
+            repo: this.#repo,
+            username: login,
+            request: { signal },
+          }),
         PERMISSION_TIMEOUT_MS,
       );
       return accessLevelOf(data as { permission?: unknown; role_name?: unknown });
@@ -205,7 +211,13 @@ export class ForgeClient {
     const what = `labelling ${this.project.repo}#${issue} ${labels.join(", ")}`;
     if (!this.#gitea) {
       await this.#call(what, (signal) =>
-        this.octokit.rest.issues.addLabels({ owner: this.#owner, repo: this.#repo, issue_number: issue, labels, request: { signal } }),
+        this.octokit.rest.issues.addLabels({
+          owner: this.#owner,
+          repo: this.#repo,
+          issue_number: issue,
+          labels,
+          request: { signal },
+        }),
       );
       return;
     }

@@ -51,7 +51,8 @@ export function normalizeEvent(forge: Forge, event: string, deliveryId: string, 
     }
     case "push": {
       const push = pushOf(p);
-      const isTestDelivery = forge !== "github" && push !== undefined && push.before !== "" && push.before === push.after;
+      const isTestDelivery =
+        forge !== "github" && push !== undefined && push.before !== "" && push.before === push.after;
       return { ...base, kind: isTestDelivery ? "ping" : "push", ...(push && { push }) };
     }
     case "ping":

@@ -52,7 +52,9 @@ export const outboxMarker = (rowId: number) => `<!-- formula-runner:outbox:${row
 export async function enqueueOutbox(db: Db | Tx, entry: OutboxRequest): Promise<void> {
   const runId = entry.runId ?? null;
   if (entry.payload.kind !== "status") {
-    await db.insert(outbox).values({ project: entry.project, runId, kind: entry.payload.kind, issue: entry.issue, payload: entry.payload });
+    await db
+      .insert(outbox)
+      .values({ project: entry.project, runId, kind: entry.payload.kind, issue: entry.issue, payload: entry.payload });
     return;
   }
   if (runId === null) throw new Error("a status write needs the run it reports on");
@@ -253,7 +255,12 @@ export class OutboxWorker {
       const rows = await tx
         .update(outbox)
         .set({ nextAttemptAt: new Date(now.getTime() + this.#leaseMs), attempts: sql`${outbox.attempts} + 1` })
-        .where(inArray(outbox.id, due.map((d) => d.id)))
+        .where(
+          inArray(
+            outbox.id,
+            due.map((d) => d.id),
+          ),
+        )
         .returning();
       return rows.sort((a, b) => a.id - b.id);
     });
@@ -269,7 +276,9 @@ export class OutboxWorker {
     const [row] = await this.#deps.database.db
       .update(outbox)
       .set({ nextAttemptAt: lease })
-      .where(and(eq(outbox.id, claimed.id), eq(outbox.state, "pending"), eq(outbox.nextAttemptAt, claimed.nextAttemptAt)))
+      .where(
+        and(eq(outbox.id, claimed.id), eq(outbox.state, "pending"), eq(outbox.nextAttemptAt, claimed.nextAttemptAt)),
+      )
       .returning();
     if (!row) return false;
     let outcome: Outcome;
@@ -286,7 +295,9 @@ export class OutboxWorker {
     const project = this.#deps.projects.find((p) => p.name === row.project);
     if (!project) return { kind: "failed", error: `project "${row.project}" is not configured` };
     if (!project.token) {
-      const where = project.tokenEnv ? `environment variable ${project.tokenEnv} is not set` : "token_env is not configured";
+      const where = project.tokenEnv
+        ? `environment variable ${project.tokenEnv} is not set`
+        : "token_env is not configured";
       return { kind: "failed", error: `project "${row.project}" has no forge token (${where})` };
     }
     const payload = parsePayload(row.kind, row.payload);
@@ -338,7 +349,10 @@ export class OutboxWorker {
       } catch (error) {
         // Deleted on the forge: post a new one rather than failing the run's reporting for good.
         if (!(error instanceof ForgeError && error.status === 404)) throw error;
-        this.#deps.log.warn({ outboxId: row.id, runId: row.runId, commentId }, "status comment is gone from the forge; posting a new one");
+        this.#deps.log.warn(
+          { outboxId: row.id, runId: row.runId, commentId },
+          "status comment is gone from the forge; posting a new one",
+        );
         commentId = null;
       }
     }
@@ -363,7 +377,10 @@ export class OutboxWorker {
     const headers = error instanceof ForgeError ? (error.headers ?? {}) : {};
     const rateLimited =
       status === 429 ||
-      (status === 403 && (headers["x-ratelimit-remaining"] === "0" || headers["retry-after"] !== undefined || /rate limit/i.test(message)));
+      (status === 403 &&
+        (headers["x-ratelimit-remaining"] === "0" ||
+          headers["retry-after"] !== undefined ||
+          /rate limit/i.test(message)));
     const retryable = status === undefined || status >= 500 || status === 408 || rateLimited;
     if (!retryable) return { kind: "failed", error: message, status };
     if (now.getTime() - row.createdAt.getTime() >= GIVE_UP_AFTER_MS) {
@@ -395,7 +412,8 @@ export class OutboxWorker {
           )
           .returning({ id: outbox.id });
         if (!updated) return false;
-        const escalationId = row.kind === "comment" ? (row.payload as { escalationId?: unknown }).escalationId : undefined;
+        const escalationId =
+          row.kind === "comment" ? (row.payload as { escalationId?: unknown }).escalationId : undefined;
         const commentId = (outcome.result as { id?: unknown } | undefined)?.id;
         if (typeof escalationId === "number" && typeof commentId === "number") {
           await tx.update(escalations).set({ commentId }).where(eq(escalations.id, escalationId));
@@ -416,7 +434,10 @@ export class OutboxWorker {
     const ours = and(eq(outbox.id, row.id), eq(outbox.state, "pending"), eq(outbox.nextAttemptAt, lease));
     if (outcome.kind === "failed") {
       await db.update(outbox).set({ state: "failed", lastError: outcome.error }).where(ours);
-      log.error({ ...fields, status: outcome.status }, `outbox: ${row.kind} write to ${row.project}#${row.issue} failed for good: ${outcome.error}`);
+      log.error(
+        { ...fields, status: outcome.status },
+        `outbox: ${row.kind} write to ${row.project}#${row.issue} failed for good: ${outcome.error}`,
+      );
       return;
     }
     await db.update(outbox).set({ nextAttemptAt: outcome.at, lastError: outcome.error }).where(ours);
@@ -464,9 +485,13 @@ function parsePayload(kind: OutboxKind, payload: unknown): OutboxPayload | undef
       if (typeof p.body !== "string") return undefined;
       return { kind, body: p.body, ...(typeof p.escalationId === "number" ? { escalationId: p.escalationId } : {}) };
     case "comment_edit":
-      return typeof p.commentId === "number" && typeof p.body === "string" ? { kind, commentId: p.commentId, body: p.body } : undefined;
+      return typeof p.commentId === "number" && typeof p.body === "string"
+        ? { kind, commentId: p.commentId, body: p.body }
+        : undefined;
     case "label":
-      return Array.isArray(p.labels) && p.labels.every((l) => typeof l === "string") ? { kind, labels: p.labels as string[] } : undefined;
+      return Array.isArray(p.labels) && p.labels.every((l) => typeof l === "string")
+        ? { kind, labels: p.labels as string[] }
+        : undefined;
     default:
       return undefined;
   }

@@ -13,7 +13,11 @@ import { enqueueOutbox } from "./outbox.js";
  * without one post nothing); `always` -> the run's issue, else the project's
  * `escalation_issue`; `never` -> nowhere.
  */
-export function reportIssueOf(run: Run, report: "issue" | "always" | "never" | undefined, project: ProjectConfig | undefined): number | undefined {
+export function reportIssueOf(
+  run: Run,
+  report: "issue" | "always" | "never" | undefined,
+  project: ProjectConfig | undefined,
+): number | undefined {
   if (report === "never") return undefined;
   if (run.issue !== null) return run.issue;
   if (report === "always") return project?.escalationIssue;
@@ -49,7 +53,12 @@ export class ForgeReporter implements RunObserver {
       if (issue === undefined) return;
       await this.deps.database.db.update(runs).set({ reportIssue: issue }).where(eq(runs.id, run.id));
     }
-    await enqueueOutbox(this.deps.database.db, { project: run.project, runId: run.id, issue, payload: { kind: "status" } });
+    await enqueueOutbox(this.deps.database.db, {
+      project: run.project,
+      runId: run.id,
+      issue,
+      payload: { kind: "status" },
+    });
     this.deps.onOutbox();
   }
 

@@ -66,7 +66,11 @@ export function renderStatus(input: StatusInput): string {
   const icon = ICON[run.status] ?? "";
   lines.push(`### ${icon} formula-runner: \`${run.formula}\` run ${run.id} — ${run.status.replace("_", " ")}`);
   const trigger =
-    run.triggerKind === "webhook" ? `webhook delivery \`${run.triggerRef}\`` : run.triggerKind === "schedule" ? `schedule slot ${run.triggerRef}` : `dispatched by ${run.triggerRef}`;
+    run.triggerKind === "webhook"
+      ? `webhook delivery \`${run.triggerRef}\``
+      : run.triggerKind === "schedule"
+        ? `schedule slot ${run.triggerRef}`
+        : `dispatched by ${run.triggerRef}`;
   const facts = [`**Project:** ${run.project}`, `**Trigger:** ${trigger}`];
   if (run.phase) facts.push(`**Phase:** \`${run.phase}\``);
   if (run.startedAt) {
@@ -79,7 +83,10 @@ export function renderStatus(input: StatusInput): string {
   const cost = input.sessions.reduce((n, s) => n + (s.costUsd ?? 0), 0);
   if (turns > 0) facts.push(`**Turns:** ${turns}`);
   if (cost > 0) facts.push(`**Cost:** $${cost.toFixed(2)}`);
-  if (input.sessions.length > 1) facts.push(`**Sessions:** ${input.sessions.map((s) => `${s.seq} ${s.kind}${s.outcome ? ` (${s.outcome})` : ""}`).join(", ")}`);
+  if (input.sessions.length > 1)
+    facts.push(
+      `**Sessions:** ${input.sessions.map((s) => `${s.seq} ${s.kind}${s.outcome ? ` (${s.outcome})` : ""}`).join(", ")}`,
+    );
   lines.push(facts.join(" · "));
 
   if (input.phases.length > 0) {
@@ -103,7 +110,9 @@ export function renderStatus(input: StatusInput): string {
     if (run.detail) lines.push(`**Why:** ${run.detail.split("\n")[0]}`);
     const w = input.worktree;
     if (w?.state === "preserved") {
-      lines.push(`**Worktree kept for debugging:** \`${w.path}\` (on ${w.instanceId}) until ${w.expiresAt?.toISOString() ?? "?"}`);
+      lines.push(
+        `**Worktree kept for debugging:** \`${w.path}\` (on ${w.instanceId}) until ${w.expiresAt?.toISOString() ?? "?"}`,
+      );
     }
     if (run.status !== "done" && run.status !== "cancelled" && run.status !== "skipped") {
       const tail = [...input.sessions].reverse().find((s) => s.outputTail)?.outputTail;
@@ -117,7 +126,11 @@ export function renderStatus(input: StatusInput): string {
 }
 
 /** Loads what the status comment of a run shows and renders it (the outbox scrubs it when sending). */
-export async function renderStatusFor(database: Database, runId: number, now = new Date()): Promise<string | undefined> {
+export async function renderStatusFor(
+  database: Database,
+  runId: number,
+  now = new Date(),
+): Promise<string | undefined> {
   const [run] = await database.db.select().from(runs).where(eq(runs.id, runId));
   if (!run) return undefined;
   const [phaseRows, sessionRows, worktreeRows, escalationRows] = await Promise.all([
@@ -126,5 +139,12 @@ export async function renderStatusFor(database: Database, runId: number, now = n
     database.db.select().from(worktrees).where(eq(worktrees.runId, runId)).orderBy(desc(worktrees.id)).limit(1),
     database.db.select().from(escalations).where(eq(escalations.runId, runId)).orderBy(asc(escalations.id)),
   ]);
-  return renderStatus({ run, phases: phaseRows, sessions: sessionRows, worktree: worktreeRows[0], escalations: escalationRows, now });
+  return renderStatus({
+    run,
+    phases: phaseRows,
+    sessions: sessionRows,
+    worktree: worktreeRows[0],
+    escalations: escalationRows,
+    now,
+  });
 }

@@ -50,7 +50,11 @@ export function readWebhookHeaders(
   };
   const names = FORGE_HEADERS.find((h) => header(h.event) !== undefined);
   if (names === undefined) {
-    return problem(400, "bad_request", "not a forge webhook: no X-GitHub-Event, X-Gitea-Event or X-Forgejo-Event header");
+    return problem(
+      400,
+      "bad_request",
+      "not a forge webhook: no X-GitHub-Event, X-Gitea-Event or X-Forgejo-Event header",
+    );
   }
   const event = header(names.event) as string;
   const deliveryId = header(names.delivery);
@@ -58,7 +62,11 @@ export function readWebhookHeaders(
     return problem(400, "bad_request", `missing ${canonical(names.delivery)} header`);
   }
   if (!DELIVERY_ID.test(deliveryId)) {
-    return problem(400, "bad_request", `${canonical(names.delivery)} must be 1-128 letters, digits, '.', '_', ':' or '-'`);
+    return problem(
+      400,
+      "bad_request",
+      `${canonical(names.delivery)} must be 1-128 letters, digits, '.', '_', ':' or '-'`,
+    );
   }
   let signature = header(names.signature);
   if (signature === undefined) {
@@ -87,7 +95,11 @@ export function verifySignature(body: Uint8Array, secret: string, signatureHex: 
 }
 
 /** The signature header a forge would send for `body`: `sha256=<hex>` for GitHub, bare hex for Gitea/Forgejo. */
-export function signatureHeader(forge: Forge, body: Uint8Array | string, secret: string): { name: string; value: string } {
+export function signatureHeader(
+  forge: Forge,
+  body: Uint8Array | string,
+  secret: string,
+): { name: string; value: string } {
   const hex = createHmac("sha256", secret).update(body).digest("hex");
   switch (forge) {
     case "github":

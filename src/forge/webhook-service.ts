@@ -22,7 +22,10 @@ export interface WebhookOutcome {
  * into a 500. See `parsePayload` for the cheap path that skips this walk.
  */
 export function storable(value: unknown): unknown {
-  if (typeof value === "string") return value.includes("\u0000") || !value.isWellFormed() ? value.toWellFormed().replaceAll("\u0000", "\uFFFD") : value;
+  if (typeof value === "string")
+    return value.includes("\u0000") || !value.isWellFormed()
+      ? value.toWellFormed().replaceAll("\u0000", "\uFFFD")
+      : value;
   if (Array.isArray(value)) return value.map(storable);
   if (value !== null && typeof value === "object") {
     const out: Record<string, unknown> = {};
@@ -70,18 +73,29 @@ export class WebhookService {
   async accept(event: ForgeEvent, project: ProjectConfig, payload: unknown): Promise<WebhookOutcome> {
     // A child logger per delivery costs more than the rest of the decision: made on first use.
     let child: Logger | undefined;
-    const log = () => (child ??= this.deps.log.child({ delivery: event.deliveryId, event: event.event, action: event.action, project: project.name }));
+    const log = () =>
+      (child ??= this.deps.log.child({
+        delivery: event.deliveryId,
+        event: event.event,
+        action: event.action,
+        project: project.name,
+      }));
     if (event.kind === "issue_comment" && event.action === "created" && this.deps.escalations) {
       // Before the delivery is recorded: if we die in between, the forge's redelivery is
       // not a duplicate yet and the answer is not lost. The claim itself is exactly-once.
-      await this.deps.escalations.handleComment(project, event).catch((error: unknown) => log().error({ err: error }, `escalation reply: ${errorMessage(error)}`));
+      await this.deps.escalations
+        .handleComment(project, event)
+        .catch((error: unknown) => log().error({ err: error }, `escalation reply: ${errorMessage(error)}`));
     }
     const matches = matchFormulas(this.deps.formulas.list(), event);
     let ignored: string | undefined;
     let fired = matches;
     const sender = event.sender;
     if (matches.length === 0) {
-      ignored = event.kind === undefined ? `event "${event.event}" is not one formulas react to` : `no formula matches ${event.event}${event.action ? `/${event.action}` : ""}`;
+      ignored =
+        event.kind === undefined
+          ? `event "${event.event}" is not one formulas react to`
+          : `no formula matches ${event.event}${event.action ? `/${event.action}` : ""}`;
     } else if (!sender) {
       ignored = "the delivery names no sender";
       fired = [];
@@ -137,11 +151,18 @@ export class WebhookService {
     if (result.duplicate) {
       log().info("duplicate delivery: nothing created");
     } else if (result.runIds.length > 0) {
-      log().info({ runs: result.runIds, formulas: fired.map((m) => m.formula.name) }, `delivery queued ${result.runIds.length} run(s)`);
+      log().info(
+        { runs: result.runIds, formulas: fired.map((m) => m.formula.name) },
+        `delivery queued ${result.runIds.length} run(s)`,
+      );
       this.deps.onQueued();
     } else if (this.deps.log.isLevelEnabled("debug")) {
       log().debug({ reason: ignored }, "delivery fired nothing");
     }
-    return { duplicate: result.duplicate, runIds: result.runIds, ignored: result.duplicate || result.runIds.length > 0 ? undefined : ignored };
+    return {
+      duplicate: result.duplicate,
+      runIds: result.runIds,
+      ignored: result.duplicate || result.runIds.length > 0 ? undefined : ignored,
+    };
   }
 }

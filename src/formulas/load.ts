@@ -6,11 +6,11 @@
 import { readdir, readFile } from "node:fs/promises";
 import path from "node:path";
 import { parse as parseToml, TomlError } from "smol-toml";
+import { fieldIssues } from "../validation.js";
 import { formatDuration } from "./duration.js";
 import { createLocator } from "./locate.js";
-import { fieldIssues } from "../validation.js";
-import { fieldName, type FormulaProblem, formatProblem } from "./problems.js";
-import { type Formula, formulaFileSchema, FORMULA_DEFAULTS, hasTrigger, knownKeysAt, toFormula } from "./schema.js";
+import { type FormulaProblem, fieldName, formatProblem } from "./problems.js";
+import { FORMULA_DEFAULTS, type Formula, formulaFileSchema, hasTrigger, knownKeysAt, toFormula } from "./schema.js";
 
 export type { FormulaProblem };
 export { formatProblem };
@@ -77,7 +77,8 @@ function parseChecked(file: string, source: string, options: LoadOptions): Parse
     report([], "the file name does not end in .toml; the server only loads *.toml files", "warning");
   }
   if (options.agents !== undefined) {
-    const agent = typeof raw.agent === "string" ? raw.agent : raw.agent === undefined ? FORMULA_DEFAULTS.agent : undefined;
+    const agent =
+      typeof raw.agent === "string" ? raw.agent : raw.agent === undefined ? FORMULA_DEFAULTS.agent : undefined;
     if (agent !== undefined && !options.agents.includes(agent)) {
       const known = options.agents.length > 0 ? options.agents.map((name) => `\`${name}\``).join(", ") : "none";
       const which = raw.agent === undefined ? `the default agent \`${agent}\`` : `agent \`${agent}\``;
@@ -181,7 +182,12 @@ export async function loadFormulas(
     return { formulas: [], problems: [problem] };
   }
   if (names.length === 0) {
-    const problem: FormulaProblem = { file: dir, field: "(dir)", message: "no *.toml formula files", severity: "warning" };
+    const problem: FormulaProblem = {
+      file: dir,
+      field: "(dir)",
+      message: "no *.toml formula files",
+      severity: "warning",
+    };
     return { formulas: [], problems: [problem] };
   }
 

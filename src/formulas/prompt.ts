@@ -27,7 +27,14 @@ export interface RecoveryContext {
 
 export interface PromptInput {
   formula: Formula;
-  project: { name: string; repo: string; primaryBranch: string; forge: string; forgeUrl: string; tokenEnv: string | undefined };
+  project: {
+    name: string;
+    repo: string;
+    primaryBranch: string;
+    forge: string;
+    forgeUrl: string;
+    tokenEnv: string | undefined;
+  };
   runId: number;
   issue: number | undefined;
   event: RunEvent | undefined;
@@ -60,7 +67,11 @@ export function fenceUntrusted(source: string, text: string, token: string): str
   ].join("\n");
 }
 
-function eventSection(event: RunEvent | undefined, issue: number | undefined, fence: (s: string, t: string) => string): string {
+function eventSection(
+  event: RunEvent | undefined,
+  issue: number | undefined,
+  fence: (s: string, t: string) => string,
+): string {
   if (!event) return issue === undefined ? "" : `Issue: #${issue}`;
   const lines: string[] = [];
   const by = event.sender ? ` by @${event.sender}` : "";
@@ -72,20 +83,30 @@ function eventSection(event: RunEvent | undefined, issue: number | undefined, fe
       lines.push(`Started by its schedule (slot ${event.slot ?? "unknown"}).`);
       break;
     case "push":
-      lines.push(`A push${by} to ${event.push?.ref ?? "?"} (${event.push?.before ?? "?"}..${event.push?.after ?? "?"}).`);
+      lines.push(
+        `A push${by} to ${event.push?.ref ?? "?"} (${event.push?.before ?? "?"}..${event.push?.after ?? "?"}).`,
+      );
       break;
     default:
-      lines.push(`Event: ${event.kind}${event.action ? ` ${event.action}` : ""}${by}${event.label ? ` (label "${event.label}")` : ""}.`);
+      lines.push(
+        `Event: ${event.kind}${event.action ? ` ${event.action}` : ""}${by}${event.label ? ` (label "${event.label}")` : ""}.`,
+      );
   }
   if (event.issue) {
     const i = event.issue;
-    lines.push(`Issue #${i.number}${i.url ? ` (${i.url})` : ""}, labels: ${i.labels.length > 0 ? i.labels.join(", ") : "none"}.`);
-    lines.push(fence(`issue #${i.number} title and body${i.author ? ` by @${i.author}` : ""}`, `${i.title}\n\n${i.body}`));
+    lines.push(
+      `Issue #${i.number}${i.url ? ` (${i.url})` : ""}, labels: ${i.labels.length > 0 ? i.labels.join(", ") : "none"}.`,
+    );
+    lines.push(
+      fence(`issue #${i.number} title and body${i.author ? ` by @${i.author}` : ""}`, `${i.title}\n\n${i.body}`),
+    );
   }
   if (event.pullRequest) {
     const p = event.pullRequest;
     lines.push(`Pull request #${p.number}${p.url ? ` (${p.url})` : ""}: ${p.head} into ${p.base}.`);
-    lines.push(fence(`pull request #${p.number} title and body${p.author ? ` by @${p.author}` : ""}`, `${p.title}\n\n${p.body}`));
+    lines.push(
+      fence(`pull request #${p.number} title and body${p.author ? ` by @${p.author}` : ""}`, `${p.title}\n\n${p.body}`),
+    );
   }
   if (event.comment) {
     lines.push(fence(`comment by @${event.comment.author}`, event.comment.body));
@@ -151,7 +172,10 @@ export function buildPrompt(input: PromptInput): string {
 export function buildContinuationPrompt(input: PromptInput): string {
   const token = input.fenceToken ?? randomBytes(8).toString("hex");
   const fence = (source: string, text: string) => fenceUntrusted(source, text, token);
-  const sections: string[] = [`This continues run ${input.runId} of the "${input.formula.name}" formula, in the same worktree.`, fenceNotice(token)];
+  const sections: string[] = [
+    `This continues run ${input.runId} of the "${input.formula.name}" formula, in the same worktree.`,
+    fenceNotice(token),
+  ];
   if (input.escalationReply) sections.push(answerSection(input.escalationReply, fence));
   if (input.recovery) sections.push(recoverySection(input.recovery));
   if (input.scratch !== undefined && input.scratch.trim() !== "") {
@@ -172,7 +196,10 @@ function fenceNotice(token: string): string {
   );
 }
 
-function answerSection(reply: NonNullable<PromptInput["escalationReply"]>, fence: (source: string, text: string) => string): string {
+function answerSection(
+  reply: NonNullable<PromptInput["escalationReply"]>,
+  fence: (source: string, text: string) => string,
+): string {
   return `## Answer to your question\n\nYou asked:\n\n${reply.question}\n\n@${reply.author} answered:\n\n${fence(`reply by @${reply.author}`, reply.body)}\n\nContinue the work with this answer.`;
 }
 
@@ -198,7 +225,9 @@ function recoverySection(r: RecoveryContext): string {
  * the worktree, the forge API and how to authenticate (the token's variable NAME only).
  * Also what a Claude Code session is told again after a context compaction.
  */
-export function phaseProtocol(input: Pick<PromptInput, "phaseFile" | "scratchFile" | "worktree" | "project" | "envNames">): string {
+export function phaseProtocol(
+  input: Pick<PromptInput, "phaseFile" | "scratchFile" | "worktree" | "project" | "envNames">,
+): string {
   const { project } = input;
   const auth = project.tokenEnv
     ? `Authenticate with the token in the environment variable \`${project.tokenEnv}\` (for example \`Authorization: token $${project.tokenEnv}\`); never print it.`

@@ -10,8 +10,8 @@
 import path from "node:path";
 import { Cron } from "croner";
 import { z } from "zod";
-import { DURATION_PATTERN, parseDuration } from "./duration.js";
 import { closestMatch, schemaKeysAt } from "../validation.js";
+import { DURATION_PATTERN, parseDuration } from "./duration.js";
 import {
   COMMAND_PLACEHOLDERS,
   CONCURRENCY_PLACEHOLDERS,
@@ -184,8 +184,7 @@ function quote(value: unknown): string {
   return typeof value === "string" ? JSON.stringify(value) : String(value);
 }
 
-const nonEmptyString = (description: string) =>
-  z.string().min(1, { error: "must not be empty" }).describe(description);
+const nonEmptyString = (description: string) => z.string().min(1, { error: "must not be empty" }).describe(description);
 
 const slug = (what: string) =>
   z.string().regex(new RegExp(SLUG_PATTERN), {
@@ -286,7 +285,7 @@ const issuesTrigger = z
 const issueCommentTrigger = z
   .object({
     types: eventTypes(ISSUE_COMMENT_EVENT_TYPES, FORMULA_DEFAULTS.issue_comment_types, "Issue comment"),
-    command: nonEmptyString("The comment body must start with this text, e.g. \"/run dev\".").optional(),
+    command: nonEmptyString('The comment body must start with this text, e.g. "/run dev".').optional(),
   })
   .strict()
   .describe("Fire on comments on issues (and pull requests).");
@@ -337,9 +336,7 @@ const guardsTable = z
       .string()
       .regex(new RegExp(placeholderPattern(CONCURRENCY_PLACEHOLDERS)), {
         error: (issue) =>
-          typeof issue.input === "string"
-            ? checkPlaceholders(issue.input, CONCURRENCY_PLACEHOLDERS)
-            : undefined,
+          typeof issue.input === "string" ? checkPlaceholders(issue.input, CONCURRENCY_PLACEHOLDERS) : undefined,
       })
       .default(FORMULA_DEFAULTS.concurrency)
       .describe('One running run per key. Placeholders: {formula} {project} {issue}. "" means no limit.'),
@@ -411,10 +408,7 @@ const stepTable = z
     id: slug("step id").describe("Identifies the step; unique in the formula."),
     title: nonEmptyString("A short imperative title."),
     description: nonEmptyString("What the agent must do in this step."),
-    needs: z
-      .array(z.string())
-      .default([])
-      .describe("Ids of earlier steps this one builds on."),
+    needs: z.array(z.string()).default([]).describe("Ids of earlier steps this one builds on."),
   })
   .strict();
 
@@ -448,7 +442,11 @@ function checkSteps(steps: unknown, ctx: z.RefinementCtx): void {
         const hint = closestMatch(need, known);
         message =
           `no step \`${need}\`` +
-          (hint !== undefined ? `; did you mean \`${hint}\`?` : known.length > 0 ? `; earlier steps: ${known.join(", ")}` : "");
+          (hint !== undefined
+            ? `; did you mean \`${hint}\`?`
+            : known.length > 0
+              ? `; earlier steps: ${known.join(", ")}`
+              : "");
       } else if (at === index) {
         message = `step \`${need}\` cannot need itself`;
       } else if (at > index) {
@@ -482,7 +480,10 @@ export const formulaFileSchema = z
       .describe("Bump when the steps change meaningfully; recorded with each run."),
     agent: nonEmptyString("A key of [agents] in the server configuration.").default(FORMULA_DEFAULTS.agent),
     model: nonEmptyString("Model name passed to the agent through its model_args, e.g. sonnet or opus.").optional(),
-    timeout: duration("Idle timeout: no phase change and no output for this long ends the session.", FORMULA_DEFAULTS.timeout),
+    timeout: duration(
+      "Idle timeout: no phase change and no output for this long ends the session.",
+      FORMULA_DEFAULTS.timeout,
+    ),
     max_duration: duration("Hard cap for one session, whatever the agent prints.", FORMULA_DEFAULTS.max_duration),
     preserve_on: z
       .array(z.enum(PRESERVE_OUTCOMES))
@@ -490,7 +491,10 @@ export const formulaFileSchema = z
       .meta({ uniqueItems: true })
       .default([...FORMULA_DEFAULTS.preserve_on])
       .describe("Outcomes whose worktree is kept for inspection."),
-    retention: duration("How long a preserved worktree is kept before housekeeping removes it.", FORMULA_DEFAULTS.retention),
+    retention: duration(
+      "How long a preserved worktree is kept before housekeeping removes it.",
+      FORMULA_DEFAULTS.retention,
+    ),
     escalation_timeout: duration(
       "How long an escalation waits for a reply before the issue is labelled blocked and the run fails.",
       FORMULA_DEFAULTS.escalation_timeout,

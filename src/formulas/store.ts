@@ -1,8 +1,8 @@
 import { existsSync } from "node:fs";
 import path from "node:path";
 import type { Logger } from "../logger.js";
-import { formatProblem, loadFormulas } from "./load.js";
 import type { FormulaProblem } from "./load.js";
+import { formatProblem, loadFormulas } from "./load.js";
 import type { Formula } from "./schema.js";
 
 /**
@@ -35,7 +35,8 @@ export class FormulaStore {
     const problems = [...loaded.problems];
     const broken = new Set(problems.filter((p) => p.severity === "error").map((p) => path.resolve(this.#dir, p.file)));
     for (const previous of this.#formulas.values()) {
-      if (formulas.some((f) => f.name === previous.name) || !broken.has(previous.file) || !existsSync(previous.file)) continue;
+      if (formulas.some((f) => f.name === previous.name) || !broken.has(previous.file) || !existsSync(previous.file))
+        continue;
       formulas.push(previous);
       problems.push({
         file: previous.file,

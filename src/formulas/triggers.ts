@@ -34,7 +34,11 @@ export function formulaMatches(formula: Formula, event: ForgeEvent): boolean {
   const action = event.action ?? "";
   switch (event.kind) {
     case "issues":
-      return on.issues !== undefined && (on.issues.types as readonly string[]).includes(action) && labelsMatch(on.issues.labels, event);
+      return (
+        on.issues !== undefined &&
+        (on.issues.types as readonly string[]).includes(action) &&
+        labelsMatch(on.issues.labels, event)
+      );
     case "issue_comment": {
       const trigger = on.issueComment;
       if (!trigger || !(trigger.types as readonly string[]).includes(action)) return false;

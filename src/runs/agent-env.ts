@@ -76,7 +76,11 @@ export function agentEnv(input: AgentEnvInput): Record<string, string> {
 }
 
 /** `command` of a profile with the model and resume arguments filled in. */
-export function agentCommand(profile: AgentProfile, model: string | undefined, resumeSessionId: string | undefined): string[] {
+export function agentCommand(
+  profile: AgentProfile,
+  model: string | undefined,
+  resumeSessionId: string | undefined,
+): string[] {
   const argv = [...profile.command];
   if (model !== undefined) argv.push(...profile.modelArgs.map((a) => a.replaceAll("{model}", model)));
   if (resumeSessionId !== undefined && profile.resumeArgs.length > 0) {
@@ -90,7 +94,11 @@ export function agentCommand(profile: AgentProfile, model: string | undefined, r
  * `--dangerously-skip-permissions` under root unless IS_SANDBOX=1 (exactly; "yes" does
  * not count), and says so only in a line of its output. Undefined when nothing is wrong.
  */
-export function rootRefusal(command: readonly string[], env: Readonly<Record<string, string>>, uid = process.getuid?.()): string | undefined {
+export function rootRefusal(
+  command: readonly string[],
+  env: Readonly<Record<string, string>>,
+  uid = process.getuid?.(),
+): string | undefined {
   if (uid !== 0 || !command.includes("--dangerously-skip-permissions") || env.IS_SANDBOX === "1") return undefined;
   return (
     "Claude Code refuses --dangerously-skip-permissions when it runs as root. Run formula-runner as a non-root user " +

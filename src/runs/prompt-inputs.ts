@@ -1,10 +1,10 @@
 import { readFile, realpath, stat } from "node:fs/promises";
 import path from "node:path";
 import { execa } from "execa";
-import type { ContextFile, ContextOutput } from "../formulas/prompt.js";
-import { fillPlaceholders } from "../formulas/placeholders.js";
-import type { Formula } from "../formulas/schema.js";
 import { errorMessage } from "../errors.js";
+import { fillPlaceholders } from "../formulas/placeholders.js";
+import type { ContextFile, ContextOutput } from "../formulas/prompt.js";
+import type { Formula } from "../formulas/schema.js";
 import type { Logger } from "../logger.js";
 
 const MAX_CONTEXT_FILE_BYTES = 256 * 1024;
@@ -88,7 +88,10 @@ export async function runContextCommands(
     });
     if (result.failed) {
       const why = result.timedOut ? `timed out after ${COMMAND_TIMEOUT_MS / 1000} s` : result.shortMessage;
-      log.warn({ argv, stderr: String(result.stderr ?? "").slice(-2000) }, `context command failed, left out of the prompt: ${why}`);
+      log.warn(
+        { argv, stderr: String(result.stderr ?? "").slice(-2000) },
+        `context command failed, left out of the prompt: ${why}`,
+      );
       continue;
     }
     const stdout = String(result.stdout ?? "");

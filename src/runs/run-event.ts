@@ -10,7 +10,15 @@ export interface RunEvent {
   sender?: string;
   issue?: { number: number; title: string; body: string; labels: string[]; url?: string; author?: string };
   comment?: { id: number; body: string; author: string; url?: string };
-  pullRequest?: { number: number; title: string; body: string; head: string; base: string; url?: string; author?: string };
+  pullRequest?: {
+    number: number;
+    title: string;
+    body: string;
+    head: string;
+    base: string;
+    url?: string;
+    author?: string;
+  };
   push?: { ref: string; before: string; after: string; commits: number };
   /** The label that was added or removed, for `labeled`/`unlabeled`. */
   label?: string;

@@ -3,8 +3,8 @@ import path from "node:path";
 import { and, asc, desc, eq, isNotNull, sql } from "drizzle-orm";
 import type { Database } from "../../db/client.js";
 import {
-  escalations,
   type Escalation,
+  escalations,
   type Phase,
   type Run,
   type RunStatus,
@@ -12,23 +12,23 @@ import {
   type Session,
   type SessionKind,
   sessions,
-  worktrees,
   type Worktree,
+  worktrees,
 } from "../../db/schema/index.js";
 import type { Config, ProjectConfig } from "../config.js";
 import { errorMessage } from "../errors.js";
+import type { EscalationAnswer } from "../escalations/escalation-service.js";
 import { buildContinuationPrompt, buildPrompt, phaseProtocol, type RecoveryContext } from "../formulas/prompt.js";
 import type { Formula } from "../formulas/schema.js";
 import type { FormulaStore } from "../formulas/store.js";
 import type { Logger } from "../logger.js";
 import type { Secret, SecretRegistry } from "../secrets.js";
-import { WorktreeError, type WorktreeManager } from "../worktrees/worktree-manager.js";
 import { claudeSettingsArgs, writeClaudeSettings } from "../sessions/claude-settings.js";
+import { WorktreeError, type WorktreeManager } from "../worktrees/worktree-manager.js";
 import { agentCommand, agentEnv, rootRefusal } from "./agent-env.js";
 import { readContextFiles, runContextCommands, worktreeState } from "./prompt-inputs.js";
 import type { RunEvent } from "./run-event.js";
 import { describeExit, outcomeDetail, type SessionOutcome, SessionRunner, type StopCause } from "./session-runner.js";
-import type { EscalationAnswer } from "../escalations/escalation-service.js";
 
 export type ExecutionMode = "start" | "takeover" | "resume";
 
@@ -57,7 +57,10 @@ export interface RunEngineDeps {
   serverUrl: () => string | undefined;
   observers: RunObserver[];
   /** Answers to escalations, for resumed sessions (absent in tests that do not need them). */
-  escalations?: { answerFor(runId: number): Promise<EscalationAnswer | undefined>; markResumed(escalationId: number, sessionId: number): Promise<void> };
+  escalations?: {
+    answerFor(runId: number): Promise<EscalationAnswer | undefined>;
+    markResumed(escalationId: number, sessionId: number): Promise<void>;
+  };
   now: () => Date;
   /** After a terminal phase, how long an agent may take to exit (DESIGN: 60 s). */
   terminalLingerMs: number;
@@ -100,7 +103,10 @@ export async function settleWorktree(
     const keep = status in FINAL_BY_OUTCOME && (formula?.preserveOn ?? ["crashed"]).includes(status as never);
     if (keep) {
       const kept = await deps.worktrees.preserve(worktree, status, formula?.retentionMs ?? 24 * 3_600_000);
-      log.warn({ path: worktree.path, expiresAt: kept.expiresAt }, `worktree preserved for debugging: ${worktree.path}`);
+      log.warn(
+        { path: worktree.path, expiresAt: kept.expiresAt },
+        `worktree preserved for debugging: ${worktree.path}`,
+      );
       return kept;
     }
     return await deps.worktrees.remove(worktree, status === "cancelled" ? "api" : "success", project);
@@ -175,7 +181,9 @@ export class RunExecution {
     const formula = formulas.get(this.run.formula);
     const project = config.projects.find((p) => p.name === this.run.project);
     if (!formula || !project) {
-      const what = !formula ? `formula "${this.run.formula}" is not loaded` : `project "${this.run.project}" is not configured`;
+      const what = !formula
+        ? `formula "${this.run.formula}" is not loaded`
+        : `project "${this.run.project}" is not configured`;
       await this.#finish("failed", what, undefined);
       return;
     }
@@ -206,14 +214,19 @@ export class RunExecution {
       }
       recoveryUsed = true;
       kind = "recovery";
-      recovery = { lastPhase: this.run.phase ?? undefined, exitDescription: last.detail ?? "the server restarted", ...(await worktreeState(worktree.path)) };
+      recovery = {
+        lastPhase: this.run.phase ?? undefined,
+        exitDescription: last.detail ?? "the server restarted",
+        ...(await worktreeState(worktree.path)),
+      };
     }
 
     if (!worktree) {
       try {
         worktree = await this.#deps.worktrees.create({ runId: this.run.id, project, formula: formula.name });
       } catch (error) {
-        const detail = error instanceof WorktreeError ? error.message : `could not make the worktree: ${errorMessage(error)}`;
+        const detail =
+          error instanceof WorktreeError ? error.message : `could not make the worktree: ${errorMessage(error)}`;
         await this.#finish("failed", detail, undefined);
         return;
       }
@@ -232,7 +245,16 @@ export class RunExecution {
         return;
       }
       seq += 1;
-      const { outcome, session, lastPhase } = await this.#runSession({ formula, project, worktree, paths, seq, kind, recovery, fresh });
+      const { outcome, session, lastPhase } = await this.#runSession({
+        formula,
+        project,
+        worktree,
+        paths,
+        seq,
+        kind,
+        recovery,
+        fresh,
+      });
       if (session) await this.#notify("sessionEnded", (o) => o.sessionEnded?.(this.run, session));
       switch (outcome.kind) {
         case "phase":
@@ -254,7 +276,10 @@ export class RunExecution {
         case "resume_not_found":
           if (!fresh) {
             fresh = true;
-            this.#log.warn({ detail: outcome.message }, "the agent's conversation is gone; starting a fresh session with the full prompt");
+            this.#log.warn(
+              { detail: outcome.message },
+              "the agent's conversation is gone; starting a fresh session with the full prompt",
+            );
             continue;
           }
           await this.#finish("failed", outcomeDetail(outcome), worktree);
@@ -266,11 +291,19 @@ export class RunExecution {
           if (!recoveryUsed) {
             recoveryUsed = true;
             kind = "recovery";
-            recovery = { lastPhase, exitDescription: describeExit(outcome.exit), ...(await worktreeState(worktree.path)) };
+            recovery = {
+              lastPhase,
+              exitDescription: describeExit(outcome.exit),
+              ...(await worktreeState(worktree.path)),
+            };
             this.#log.warn({ exit: outcome.exit }, "agent crashed; starting the one recovery session");
             continue;
           }
-          await this.#finish("crashed", `the agent crashed twice (last: ${describeExit(outcome.exit)})${tailNote(session)}`, worktree);
+          await this.#finish(
+            "crashed",
+            `the agent crashed twice (last: ${describeExit(outcome.exit)})${tailNote(session)}`,
+            worktree,
+          );
           return;
         case "timed_out":
         case "cancelled":
@@ -281,7 +314,10 @@ export class RunExecution {
     }
   }
 
-  async #settleStopped(cause: StopCause | Extract<SessionOutcome, { kind: "interrupted" }>, worktree: Worktree): Promise<void> {
+  async #settleStopped(
+    cause: StopCause | Extract<SessionOutcome, { kind: "interrupted" }>,
+    worktree: Worktree,
+  ): Promise<void> {
     if (cause.kind === "interrupted") {
       // Left `running` on purpose: the next start of this instance takes it over.
       this.#log.info("session interrupted by shutdown; the run will be taken over on restart");
@@ -308,7 +344,11 @@ export class RunExecution {
     const { config } = this.#deps;
     const profile = config.agents[formula.agent];
     if (!profile) {
-      return { outcome: { kind: "spawn_failed", message: `agent profile "${formula.agent}" is not configured` }, session: undefined, lastPhase: undefined };
+      return {
+        outcome: { kind: "spawn_failed", message: `agent profile "${formula.agent}" is not configured` },
+        session: undefined,
+        lastPhase: undefined,
+      };
     }
     // A resume after an answer, or a recovery after a crash, continues the agent's own
     // conversation when the profile can (resume_args) and the last session reported its id.
@@ -359,12 +399,15 @@ export class RunExecution {
       contextOutputs,
       scratch,
       recovery,
-      ...(answer ? { escalationReply: { author: answer.author, body: answer.body, question: answer.escalation.question } } : {}),
+      ...(answer
+        ? { escalationReply: { author: answer.author, body: answer.body, question: answer.escalation.question } }
+        : {}),
       envNames: Object.keys(env).sort(),
     };
     const prompt = resumeId === undefined ? buildPrompt(promptInput) : buildContinuationPrompt(promptInput);
     const refusal = rootRefusal(profile.command, env);
-    if (refusal) return { outcome: { kind: "spawn_failed", message: refusal }, session: undefined, lastPhase: undefined };
+    if (refusal)
+      return { outcome: { kind: "spawn_failed", message: refusal }, session: undefined, lastPhase: undefined };
     const command = agentCommand(profile, formula.model, resumeId);
     if (profile.claudeSettings) {
       const settings = await writeClaudeSettings({
@@ -443,7 +486,10 @@ export class RunExecution {
           sessionId: session?.id ?? null,
           question: this.#deps.secrets.scrub(question.trim()) || "the agent needs input",
           // Asked on the run's issue, else on the project's escalation_issue.
-          issue: this.run.issue ?? this.#deps.config.projects.find((p) => p.name === this.run.project)?.escalationIssue ?? null,
+          issue:
+            this.run.issue ??
+            this.#deps.config.projects.find((p) => p.name === this.run.project)?.escalationIssue ??
+            null,
           deadlineAt: deadline,
         })
         .returning();
@@ -464,7 +510,12 @@ export class RunExecution {
     const finalWorktree = await settleWorktree(this.#deps, this.run, status, worktree, this.#log);
     const [run] = await this.#deps.database.db
       .update(runs)
-      .set({ status, detail: detail === null ? null : this.#deps.secrets.scrub(detail), finishedAt: sql`now()`, updatedAt: sql`now()` })
+      .set({
+        status,
+        detail: detail === null ? null : this.#deps.secrets.scrub(detail),
+        finishedAt: sql`now()`,
+        updatedAt: sql`now()`,
+      })
       .where(eq(runs.id, this.run.id))
       .returning();
     this.run = run as Run;

@@ -1,7 +1,14 @@
 import { and, asc, eq, exists, inArray, isNotNull, not, sql } from "drizzle-orm";
 import { alias } from "drizzle-orm/pg-core";
 import type { Database, Db, Tx } from "../../db/client.js";
-import { KEY_HOLDING_STATUSES, type NewRun, type OnBusy, type Run, runs, type TriggerKind } from "../../db/schema/index.js";
+import {
+  KEY_HOLDING_STATUSES,
+  type NewRun,
+  type OnBusy,
+  type Run,
+  runs,
+  type TriggerKind,
+} from "../../db/schema/index.js";
 import { fillPlaceholders } from "../formulas/placeholders.js";
 import type { Formula } from "../formulas/schema.js";
 import type { RunEvent } from "./run-event.js";
@@ -103,7 +110,9 @@ export async function claimNextRun(
         tx
           .select({ one: sql`1` })
           .from(holder)
-          .where(and(eq(holder.concurrencyKey, runs.concurrencyKey), inArray(holder.status, [...KEY_HOLDING_STATUSES]))),
+          .where(
+            and(eq(holder.concurrencyKey, runs.concurrencyKey), inArray(holder.status, [...KEY_HOLDING_STATUSES])),
+          ),
       ),
     );
     const [run] = await tx
@@ -132,8 +141,10 @@ export async function claimNextRun(
     };
 
     const check = guards(run);
-    if (!check.formula) return { kind: "failed", run: await finish("failed", `formula "${run.formula}" is not loaded`) };
-    if (!check.projectKnown) return { kind: "failed", run: await finish("failed", `project "${run.project}" is not configured`) };
+    if (!check.formula)
+      return { kind: "failed", run: await finish("failed", `formula "${run.formula}" is not loaded`) };
+    if (!check.projectKnown)
+      return { kind: "failed", run: await finish("failed", `project "${run.project}" is not configured`) };
 
     if (run.concurrencyKey !== null) {
       const [busy] = await tx
@@ -155,7 +166,11 @@ export async function claimNextRun(
       if (available < minimum) {
         return {
           kind: "skipped",
-          run: await finish("skipped", `${available} MiB of memory available, the formula needs ${minimum} MiB`, "low_memory"),
+          run: await finish(
+            "skipped",
+            `${available} MiB of memory available, the formula needs ${minimum} MiB`,
+            "low_memory",
+          ),
         };
       }
     }
@@ -174,7 +189,10 @@ export async function claimNextRun(
       if (!isUniqueViolation(error)) throw error;
       // Another instance started a run of the same key between our check and our update.
       if (run.onBusy === "skip") {
-        return { kind: "skipped", run: await finish("skipped", `concurrency key "${run.concurrencyKey}" is held`, "busy") };
+        return {
+          kind: "skipped",
+          run: await finish("skipped", `concurrency key "${run.concurrencyKey}" is held`, "busy"),
+        };
       }
       return { kind: "none" };
     }

@@ -1,4 +1,4 @@
-import { and, asc, desc, eq, inArray, lt, sql, type SQL } from "drizzle-orm";
+import { and, asc, desc, eq, inArray, lt, type SQL, sql } from "drizzle-orm";
 import type { Database } from "../../db/client.js";
 import {
   escalations,
@@ -93,7 +93,10 @@ export class RunService {
       });
     }
     if (!formula.on.dispatch) {
-      throw new AppError({ code: "forbidden", message: `formula "${formula.name}" does not allow dispatch ([on] dispatch = true)` });
+      throw new AppError({
+        code: "forbidden",
+        message: `formula "${formula.name}" does not allow dispatch ([on] dispatch = true)`,
+      });
     }
     const projects = this.deps.config.projects;
     let projectName = request.project;
@@ -120,7 +123,10 @@ export class RunService {
       trigger: { kind: "dispatch", ref: request.actor },
       event,
     });
-    this.deps.log.info({ runId: run.id, formula: formula.name, project: projectName, actor: request.actor }, "run dispatched");
+    this.deps.log.info(
+      { runId: run.id, formula: formula.name, project: projectName, actor: request.actor },
+      "run dispatched",
+    );
     this.deps.worker?.notify();
     return run;
   }
@@ -168,7 +174,12 @@ export class RunService {
       // Totals over the sessions, as the agent reported them (null when it reports nothing).
       num_turns: sum((s) => s.numTurns),
       cost_usd: sum((s) => s.costUsd),
-      phases: phaseRows.map((p) => ({ phase: p.phase, detail: scrub(p.detail), at: p.at.toISOString(), session: p.sessionId })),
+      phases: phaseRows.map((p) => ({
+        phase: p.phase,
+        detail: scrub(p.detail),
+        at: p.at.toISOString(),
+        session: p.sessionId,
+      })),
       sessions: sessionRows.map((s) => ({
         id: s.id,
         seq: s.seq,
@@ -236,15 +247,31 @@ export class RunService {
     if (before.status === "queued" || before.status === "escalated") {
       const [cancelled] = await db
         .update(runs)
-        .set({ status: "cancelled", detail: "cancelled on request", finishedAt: sql`now()`, updatedAt: sql`now()`, cancelRequestedAt: sql`now()` })
+        .set({
+          status: "cancelled",
+          detail: "cancelled on request",
+          finishedAt: sql`now()`,
+          updatedAt: sql`now()`,
+          cancelRequestedAt: sql`now()`,
+        })
         .where(and(eq(runs.id, id), inArray(runs.status, ["queued", "escalated"])))
         .returning();
       if (!cancelled) return this.cancel(id); // it moved on meanwhile: decide again
-      await db.update(escalations).set({ state: "cancelled" }).where(and(eq(escalations.runId, id), eq(escalations.state, "open")));
+      await db
+        .update(escalations)
+        .set({ state: "cancelled" })
+        .where(and(eq(escalations.runId, id), eq(escalations.state, "open")));
       // The worker settles the worktree and tells the observers (the status comment, metrics);
       // without one (an API-only setup) the worktree is settled the same way, no one to tell.
       if (this.deps.worker) await this.deps.worker.settleEnded(cancelled);
-      else await settleWorktree(this.deps, cancelled, "cancelled", await activeWorktreeOf(this.deps.database, id), this.deps.log);
+      else
+        await settleWorktree(
+          this.deps,
+          cancelled,
+          "cancelled",
+          await activeWorktreeOf(this.deps.database, id),
+          this.deps.log,
+        );
       this.deps.log.info({ runId: id }, "run cancelled");
       return cancelled;
     }

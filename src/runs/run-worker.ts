@@ -3,7 +3,14 @@ import { type Run, runs, sessions } from "../../db/schema/index.js";
 import { errorMessage } from "../errors.js";
 import type { MemoryProbe } from "../memory.js";
 import { processHasEnv, stopGroup } from "../sessions/process-group.js";
-import { activeWorktreeOf, type ExecutionMode, notifyObservers, type RunEngineDeps, RunExecution, settleWorktree } from "./run-executor.js";
+import {
+  activeWorktreeOf,
+  type ExecutionMode,
+  notifyObservers,
+  type RunEngineDeps,
+  RunExecution,
+  settleWorktree,
+} from "./run-executor.js";
 import { claimNextRun } from "./run-queue.js";
 
 export interface RunWorkerOptions {
@@ -72,7 +79,10 @@ export class RunWorker {
       this.notify();
       await this.#loop;
       if (this.#active.size > 0) {
-        this.#deps.log.info({ runs: this.activeRunIds, graceMs: this.#options.shutdownGraceMs }, "waiting for running sessions");
+        this.#deps.log.info(
+          { runs: this.activeRunIds, graceMs: this.#options.shutdownGraceMs },
+          "waiting for running sessions",
+        );
         const all = Promise.all([...this.#active.values()].map((e) => e.done));
         let timer: NodeJS.Timeout | undefined;
         const graceOver = new Promise<"grace">((resolve) => {
@@ -94,7 +104,9 @@ export class RunWorker {
     const execution = new RunExecution(this.#deps, run);
     const done = execution
       .execute(mode)
-      .catch((error: unknown) => this.#deps.log.error({ err: error, runId: run.id }, `run execution failed: ${errorMessage(error)}`))
+      .catch((error: unknown) =>
+        this.#deps.log.error({ err: error, runId: run.id }, `run execution failed: ${errorMessage(error)}`),
+      )
       .finally(() => {
         this.#active.delete(run.id);
         this.notify();
@@ -120,12 +132,19 @@ export class RunWorker {
             availableMemoryMb: this.#options.readMemory,
           }));
           if (claimed.kind === "none") break;
-          const log = this.#deps.log.child({ runId: claimed.run.id, formula: claimed.run.formula, project: claimed.run.project });
+          const log = this.#deps.log.child({
+            runId: claimed.run.id,
+            formula: claimed.run.formula,
+            project: claimed.run.project,
+          });
           if (claimed.kind === "started") {
             log.info("run claimed");
             this.#launch(claimed.run, "start");
           } else {
-            log.info({ status: claimed.run.status, reason: claimed.run.skipReason, detail: claimed.run.detail }, `run ${claimed.run.status}`);
+            log.info(
+              { status: claimed.run.status, reason: claimed.run.skipReason, detail: claimed.run.detail },
+              `run ${claimed.run.status}`,
+            );
             for (const observer of this.#deps.observers) {
               await Promise.resolve(observer.runFinished?.(claimed.run, undefined)).catch((error: unknown) =>
                 log.error({ err: error }, "run observer failed"),
@@ -165,7 +184,10 @@ export class RunWorker {
       returning id`);
     const id = rows[0]?.id;
     if (id === undefined) return undefined;
-    const [run] = await this.#deps.database.db.select().from(runs).where(eq(runs.id, Number(id)));
+    const [run] = await this.#deps.database.db
+      .select()
+      .from(runs)
+      .where(eq(runs.id, Number(id)));
     return run;
   }
 
@@ -176,7 +198,8 @@ export class RunWorker {
    * housekeeping finds the worktree.
    */
   async settleEnded(run: Run): Promise<void> {
-    const worktree = run.instanceId === this.#deps.instanceId ? await activeWorktreeOf(this.#deps.database, run.id) : undefined;
+    const worktree =
+      run.instanceId === this.#deps.instanceId ? await activeWorktreeOf(this.#deps.database, run.id) : undefined;
     const log = this.#deps.log.child({ runId: run.id });
     const final = await settleWorktree(this.#deps, run, run.status as "failed", worktree, log);
     await notifyObservers(this.#deps.observers, log, "runFinished", (o) => o.runFinished?.(run, final));

@@ -2,8 +2,8 @@ import { appendFile, mkdir, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { eq, sql } from "drizzle-orm";
 import type { Database } from "../../db/client.js";
-import type { AgentOutput } from "../config.js";
 import { type Phase, phases, runs, type Session, type SessionKind, sessions } from "../../db/schema/index.js";
+import type { AgentOutput } from "../config.js";
 import { errorMessage } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { SecretRegistry } from "../secrets.js";
@@ -28,7 +28,10 @@ export type SessionOutcome =
   | { kind: "interrupted" };
 
 /** Why the server stopped a session, when it did. */
-export type StopCause = { kind: "timed_out"; why: string } | { kind: "cancelled"; why: string } | { kind: "interrupted" };
+export type StopCause =
+  | { kind: "timed_out"; why: string }
+  | { kind: "cancelled"; why: string }
+  | { kind: "interrupted" };
 
 export interface SessionSpec {
   runId: number;
@@ -107,7 +110,9 @@ export class SessionRunner {
     void this.#process?.stop(cause.kind === "interrupted" ? "server shutting down" : cause.why);
   }
 
-  async run(hooks: { onStarted?: (session: Session) => Promise<void> } = {}): Promise<{ outcome: SessionOutcome; session: Session; lastPhase: string | undefined }> {
+  async run(
+    hooks: { onStarted?: (session: Session) => Promise<void> } = {},
+  ): Promise<{ outcome: SessionOutcome; session: Session; lastPhase: string | undefined }> {
     const spec = this.#spec;
     const log = this.#deps.log.child({ session: spec.seq });
     await mkdir(spec.runDir, { recursive: true });
@@ -115,7 +120,10 @@ export class SessionRunner {
     await writeFile(spec.phaseFile, "");
     await writeFile(path.join(spec.runDir, "prompt.md"), spec.prompt);
     const logFile = path.join(spec.runDir, "log");
-    await appendFile(logFile, `\n=== formula-runner: session ${spec.seq} (${spec.kind}) started ${new Date().toISOString()} ===\n`);
+    await appendFile(
+      logFile,
+      `\n=== formula-runner: session ${spec.seq} (${spec.kind}) started ${new Date().toISOString()} ===\n`,
+    );
 
     const [session] = await this.#deps.database.db
       .insert(sessions)
@@ -141,7 +149,10 @@ export class SessionRunner {
           // The watcher's last read comes after the exit: then there is no process to wait for.
           if (!exited) {
             lingerTimer = setTimeout(() => {
-              log.warn({ phase: signal.phase }, `agent still running ${spec.terminalLingerMs} ms after PHASE:${signal.phase}; stopping it`);
+              log.warn(
+                { phase: signal.phase },
+                `agent still running ${spec.terminalLingerMs} ms after PHASE:${signal.phase}; stopping it`,
+              );
               void this.#process?.stop(`lingered after PHASE:${signal.phase}`);
             }, spec.terminalLingerMs);
           }
@@ -160,7 +171,10 @@ export class SessionRunner {
       reader.onSessionId = (agentSessionId) => this.#recordStream(log, { agentSessionId });
       reader.onResult = (result) => {
         this.#recordStream(log, resultColumns(result, this.#deps.secrets));
-        log.info({ subtype: result.subtype, isError: result.isError, turns: result.numTurns, costUsd: result.totalCostUsd }, "agent reported its result");
+        log.info(
+          { subtype: result.subtype, isError: result.isError, turns: result.numTurns, costUsd: result.totalCostUsd },
+          "agent reported its result",
+        );
         // The result means the agent has finished; a process still there later is stuck.
         if (exited || this.#terminal) return;
         resultTimer = setTimeout(() => {
@@ -219,7 +233,10 @@ export class SessionRunner {
     const tail = this.#deps.secrets.scrub(agent.tail());
     const plainDetail = outcomeDetail(outcome);
     const detail = plainDetail === null ? null : this.#deps.secrets.scrub(plainDetail);
-    await appendFile(logFile, `\n=== formula-runner: session ${spec.seq} ended: ${describeExit(exit)}; ${outcome.kind}${detail ? `: ${detail}` : ""} ===\n`);
+    await appendFile(
+      logFile,
+      `\n=== formula-runner: session ${spec.seq} ended: ${describeExit(exit)}; ${outcome.kind}${detail ? `: ${detail}` : ""} ===\n`,
+    );
     const [ended] = await this.#deps.database.db
       .update(sessions)
       .set({
@@ -244,7 +261,13 @@ export class SessionRunner {
       const detail = raw === null ? null : this.#deps.secrets.scrub(raw);
       const [row] = await this.#deps.database.db
         .insert(phases)
-        .values({ runId: this.#spec.runId, sessionId: this.#session?.id ?? null, phase: signal.phase, detail, at: signal.at })
+        .values({
+          runId: this.#spec.runId,
+          sessionId: this.#session?.id ?? null,
+          phase: signal.phase,
+          detail,
+          at: signal.at,
+        })
         .returning();
       await this.#deps.database.db
         .update(runs)
@@ -286,7 +309,9 @@ export class SessionRunner {
     }
     // The API failed for good (the CLI already retried): another session would fail the same way.
     if (summary?.apiError && (summary.result?.isError ?? true)) return { kind: "api_error", error: summary.apiError };
-    const missing = this.#spec.resumed ? summary?.result?.errors.find((e) => /no conversation found/i.test(e)) : undefined;
+    const missing = this.#spec.resumed
+      ? summary?.result?.errors.find((e) => /no conversation found/i.test(e))
+      : undefined;
     if (missing) return { kind: "resume_not_found", message: missing };
     if (this.#resultLingered) return { kind: "no_phase", lingered: true };
     if (exit.kind === "exited" && exit.code === 0) return { kind: "no_phase" };
@@ -359,7 +384,8 @@ function resultColumns(result: AgentResult, secrets: SecretRegistry): Partial<ty
       api_error_status: result.apiErrorStatus ?? null,
       usage: result.usage ?? null,
       errors: result.errors.map((e) => secrets.scrub(e)),
-      text: text === undefined ? null : text.length > RESULT_TEXT_LIMIT ? `${text.slice(0, RESULT_TEXT_LIMIT - 1)}…` : text,
+      text:
+        text === undefined ? null : text.length > RESULT_TEXT_LIMIT ? `${text.slice(0, RESULT_TEXT_LIMIT - 1)}…` : text,
     },
   };
 }

@@ -38,7 +38,8 @@ interface ScheduleJob {
   readonly cron: Cron;
 }
 
-const jobKey = (formula: string, schedule: FormulaSchedule) => `${formula}\u0000${schedule.cron}\u0000${schedule.timezone}`;
+const jobKey = (formula: string, schedule: FormulaSchedule) =>
+  `${formula}\u0000${schedule.cron}\u0000${schedule.timezone}`;
 
 /**
  * Fires formula schedules. Every instance ticks every schedule; the slot's primary key in
@@ -108,7 +109,11 @@ export class Scheduler {
     return found.on.schedule.map((schedule) => {
       const cron = new Cron(schedule.cron, { timezone: schedule.timezone, paused: true });
       try {
-        return { cron: schedule.cron, timezone: schedule.timezone, next: cron.nextRuns(count, from).map((d) => d.toISOString()) };
+        return {
+          cron: schedule.cron,
+          timezone: schedule.timezone,
+          next: cron.nextRuns(count, from).map((d) => d.toISOString()),
+        };
       } finally {
         cron.stop();
       }
@@ -180,7 +185,10 @@ export class Scheduler {
       job.cron.stop();
       this.#jobs.delete(key);
       const { cron, timezone } = job.schedule;
-      this.#log.info({ formula: job.formula.name, cron, timezone }, `schedule removed: ${job.formula.name} \`${cron}\` (${timezone})`);
+      this.#log.info(
+        { formula: job.formula.name, cron, timezone },
+        `schedule removed: ${job.formula.name} \`${cron}\` (${timezone})`,
+      );
     }
     for (const [key, { formula, schedule }] of wanted) {
       const existing = this.#jobs.get(key);
@@ -195,7 +203,10 @@ export class Scheduler {
       } catch (error) {
         // The formula loader checked the expression with croner already; this is a safety net
         // so one entry can never keep the others from ticking.
-        log.error({ err: error }, `schedule of ${formula.name} \`${schedule.cron}\` could not be created: ${errorMessage(error)}`);
+        log.error(
+          { err: error },
+          `schedule of ${formula.name} \`${schedule.cron}\` could not be created: ${errorMessage(error)}`,
+        );
       }
     }
     if (this.#deps.projects.length === 0 && this.#deps.formulas.list().some((f) => f.on.schedule.length > 0)) {

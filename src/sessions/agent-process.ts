@@ -8,7 +8,16 @@
  * subprocess must never outlive its agent (the bash design's orphans held locks).
  */
 import { randomBytes } from "node:crypto";
-import { closeSync, createWriteStream, mkdirSync, openSync, rmSync, statSync, type WriteStream, writeFileSync } from "node:fs";
+import {
+  closeSync,
+  createWriteStream,
+  mkdirSync,
+  openSync,
+  rmSync,
+  statSync,
+  type WriteStream,
+  writeFileSync,
+} from "node:fs";
 import { dirname, join } from "node:path";
 import type { Readable } from "node:stream";
 import { StringDecoder } from "node:string_decoder";
@@ -118,7 +127,11 @@ class SupervisedAgent implements AgentProcess {
       // Opened synchronously so an unwritable log stops the start instead of surfacing later.
       log = createWriteStream("", { fd: openSync(options.logFile, "a") });
     } catch (error) {
-      this.exited = Promise.resolve(spawnFailed(`cannot start ${JSON.stringify(program)}: cannot open log file ${options.logFile}: ${errorMessage(error)}`));
+      this.exited = Promise.resolve(
+        spawnFailed(
+          `cannot start ${JSON.stringify(program)}: cannot open log file ${options.logFile}: ${errorMessage(error)}`,
+        ),
+      );
       return;
     }
 
@@ -127,7 +140,9 @@ class SupervisedAgent implements AgentProcess {
       stdin = openInputFile(dirname(options.logFile), options.input);
     } catch (error) {
       log.end();
-      this.exited = Promise.resolve(spawnFailed(`cannot start ${JSON.stringify(program)}: cannot write its input: ${errorMessage(error)}`));
+      this.exited = Promise.resolve(
+        spawnFailed(`cannot start ${JSON.stringify(program)}: cannot write its input: ${errorMessage(error)}`),
+      );
       return;
     }
 
@@ -182,13 +197,20 @@ class SupervisedAgent implements AgentProcess {
   }
 
   /** Follows the child until it has exited, its group is gone and its output is on disk. */
-  async #supervise(subprocess: ReturnType<typeof spawnAgent>, log: WriteStream, program: string, options: AgentProcessOptions): Promise<AgentExit> {
+  async #supervise(
+    subprocess: ReturnType<typeof spawnAgent>,
+    log: WriteStream,
+    program: string,
+    options: AgentProcessOptions,
+  ): Promise<AgentExit> {
     const pid = subprocess.pid;
     if (pid === undefined) {
       // Node sets the pid only on a successful spawn; execa turns the failure into a result.
       const result = await subprocess;
       await closeLog(log);
-      return spawnFailed(describeSpawnFailure(program, options.cwd, result.cause ?? new Error(result.originalMessage ?? result.message)));
+      return spawnFailed(
+        describeSpawnFailure(program, options.cwd, result.cause ?? new Error(result.originalMessage ?? result.message)),
+      );
     }
 
     // Listen before the first await: the exit can come in the same tick as the spawn.
@@ -350,7 +372,8 @@ export class OutputTail {
   #size = 0;
 
   constructor(readonly limit: number) {
-    if (!Number.isSafeInteger(limit) || limit < 0) throw new RangeError(`tail size must be a whole number of bytes: ${limit}`);
+    if (!Number.isSafeInteger(limit) || limit < 0)
+      throw new RangeError(`tail size must be a whole number of bytes: ${limit}`);
   }
 
   push(chunk: Buffer): void {

@@ -43,9 +43,11 @@ function bashCall(input: unknown): { command: string; cwd: string | undefined } 
   if (typeof input !== "object" || input === null || Array.isArray(input)) return "the input is not a JSON object";
   const fields = input as Record<string, unknown>;
   if (fields.hook_event_name !== undefined && fields.hook_event_name !== "PreToolUse") return undefined;
-  if (fields.tool_name !== "Bash") return typeof fields.tool_name === "string" ? undefined : "the input has no tool_name";
+  if (fields.tool_name !== "Bash")
+    return typeof fields.tool_name === "string" ? undefined : "the input has no tool_name";
   const toolInput = fields.tool_input;
-  const command = typeof toolInput === "object" && toolInput !== null ? (toolInput as Record<string, unknown>).command : undefined;
+  const command =
+    typeof toolInput === "object" && toolInput !== null ? (toolInput as Record<string, unknown>).command : undefined;
   if (typeof command !== "string") return "the Bash tool_input has no command string";
   return { command, cwd: typeof fields.cwd === "string" && fields.cwd !== "" ? fields.cwd : undefined };
 }
@@ -54,17 +56,24 @@ async function main(): Promise<number> {
   let worktree: string | undefined;
   let primary: string | undefined;
   try {
-    const { values } = parseArgs({ options: { worktree: { type: "string" }, primary: { type: "string" } }, strict: true });
+    const { values } = parseArgs({
+      options: { worktree: { type: "string" }, primary: { type: "string" } },
+      strict: true,
+    });
     worktree = values.worktree;
     primary = values.primary;
   } catch (error) {
-    process.stderr.write(`formula-runner's Bash guard is misconfigured: ${error instanceof Error ? error.message : String(error)}\n`);
+    process.stderr.write(
+      `formula-runner's Bash guard is misconfigured: ${error instanceof Error ? error.message : String(error)}\n`,
+    );
   }
   if (!worktree || !primary) {
     // The arguments come from our own settings file, not from the agent: a bad one is a
     // bug of the server. Failing closed makes it visible at once (every Bash call is
     // refused with this message) instead of leaving the guard silently off.
-    process.stderr.write("formula-runner's Bash guard is misconfigured (it needs --worktree PATH and --primary BRANCH); Bash is unavailable in this session.\n");
+    process.stderr.write(
+      "formula-runner's Bash guard is misconfigured (it needs --worktree PATH and --primary BRANCH); Bash is unavailable in this session.\n",
+    );
     return REFUSE;
   }
 
@@ -81,13 +90,20 @@ async function main(): Promise<number> {
     call = `the input is not valid JSON (${error instanceof Error ? error.message : String(error)})`;
   }
   if (typeof call === "string") {
-    process.stderr.write(`formula-runner's Bash guard could not read its input, so the command was not checked: ${call}.\n`);
+    process.stderr.write(
+      `formula-runner's Bash guard could not read its input, so the command was not checked: ${call}.\n`,
+    );
     return NOT_CHECKED;
   }
   if (call === undefined) return ALLOW;
 
   try {
-    const verdict = checkBashCommand(call.command, { cwd: call.cwd ?? worktree, worktree, primaryBranch: primary, home: process.env.HOME ?? homedir() });
+    const verdict = checkBashCommand(call.command, {
+      cwd: call.cwd ?? worktree,
+      worktree,
+      primaryBranch: primary,
+      home: process.env.HOME ?? homedir(),
+    });
     if (verdict.allowed) return ALLOW;
     process.stderr.write(`${verdict.reason}\n`);
     return REFUSE;

@@ -40,7 +40,9 @@ export type BashCheck = { allowed: true } | { allowed: false; reason: string };
  */
 export function checkBashCommand(command: string, context: BashGuardContext): BashCheck {
   const worktree = normalizeAbsolute(context.worktree);
-  const cwd = posix.isAbsolute(context.cwd) ? normalizeAbsolute(context.cwd) : normalizeAbsolute(posix.join(worktree, context.cwd));
+  const cwd = posix.isAbsolute(context.cwd)
+    ? normalizeAbsolute(context.cwd)
+    : normalizeAbsolute(posix.join(worktree, context.cwd));
   const guard: Guard = { worktree, primary: context.primaryBranch, home: context.home };
   const state: ShellState = { cwds: [cwd], fallback: [], unknownVars: new Set() };
   const reason = checkScript(command, state, guard, 0);
@@ -75,7 +77,10 @@ interface Word {
 /** Newlines are read as `;`: for what the guard tracks they mean the same. */
 type Operator = ";" | "&&" | "||" | "|" | "&" | "(" | ")";
 
-type Token = Word | { kind: "operator"; op: Operator; start: number; end: number } | { kind: "redirect"; op: string; start: number; end: number };
+type Token =
+  | Word
+  | { kind: "operator"; op: Operator; start: number; end: number }
+  | { kind: "redirect"; op: string; start: number; end: number };
 
 const BREAK = new Set([" ", "\t", "\n", ";", "&", "|", "(", ")", "<", ">"]);
 const REDIRECTS = ["<<<", "<<-", "<<", ">>", "<>", ">|", ">&", "<&", ">", "<"];
@@ -107,7 +112,10 @@ function tokenize(source: string): Token[] {
     word.end = i;
     tokens.push(word);
     if (delimiterNext !== undefined) {
-      heredocs.push({ delimiter: word.parts.map((p) => (p.kind === "text" ? p.text : p.source)).join(""), stripTabs: delimiterNext });
+      heredocs.push({
+        delimiter: word.parts.map((p) => (p.kind === "text" ? p.text : p.source)).join(""),
+        stripTabs: delimiterNext,
+      });
       delimiterNext = undefined;
     }
     word = undefined;
@@ -126,14 +134,19 @@ function tokenize(source: string): Token[] {
       const close = matchClose(source, i + 2, "(", ")");
       const end = Math.min(close + 1, n);
       // $((...)) is arithmetic, not a command line.
-      current().parts.push({ kind: "dynamic", source: source.slice(i, end), ...(arithmetic ? {} : { script: source.slice(i + 2, close) }) });
+      current().parts.push({
+        kind: "dynamic",
+        source: source.slice(i, end),
+        ...(arithmetic ? {} : { script: source.slice(i + 2, close) }),
+      });
       return end;
     }
     if (next === "{") {
       const close = matchClose(source, i + 2, "{", "}");
       const inner = source.slice(i + 2, close);
       const end = Math.min(close + 1, n);
-      if (/^[A-Za-z_][A-Za-z0-9_]*$/.test(inner)) current().parts.push({ kind: "var", name: inner, quoted, source: source.slice(i, end) });
+      if (/^[A-Za-z_][A-Za-z0-9_]*$/.test(inner))
+        current().parts.push({ kind: "var", name: inner, quoted, source: source.slice(i, end) });
       else current().parts.push({ kind: "dynamic", source: source.slice(i, end) });
       return end;
     }
@@ -191,7 +204,17 @@ function tokenize(source: string): Token[] {
   const ansiC = (from: number): number => {
     let out = "";
     let j = from;
-    const escapes: Record<string, string> = { n: "\n", t: "\t", r: "\r", a: "\x07", b: "\b", e: "\x1b", E: "\x1b", f: "\f", v: "\v" };
+    const escapes: Record<string, string> = {
+      n: "\n",
+      t: "\t",
+      r: "\r",
+      a: "\x07",
+      b: "\b",
+      e: "\x1b",
+      E: "\x1b",
+      f: "\f",
+      v: "\v",
+    };
     while (j < n && source[j] !== "'") {
       const c = source[j] as string;
       if (c === "\\" && j + 1 < n) {
@@ -230,7 +253,8 @@ function tokenize(source: string): Token[] {
     const c = source[i] as string;
     const next = source[i + 1];
     if (c === "\\") {
-      if (next === "\n") i += 2; // line continuation
+      if (next === "\n")
+        i += 2; // line continuation
       else {
         text(next ?? "", true);
         i += 2;
@@ -262,7 +286,8 @@ function tokenize(source: string): Token[] {
       const after = source[i + 1 + prefix.length];
       current();
       const end = i + 1 + prefix.length;
-      if (after !== undefined && after !== "/" && !BREAK.has(after)) current().parts.push({ kind: "dynamic", source: source.slice(i, end) });
+      if (after !== undefined && after !== "/" && !BREAK.has(after))
+        current().parts.push({ kind: "dynamic", source: source.slice(i, end) });
       else if (prefix === "") current().parts.push({ kind: "var", name: "HOME", quoted: false, source: "~" });
       else if (prefix === "+") current().parts.push({ kind: "var", name: "PWD", quoted: false, source: "~+" });
       else current().parts.push({ kind: "dynamic", source: source.slice(i, end) });
@@ -275,9 +300,15 @@ function tokenize(source: string): Token[] {
       i = end;
     } else if (c === "<" || c === ">" || (c === "&" && next === ">")) {
       // A word of digits right before the operator is its file descriptor, not an argument.
-      if (word !== undefined && word.parts.every((p) => p.kind === "text" && !p.quoted && /^\d+$/.test(p.text))) word = undefined;
+      if (word !== undefined && word.parts.every((p) => p.kind === "text" && !p.quoted && /^\d+$/.test(p.text)))
+        word = undefined;
       else endWord();
-      const op = c === "&" ? (source.startsWith("&>>", i) ? "&>>" : "&>") : (REDIRECTS.find((r) => source.startsWith(r, i)) ?? c);
+      const op =
+        c === "&"
+          ? source.startsWith("&>>", i)
+            ? "&>>"
+            : "&>"
+          : (REDIRECTS.find((r) => source.startsWith(r, i)) ?? c);
       tokens.push({ kind: "redirect", op, start: i, end: i + op.length });
       if (op === "<<" || op === "<<-") delimiterNext = op === "<<-";
       i += op.length;
@@ -391,7 +422,8 @@ function expand(word: Word, lookup: Lookup): Expansion {
       const value = lookup(part.name);
       if (value === undefined) return { ok: false, problem: `${part.source} is not known before the command runs` };
       // Unquoted, bash would split the value on spaces and expand globs in it.
-      if (!part.quoted && /[\s*?[]/.test(value)) return { ok: false, problem: `${part.source} is unquoted and its value contains spaces or wildcards` };
+      if (!part.quoted && /[\s*?[]/.test(value))
+        return { ok: false, problem: `${part.source} is unquoted and its value contains spaces or wildcards` };
       text += value;
       for (let k = 0; k < value.length; k++) active.push(false);
     } else {
@@ -457,7 +489,9 @@ function valueOf(word: Word | undefined, lookup: Lookup): string | undefined {
  * in, what is not is left as written, so the nested check sees `$X` or `$(...)` itself.
  */
 function asScript(word: Word, lookup: Lookup): string {
-  return word.parts.map((p) => (p.kind === "text" ? p.text : p.kind === "var" ? (lookup(p.name) ?? p.source) : p.source)).join("");
+  return word.parts
+    .map((p) => (p.kind === "text" ? p.text : p.kind === "var" ? (lookup(p.name) ?? p.source) : p.source))
+    .join("");
 }
 
 function isAssignment(word: Word): boolean {
@@ -489,7 +523,12 @@ function resolveDir(word: Word | undefined, cwd: Dir, state: ShellState, guard: 
   const lookup = lookupIn(state, guard, cwd);
   if (word === undefined) return lookup("HOME") ?? null;
   const expansion = expand(word, lookup);
-  if (!expansion.ok || expansion.text === "-" || expansion.active.some((a, k) => a && "*?[{".includes(expansion.text[k] as string))) return null;
+  if (
+    !expansion.ok ||
+    expansion.text === "-" ||
+    expansion.active.some((a, k) => a && "*?[{".includes(expansion.text[k] as string))
+  )
+    return null;
   if (posix.isAbsolute(expansion.text)) return normalizeAbsolute(expansion.text);
   return cwd === null ? null : normalizeAbsolute(posix.join(cwd, expansion.text));
 }
@@ -508,7 +547,9 @@ interface Target {
 function targetsOf(text: string, active: boolean[], cwd: Dir): Target[] | string {
   const absolute = text.startsWith("/");
   if (!absolute && cwd === null) return "the directory it runs in is not known (an earlier cd could not be resolved)";
-  let paths: { segments: string[]; note?: string }[] = [{ segments: absolute || cwd === null ? [] : cwd.split("/").filter(Boolean) }];
+  let paths: { segments: string[]; note?: string }[] = [
+    { segments: absolute || cwd === null ? [] : cwd.split("/").filter(Boolean) },
+  ];
   let offset = 0;
   for (const segment of text.split("/")) {
     const mask = active.slice(offset, offset + segment.length);
@@ -545,7 +586,10 @@ function globMatches(pattern: string, active: boolean[], name: string): boolean 
       const close = pattern.indexOf("]", k + 2);
       if (close < 0) regex += "\\[";
       else {
-        const body = pattern.slice(k + 1, close).replace(/^[!^]/, "^").replace(/\\/g, "\\\\");
+        const body = pattern
+          .slice(k + 1, close)
+          .replace(/^[!^]/, "^")
+          .replace(/\\/g, "\\\\");
         regex += `[${body}]`;
         k = close;
       }
@@ -600,7 +644,12 @@ function checkScript(source: string, state: ShellState, guard: Guard, depth: num
       const all = [...words, ...others];
       const start = Math.min(...all.map((w) => w.start));
       const end = Math.max(...all.map((w) => w.end));
-      reason = checkSimpleCommand({ words, others, text: source.slice(start, end), previous, next }, state, guard, depth);
+      reason = checkSimpleCommand(
+        { words, others, text: source.slice(start, end), previous, next },
+        state,
+        guard,
+        depth,
+      );
     }
     words = [];
     others = [];
@@ -669,7 +718,12 @@ interface Invocation {
   chdir?: Word;
 }
 
-function checkSimpleCommand(command: SimpleCommand, state: ShellState, guard: Guard, depth: number): string | undefined {
+function checkSimpleCommand(
+  command: SimpleCommand,
+  state: ShellState,
+  guard: Guard,
+  depth: number,
+): string | undefined {
   // Substitutions run before the command, each in a subshell of the current one.
   for (const word of [...command.words, ...command.others]) {
     for (const part of word.parts) {
@@ -686,7 +740,10 @@ function checkSimpleCommand(command: SimpleCommand, state: ShellState, guard: Gu
   const assignments = firstArgument < 0 ? words : words.slice(0, firstArgument);
   const argv = words.slice(assignments.length);
   if (argv.length === 0) {
-    forgetAssigned(assignments.map((w) => bareName(w)), state);
+    forgetAssigned(
+      assignments.map((w) => bareName(w)),
+      state,
+    );
     return undefined;
   }
 
@@ -742,7 +799,11 @@ function forgetAssigned(names: (string | undefined)[], state: ShellState): void 
 
 /** Wrapper programs: their options with values (short letters, long names), and positional arguments before the command. */
 const WRAPPERS: Record<string, { short: string; long: string[]; positionals?: number; chdir?: string[] }> = {
-  sudo: { short: "ugpCDrtTUR", long: ["user", "group", "prompt", "close-from", "chdir", "role", "type", "other-user", "host", "chroot"], chdir: ["D", "chdir"] },
+  sudo: {
+    short: "ugpCDrtTUR",
+    long: ["user", "group", "prompt", "close-from", "chdir", "role", "type", "other-user", "host", "chroot"],
+    chdir: ["D", "chdir"],
+  },
   doas: { short: "uC", long: [] },
   command: { short: "", long: [] },
   builtin: { short: "", long: [] },
@@ -829,9 +890,18 @@ function shellScript(args: Word[]): Word | undefined {
   for (let k = 0; k < args.length; k++) {
     const word = args[k] as Word;
     const flag = bareWord(word);
-    if (flag === undefined || !/^[-+]/.test(flag) || flag === "-" || flag === "--") return command ? (flag === "--" ? args[k + 1] : word) : undefined;
+    if (flag === undefined || !/^[-+]/.test(flag) || flag === "-" || flag === "--")
+      return command ? (flag === "--" ? args[k + 1] : word) : undefined;
     if (/^[-+][a-zA-Z]+$/.test(flag) && flag.includes("c")) command = true;
-    else if (flag === "-o" || flag === "+o" || flag === "-O" || flag === "+O" || flag === "--rcfile" || flag === "--init-file") k++;
+    else if (
+      flag === "-o" ||
+      flag === "+o" ||
+      flag === "-O" ||
+      flag === "+O" ||
+      flag === "--rcfile" ||
+      flag === "--init-file"
+    )
+      k++;
   }
   return undefined;
 }
@@ -839,7 +909,8 @@ function shellScript(args: Word[]): Word | undefined {
 function changeDirectory(name: string, args: Word[], command: SimpleCommand, state: ShellState, guard: Guard): void {
   const operands = parseOptions(args, lookupIn(state, guard, null), "", []).rest;
   const targets =
-    name === "popd" || (name === "pushd" && (operands.length === 0 || /^[+-]\d/.test(bareWord(operands[0] as Word) ?? "")))
+    name === "popd" ||
+    (name === "pushd" && (operands.length === 0 || /^[+-]\d/.test(bareWord(operands[0] as Word) ?? "")))
       ? state.cwds.map((): Dir => null)
       : state.cwds.map((cwd) => resolveDir(operands[0], cwd, state, guard));
   const detached = command.previous === "|" || command.next === "|" || command.next === "&";
@@ -857,7 +928,16 @@ function changeDirectory(name: string, args: Word[], command: SimpleCommand, sta
 // git
 
 /** git's own options that take the next word as their value. */
-const GIT_VALUE_OPTIONS = new Set(["-C", "-c", "--git-dir", "--work-tree", "--namespace", "--config-env", "--super-prefix", "--list-cmds"]);
+const GIT_VALUE_OPTIONS = new Set([
+  "-C",
+  "-c",
+  "--git-dir",
+  "--work-tree",
+  "--namespace",
+  "--config-env",
+  "--super-prefix",
+  "--list-cmds",
+]);
 
 function checkGit(args: Word[], command: SimpleCommand, guard: Guard, lookup: Lookup): string | undefined {
   let k = 0;
@@ -869,7 +949,8 @@ function checkGit(args: Word[], command: SimpleCommand, guard: Guard, lookup: Lo
   const subcommand = valueOf(args[k], lookup);
   const rest = args.slice(k + 1);
   if (subcommand === "push") return checkPush(rest, command, guard, lookup);
-  if (subcommand === "checkout" || subcommand === "switch") return checkCheckout(subcommand, rest, command, guard, lookup);
+  if (subcommand === "checkout" || subcommand === "switch")
+    return checkCheckout(subcommand, rest, command, guard, lookup);
   return undefined;
 }
 
@@ -888,7 +969,8 @@ function refspecTarget(refspec: string | undefined, primary: string): RefTarget 
   // Without a destination the remote branch is named after the source; HEAD means the
   // current branch, which could be the primary one.
   const target = destination ?? source;
-  if (target === "" || target.includes("*") || (destination === undefined && /^(HEAD|@)([~^@]|$)/.test(source))) return "unknown";
+  if (target === "" || target.includes("*") || (destination === undefined && /^(HEAD|@)([~^@]|$)/.test(source)))
+    return "unknown";
   const name = target.startsWith("refs/heads/") ? target.slice("refs/heads/".length) : target;
   return name === primary ? "primary" : "other";
 }
@@ -912,7 +994,11 @@ function checkPush(args: Word[], command: SimpleCommand, guard: Guard, lookup: L
         else if (abbreviates(name, "delete")) remove = true;
         else if (abbreviates(name, "mirror")) every = force = true;
         else if (name === "all" || abbreviates(name, "branches")) every = true;
-        else if (inline === undefined && ["repo", "receive-pack", "exec", "push-option"].some((full) => abbreviates(name, full))) k++;
+        else if (
+          inline === undefined &&
+          ["repo", "receive-pack", "exec", "push-option"].some((full) => abbreviates(name, full))
+        )
+          k++;
         continue;
       }
       for (let c = 1; c < value.length; c++) {
@@ -942,7 +1028,8 @@ function checkPush(args: Word[], command: SimpleCommand, guard: Guard, lookup: L
     if (remove || (spec !== undefined && spec.length > 1 && spec.startsWith(":"))) {
       return refuse(`deletes ${describeRef(refspec, target, guard.primary)} on the remote`, branchAdvice);
     }
-    if (force || refspec?.startsWith("+") === true) return refuse(`force-pushes to ${describeRef(refspec, target, guard.primary)}`, branchAdvice);
+    if (force || refspec?.startsWith("+") === true)
+      return refuse(`force-pushes to ${describeRef(refspec, target, guard.primary)}`, branchAdvice);
   }
   if (force && every) return refuse("force-pushes every branch, the primary branch included", branchAdvice);
   if (force && refspecs.length === 0) {
@@ -955,12 +1042,20 @@ function checkPush(args: Word[], command: SimpleCommand, guard: Guard, lookup: L
 }
 
 function describeRef(refspec: string | undefined, target: RefTarget, primary: string): string {
-  if (refspec === undefined) return `a branch only known when the command runs (it could be the primary branch "${primary}")`;
-  if (target === "primary") return refspec === primary ? `the primary branch "${primary}"` : `the primary branch "${primary}" (${refspec})`;
+  if (refspec === undefined)
+    return `a branch only known when the command runs (it could be the primary branch "${primary}")`;
+  if (target === "primary")
+    return refspec === primary ? `the primary branch "${primary}"` : `the primary branch "${primary}" (${refspec})`;
   return `"${refspec}", which could be the primary branch "${primary}" (name the remote branch explicitly, as HEAD:refs/heads/<your-branch>)`;
 }
 
-function checkCheckout(subcommand: "checkout" | "switch", args: Word[], command: SimpleCommand, guard: Guard, lookup: Lookup): string | undefined {
+function checkCheckout(
+  subcommand: "checkout" | "switch",
+  args: Word[],
+  command: SimpleCommand,
+  guard: Guard,
+  lookup: Lookup,
+): string | undefined {
   const creates = subcommand === "checkout" ? ["b", "B"] : ["c", "C"];
   const createsLong = subcommand === "checkout" ? ["orphan"] : ["create", "force-create", "orphan"];
   let detach = false;
@@ -1011,14 +1106,21 @@ function checkCheckout(subcommand: "checkout" | "switch", args: Word[], command:
   let branch = subcommand === "checkout" ? (positionals.length === 1 ? positionals[0] : undefined) : positionals[0];
   // --track without a name creates the branch named after the remote one: origin/main -> main.
   if (track && branch !== undefined) branch = branch.replace(/^(refs\/)?(remotes\/)?[^/]+\//, "");
-  if (branch === guard.primary) return `${BLOCKED} \`${shown(command.text)}\` checks out the primary branch "${guard.primary}". ${advice}`;
+  if (branch === guard.primary)
+    return `${BLOCKED} \`${shown(command.text)}\` checks out the primary branch "${guard.primary}". ${advice}`;
   return undefined;
 }
 
 // ---------------------------------------------------------------------------------------
 // rm
 
-function checkRm(args: Word[], chdir: Word | undefined, command: SimpleCommand, state: ShellState, guard: Guard): string | undefined {
+function checkRm(
+  args: Word[],
+  chdir: Word | undefined,
+  command: SimpleCommand,
+  state: ShellState,
+  guard: Guard,
+): string | undefined {
   let recursive = false;
   let force = false;
   const operands: Word[] = [];
@@ -1065,7 +1167,9 @@ function checkRm(args: Word[], chdir: Word | undefined, command: SimpleCommand, 
         const notes = [
           ...(target.note === undefined ? [] : [target.note]),
           ...(cwds.length > 1 && !posix.isAbsolute(expansion.text)
-            ? [`a cd before it may have failed, so it may run in ${cwds.map((d) => d ?? "an unknown directory").join(" or ")}; join the cd to it with && so it runs only after the cd`]
+            ? [
+                `a cd before it may have failed, so it may run in ${cwds.map((d) => d ?? "an unknown directory").join(" or ")}; join the cd to it with && so it runs only after the cd`,
+              ]
             : []),
         ];
         const because = notes.length === 0 ? "" : ` (${notes.join("; ")})`;

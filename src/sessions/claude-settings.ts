@@ -54,7 +54,10 @@ export function claudeSettingsArgs(file: string): string[] {
  * a bare `--import tsx` would not resolve. Next to a compiled `.js` module, plain node.
  * `moduleUrl` is this module's URL; tests pass others.
  */
-export function bashGuardHookArgv(options: { worktree: string; primaryBranch: string }, moduleUrl: string = import.meta.url): string[] {
+export function bashGuardHookArgv(
+  options: { worktree: string; primaryBranch: string },
+  moduleUrl: string = import.meta.url,
+): string[] {
   const typescript = new URL(moduleUrl).pathname.endsWith(".ts");
   const hook = fileURLToPath(new URL(typescript ? "./bash-guard-hook.ts" : "./bash-guard-hook.js", moduleUrl));
   const loader = typescript ? ["--import", import.meta.resolve("tsx")] : [];
@@ -74,11 +77,21 @@ export interface ClaudeSettings {
 }
 
 /** The settings object: only hooks. Every value in a command is passed through {@link shellQuote}. */
-export function claudeSettings(options: { protocolFile: string; worktree: string; primaryBranch: string }, moduleUrl: string = import.meta.url): ClaudeSettings {
+export function claudeSettings(
+  options: { protocolFile: string; worktree: string; primaryBranch: string },
+  moduleUrl: string = import.meta.url,
+): ClaudeSettings {
   const guard = bashGuardHookArgv(options, moduleUrl).map(shellQuote).join(" ");
   return {
     hooks: {
-      SessionStart: [{ matcher: "compact", hooks: [{ type: "command", command: `cat -- ${shellQuote(options.protocolFile)}`, timeout: HOOK_TIMEOUT_SECONDS }] }],
+      SessionStart: [
+        {
+          matcher: "compact",
+          hooks: [
+            { type: "command", command: `cat -- ${shellQuote(options.protocolFile)}`, timeout: HOOK_TIMEOUT_SECONDS },
+          ],
+        },
+      ],
       PreToolUse: [{ matcher: "Bash", hooks: [{ type: "command", command: guard, timeout: HOOK_TIMEOUT_SECONDS }] }],
     },
   };

@@ -116,7 +116,8 @@ export class StreamJsonReader {
 
   constructor(options: StreamJsonReaderOptions = {}) {
     const max = options.maxLineLength ?? DEFAULT_MAX_LINE_LENGTH;
-    if (!Number.isSafeInteger(max) || max < 1) throw new RangeError(`maxLineLength must be a positive whole number: ${max}`);
+    if (!Number.isSafeInteger(max) || max < 1)
+      throw new RangeError(`maxLineLength must be a positive whole number: ${max}`);
     this.#maxLineLength = max;
   }
 
@@ -134,7 +135,8 @@ export class StreamJsonReader {
       } else if (this.#partial.length + (newline - start) > this.#maxLineLength) {
         this.#drop(this.#partial.length + (newline - start));
       } else {
-        const line = this.#partial.length === 0 ? chunk.slice(start, newline) : this.#partial + chunk.slice(start, newline);
+        const line =
+          this.#partial.length === 0 ? chunk.slice(start, newline) : this.#partial + chunk.slice(start, newline);
         this.#partial = "";
         this.#line(line);
       }
@@ -181,7 +183,9 @@ export class StreamJsonReader {
     const head = this.#partial.slice(0, 40);
     this.#partial = "";
     this.#droppedLines++;
-    this.#note(`stream-json: dropped a line longer than ${this.#maxLineLength} characters (${length}+ so far${head ? `, starting ${JSON.stringify(head)}` : ""})`);
+    this.#note(
+      `stream-json: dropped a line longer than ${this.#maxLineLength} characters (${length}+ so far${head ? `, starting ${JSON.stringify(head)}` : ""})`,
+    );
   }
 
   #note(text: string): void {
@@ -286,7 +290,11 @@ export class StreamJsonReader {
     if (result.isError && this.#isApiError(result)) {
       const text = result.result ?? this.#assistantError?.text ?? "";
       const kind = classifyApiError({ status: result.apiErrorStatus, code: this.#assistantError?.code, text });
-      this.#apiError = { kind, message: shorten(text || `API error ${result.apiErrorStatus ?? ""}`.trim()), status: result.apiErrorStatus };
+      this.#apiError = {
+        kind,
+        message: shorten(text || `API error ${result.apiErrorStatus ?? ""}`.trim()),
+        status: result.apiErrorStatus,
+      };
     }
     if (!this.#resultNotified) {
       this.#resultNotified = true;
@@ -318,7 +326,11 @@ const API_ERROR_TEXT = /^API Error\b|Invalid API key|Credit balance is too low|F
  * then the CLI's error code (`rate_limit`, `authentication_failed`, `billing_error`,
  * `server_error`, `unknown`), then the text.
  */
-export function classifyApiError(report: { status?: number | undefined; code?: string | undefined; text?: string | undefined }): ApiErrorKind {
+export function classifyApiError(report: {
+  status?: number | undefined;
+  code?: string | undefined;
+  text?: string | undefined;
+}): ApiErrorKind {
   const { status, code } = report;
   const text = report.text ?? "";
   if (status === 429) return "rate_limit";
@@ -329,9 +341,11 @@ export function classifyApiError(report: { status?: number | undefined; code?: s
   if (status !== undefined && status >= 500) return "server_error";
   if (code === "rate_limit" || /rate.?limit|\(429\)/i.test(text)) return "rate_limit";
   if (code === "overloaded" || /overloaded|\b529\b/i.test(text)) return "overloaded";
-  if (code === "authentication_failed" || /invalid api key|authenticat|oauth token/i.test(text)) return "authentication";
+  if (code === "authentication_failed" || /invalid api key|authenticat|oauth token/i.test(text))
+    return "authentication";
   // The CLI files a connection failure under server_error too ("Unable to connect to API").
-  if (code === "server_error" || /API Error: 5\d\d\b|server-side issue|unable to connect/i.test(text)) return "server_error";
+  if (code === "server_error" || /API Error: 5\d\d\b|server-side issue|unable to connect/i.test(text))
+    return "server_error";
   return "other";
 }
 

@@ -83,11 +83,15 @@ export async function git(repo: string, args: readonly string[], options: GitOpt
     : result.exitCode === undefined
       ? (result.originalMessage ?? result.shortMessage ?? "did not start")
       : `exit ${result.exitCode}`;
-  const gitMessage = stderr || (result.timedOut ? `timed out after ${options.timeoutMs} ms` : (result.shortMessage ?? why));
-  throw new WorktreeError(`could not ${options.doing}: git ${args.join(" ")} in ${repo} failed (${why}): ${gitMessage}`, {
-    gitMessage,
-    cause: result,
-  });
+  const gitMessage =
+    stderr || (result.timedOut ? `timed out after ${options.timeoutMs} ms` : (result.shortMessage ?? why));
+  throw new WorktreeError(
+    `could not ${options.doing}: git ${args.join(" ")} in ${repo} failed (${why}): ${gitMessage}`,
+    {
+      gitMessage,
+      cause: result,
+    },
+  );
 }
 
 function tail(text: string, max: number): string {

@@ -190,7 +190,9 @@ export class WorktreeManager {
       });
     }
     if (this.creating.has(dir)) {
-      throw new WorktreeError(`could not make a worktree for run ${runId}: ${dir} is already being created`, { gitMessage: "" });
+      throw new WorktreeError(`could not make a worktree for run ${runId}: ${dir} is already being created`, {
+        gitMessage: "",
+      });
     }
     const repo = path.resolve(project.repoPath);
     const arrival = ++this.sequence;
@@ -202,9 +204,12 @@ export class WorktreeManager {
       await mkdir(projectDir, { recursive: true });
       // A symlinked project directory would put the worktree (and later deletions) elsewhere.
       if (!(await isInside(this.root, projectDir))) {
-        throw new WorktreeError(`could not make a worktree for run ${runId}: ${projectDir} leads outside WORKTREE_ROOT`, {
-          gitMessage: "",
-        });
+        throw new WorktreeError(
+          `could not make a worktree for run ${runId}: ${projectDir} leads outside WORKTREE_ROOT`,
+          {
+            gitMessage: "",
+          },
+        );
       }
       existed = await exists(dir);
       const sha = await this.queue.run(repo, async () => {
@@ -226,7 +231,15 @@ export class WorktreeManager {
       const now = this.now();
       const [row] = await this.database.db
         .insert(worktrees)
-        .values({ runId, project: project.name, formula, path: dir, state: "active", instanceId: this.instanceId, createdAt: now })
+        .values({
+          runId,
+          project: project.name,
+          formula,
+          path: dir,
+          state: "active",
+          instanceId: this.instanceId,
+          createdAt: now,
+        })
         .returning();
       log.info({ worktreeId: row?.id, path: dir, sha }, "worktree created");
       return row as WorktreeRow;
@@ -284,7 +297,8 @@ export class WorktreeManager {
    * Preserving a preserved worktree again renews reason and expiry; a removed one is a conflict.
    */
   async preserve(worktree: WorktreeRow, reason: string, retentionMs: number): Promise<WorktreeRow> {
-    if (!Number.isFinite(retentionMs) || retentionMs < 0) throw new RangeError(`retention must be a non-negative number of ms, got ${retentionMs}`);
+    if (!Number.isFinite(retentionMs) || retentionMs < 0)
+      throw new RangeError(`retention must be a non-negative number of ms, got ${retentionMs}`);
     const log = this.log.child({ worktreeId: worktree.id, runId: worktree.runId, project: worktree.project });
     let sizeBytes: number | null = null;
     try {
@@ -296,13 +310,23 @@ export class WorktreeManager {
     const now = this.now();
     const [row] = await this.database.db
       .update(worktrees)
-      .set({ state: "preserved", reason, preservedAt: now, expiresAt: new Date(now.getTime() + retentionMs), sizeBytes })
+      .set({
+        state: "preserved",
+        reason,
+        preservedAt: now,
+        expiresAt: new Date(now.getTime() + retentionMs),
+        sizeBytes,
+      })
       .where(and(eq(worktrees.id, worktree.id), inArray(worktrees.state, ["active", "preserved"])))
       .returning();
     if (!row) {
       const current = await this.get(worktree.id);
       if (!current) throw new AppError({ code: "not_found", message: `worktree ${worktree.id} does not exist` });
-      throw new AppError({ code: "conflict", message: `worktree ${worktree.id} is already removed`, details: { id: worktree.id } });
+      throw new AppError({
+        code: "conflict",
+        message: `worktree ${worktree.id} is already removed`,
+        details: { id: worktree.id },
+      });
     }
     log.info({ path: row.path, reason, expiresAt: row.expiresAt, sizeBytes }, "worktree preserved");
     return row;
@@ -318,7 +342,8 @@ export class WorktreeManager {
   async purge(opts: PurgeOptions): Promise<PurgeResult> {
     const now = this.now();
     const log = this.log.child({ purgeBy: opts.by, dryRun: opts.dryRun === true });
-    const olderThanMs = opts.olderThanMs ?? (opts.ids === undefined && !opts.expiredOnly ? DEFAULT_PURGE_AGE_MS : undefined);
+    const olderThanMs =
+      opts.olderThanMs ?? (opts.ids === undefined && !opts.expiredOnly ? DEFAULT_PURGE_AGE_MS : undefined);
     if (olderThanMs !== undefined && (!Number.isFinite(olderThanMs) || olderThanMs < 0)) {
       throw new RangeError(`olderThanMs must be a non-negative number, got ${olderThanMs}`);
     }
@@ -330,12 +355,23 @@ export class WorktreeManager {
     if (opts.ids) {
       const found = new Set(selected.map((s) => s.row.id));
       for (const id of new Set(opts.ids)) {
-        if (!found.has(id)) kept.push({ id, run_id: null, project: "", formula: "", path: "", reason: "no such worktree", preserved_at: null, expires_at: null });
+        if (!found.has(id))
+          kept.push({
+            id,
+            run_id: null,
+            project: "",
+            formula: "",
+            path: "",
+            reason: "no such worktree",
+            preserved_at: null,
+            expires_at: null,
+          });
       }
     }
     await mapLimit(selected, DELETE_CONCURRENCY, async ({ row, runStatus }) => {
       const keep = (reason: string) => kept.push(entry(row, reason));
-      if (row.state === "removed") return keep(`already removed${row.removedAt ? ` at ${row.removedAt.toISOString()}` : ""}`);
+      if (row.state === "removed")
+        return keep(`already removed${row.removedAt ? ` at ${row.removedAt.toISOString()}` : ""}`);
       if (row.state === "active") return keep(`worktree is active${row.runId === null ? "" : ` (run ${row.runId})`}`);
       if (opts.expiredOnly && (row.expiresAt === null || row.expiresAt > now)) {
         return keep(row.expiresAt === null ? "has no expiry" : `expires at ${row.expiresAt.toISOString()}`);
@@ -348,7 +384,11 @@ export class WorktreeManager {
       if (busy) return keep(busy);
       const check = await this.checkPath(row.path);
       if (check.kind === "refused") return keep(check.reason);
-      const why = opts.ids ? "requested" : opts.expiredOnly ? `expired at ${row.expiresAt?.toISOString()}` : `preserved more than ${formatAge(olderThanMs as number)} ago`;
+      const why = opts.ids
+        ? "requested"
+        : opts.expiredOnly
+          ? `expired at ${row.expiresAt?.toISOString()}`
+          : `preserved more than ${formatAge(olderThanMs as number)} ago`;
       removals.push({
         row,
         realPath: check.kind === "deletable" ? check.realPath : undefined,
@@ -375,7 +415,10 @@ export class WorktreeManager {
         await rm(removal.realPath, { recursive: true, force: true, maxRetries: 2 });
         deleted.push(removal);
       } catch (error) {
-        log.error({ err: error, path: removal.row.path, worktreeId: removal.row.id }, "could not delete a worktree directory");
+        log.error(
+          { err: error, path: removal.row.path, worktreeId: removal.row.id },
+          "could not delete a worktree directory",
+        );
         kept.push(entry(removal.row, `could not delete: ${errorMessage(error)}`));
       }
     });
@@ -409,22 +452,42 @@ export class WorktreeManager {
    * adopted or preserved.
    */
   async adoptOrphans(projects: readonly ProjectConfig[], retentionMs: number): Promise<WorktreeRow[]> {
-    if (!Number.isFinite(retentionMs) || retentionMs < 0) throw new RangeError(`retention must be a non-negative number of ms, got ${retentionMs}`);
+    if (!Number.isFinite(retentionMs) || retentionMs < 0)
+      throw new RangeError(`retention must be a non-negative number of ms, got ${retentionMs}`);
     const configured = new Set(projects.map((p) => p.name));
     const found = (await this.scanRoot()).filter((c) => !this.creating.has(c.path));
     const result: WorktreeRow[] = [];
 
     if (found.length > 0) {
       const recorded = new Map<string, WorktreeRow>();
-      for (const chunk of chunks(found.map((c) => c.path), ID_CHUNK)) {
-        for (const row of await this.database.db.select().from(worktrees).where(inArray(worktrees.path, chunk))) recorded.set(row.path, row);
+      for (const chunk of chunks(
+        found.map((c) => c.path),
+        ID_CHUNK,
+      )) {
+        for (const row of await this.database.db.select().from(worktrees).where(inArray(worktrees.path, chunk)))
+          recorded.set(row.path, row);
       }
-      const orphans = found.filter((c) => recorded.get(c.path)?.state !== "active" && recorded.get(c.path)?.state !== "preserved");
-      const runIds = [...new Set(orphans.map((o) => parseWorktreeDirName(o.name)?.runId).filter((id): id is number => id !== undefined))];
-      const knownRuns = new Map<number, { project: string; formula: string; status: RunStatus; instanceId: string | null }>();
+      const orphans = found.filter(
+        (c) => recorded.get(c.path)?.state !== "active" && recorded.get(c.path)?.state !== "preserved",
+      );
+      const runIds = [
+        ...new Set(
+          orphans.map((o) => parseWorktreeDirName(o.name)?.runId).filter((id): id is number => id !== undefined),
+        ),
+      ];
+      const knownRuns = new Map<
+        number,
+        { project: string; formula: string; status: RunStatus; instanceId: string | null }
+      >();
       for (const chunk of chunks(runIds, ID_CHUNK)) {
         const rows = await this.database.db
-          .select({ id: runs.id, project: runs.project, formula: runs.formula, status: runs.status, instanceId: runs.instanceId })
+          .select({
+            id: runs.id,
+            project: runs.project,
+            formula: runs.formula,
+            status: runs.status,
+            instanceId: runs.instanceId,
+          })
           .from(runs)
           .where(inArray(runs.id, chunk));
         for (const r of rows) knownRuns.set(r.id, r);
@@ -434,10 +497,15 @@ export class WorktreeManager {
       await mapLimit(orphans, DELETE_CONCURRENCY, async (orphan) => {
         const parsed = parseWorktreeDirName(orphan.name);
         const run = parsed ? knownRuns.get(parsed.runId) : undefined;
-        const runId = parsed && run && run.project === orphan.project && run.formula === parsed.formula ? parsed.runId : null;
+        const runId =
+          parsed && run && run.project === orphan.project && run.formula === parsed.formula ? parsed.runId : null;
         // The server died between `git worktree add` and the insert of a run it still
         // owns: the directory is that run's worktree, in use, for its takeover to reuse.
-        const inUse = runId !== null && run !== undefined && run.instanceId === this.instanceId && (run.status === "running" || run.status === "escalated");
+        const inUse =
+          runId !== null &&
+          run !== undefined &&
+          run.instanceId === this.instanceId &&
+          (run.status === "running" || run.status === "escalated");
         const sizeBytes = inUse ? null : ((await diskUsage(orphan.path).catch(() => undefined)) ?? null);
         const values = {
           runId,
@@ -487,7 +555,10 @@ export class WorktreeManager {
     for (const { worktree } of leaked) {
       if (this.creating.has(worktree.path)) continue;
       const row = await this.preserve(worktree, "leaked", retentionMs);
-      this.log.warn({ worktreeId: row.id, path: row.path, runId: row.runId }, "preserved a worktree left active by a finished run");
+      this.log.warn(
+        { worktreeId: row.id, path: row.path, runId: row.runId },
+        "preserved a worktree left active by a finished run",
+      );
       result.push(row);
     }
     return result.sort((a, b) => a.id - b.id);
@@ -495,7 +566,8 @@ export class WorktreeManager {
 
   /** Rows for the API, newest first; no disk access (size was measured when preserved). */
   async list(filter: WorktreeListFilter = {}): Promise<WorktreeRow[]> {
-    const wanted = filter.limit !== undefined && Number.isFinite(filter.limit) ? Math.trunc(filter.limit) : DEFAULT_LIST_LIMIT;
+    const wanted =
+      filter.limit !== undefined && Number.isFinite(filter.limit) ? Math.trunc(filter.limit) : DEFAULT_LIST_LIMIT;
     const limit = Math.min(MAX_LIST_LIMIT, Math.max(1, wanted));
     const conditions: SQL[] = [];
     if (filter.state !== undefined) conditions.push(eq(worktrees.state, filter.state));
@@ -524,7 +596,8 @@ export class WorktreeManager {
       const rows = await this.list(filter);
       return { json: JSON.stringify(rows.map(worktreeJson)), count: rows.length, lastId: rows.at(-1)?.id ?? null };
     }
-    const wanted = filter.limit !== undefined && Number.isFinite(filter.limit) ? Math.trunc(filter.limit) : DEFAULT_LIST_LIMIT;
+    const wanted =
+      filter.limit !== undefined && Number.isFinite(filter.limit) ? Math.trunc(filter.limit) : DEFAULT_LIST_LIMIT;
     const limit = Math.min(MAX_LIST_LIMIT, Math.max(1, wanted));
     const conditions: SQL[] = [];
     if (filter.state !== undefined) conditions.push(sql`state = ${filter.state}`);
@@ -585,7 +658,10 @@ export class WorktreeManager {
   private async fetchHeadFile(repo: string, runId: number): Promise<string> {
     let gitDir = this.gitDirs.get(repo);
     if (gitDir === undefined) {
-      gitDir = await git(repo, ["rev-parse", "--absolute-git-dir"], { timeoutMs: this.gitTimeoutMs, doing: `locate the git directory for run ${runId}` });
+      gitDir = await git(repo, ["rev-parse", "--absolute-git-dir"], {
+        timeoutMs: this.gitTimeoutMs,
+        doing: `locate the git directory for run ${runId}`,
+      });
       this.gitDirs.set(repo, gitDir);
     }
     return path.join(gitDir, "FETCH_HEAD");
@@ -620,7 +696,9 @@ export class WorktreeManager {
     const byName = new Map(projects.map((p) => [p.name, p]));
     const targets = new Map<string, PruneTarget>();
     const knownGitDirs = new Set<string>();
-    for (const project of new Set(rows.map((r) => byName.get(r.project)).filter((p): p is ProjectConfig => p !== undefined))) {
+    for (const project of new Set(
+      rows.map((r) => byName.get(r.project)).filter((p): p is ProjectConfig => p !== undefined),
+    )) {
       const repo = path.resolve(project.repoPath);
       targets.set(repo, { key: repo, repo });
       knownGitDirs.add(path.join(repo, ".git")).add(repo);
@@ -631,7 +709,8 @@ export class WorktreeManager {
       const common = await worktreeCommonDir(row.path);
       if (!common) return;
       const real = (await realpathOrUndefined(common)) ?? common;
-      if (!knownGitDirs.has(common) && !knownGitDirs.has(real) && !targets.has(real)) targets.set(real, { key: real, repo: real });
+      if (!knownGitDirs.has(common) && !knownGitDirs.has(real) && !targets.has(real))
+        targets.set(real, { key: real, repo: real });
     });
     return [...targets.values()];
   }
@@ -646,7 +725,10 @@ export class WorktreeManager {
             git(target.repo, ["worktree", "prune"], { timeoutMs: this.gitTimeoutMs, doing: "prune deleted worktrees" }),
           );
         } catch (error) {
-          log.error({ err: error, repo: target.repo }, "git worktree prune failed; stale entries stay listed until the next prune");
+          log.error(
+            { err: error, repo: target.repo },
+            "git worktree prune failed; stale entries stay listed until the next prune",
+          );
         }
       }),
     );
@@ -690,7 +772,10 @@ export class WorktreeManager {
           continue;
         }
         if (!isSafeSegment(projectEntry.name)) {
-          this.log.warn({ path: full }, "directory under WORKTREE_ROOT with a name no project can have; adopted anyway");
+          this.log.warn(
+            { path: full },
+            "directory under WORKTREE_ROOT with a name no project can have; adopted anyway",
+          );
         }
         out.push({ project: projectEntry.name, name: entry.name, path: full });
       }

@@ -27,7 +27,8 @@ describe("CLI against a running server (real processes)", () => {
     expect(result.stderr).toBe("");
     expect(result.code).toBe(0);
     expect(result.stdout).toMatch(/^run \d+ queued: hello on demo\n/);
-    for (const phase of ["planning", "implementing", "testing", "reviewing", "done"]) expect(result.stdout).toContain(`PHASE:${phase}`);
+    for (const phase of ["planning", "implementing", "testing", "reviewing", "done"])
+      expect(result.stdout).toContain(`PHASE:${phase}`);
     expect(result.stdout).toMatch(/run \d+ done after \d+s\n$/);
   });
 
@@ -41,7 +42,12 @@ describe("CLI against a running server (real processes)", () => {
   it("shows progress on a line rewritten in place on a TTY", async () => {
     const written: string[] = [];
     const tty = { write: (text: string) => written.push(text), isTTY: true };
-    const code = await runCommand(new ApiClient(t.url, TEST_TOKEN), { formula: "hello", wait: true, actor: "test", pollMs: 20 }, tty, tty);
+    const code = await runCommand(
+      new ApiClient(t.url, TEST_TOKEN),
+      { formula: "hello", wait: true, actor: "test", pollMs: 20 },
+      tty,
+      tty,
+    );
     expect(code).toBe(0);
     const text = written.join("");
     expect(text).toMatch(/\r\x1b\[K[⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏] run \d+ (queued|running) · phase \S+ · \S+/);
@@ -51,9 +57,13 @@ describe("CLI against a running server (real processes)", () => {
   it("runs list and runs show print readable tables, or JSON", async () => {
     const list = await runBin(["runs", "list"], { env });
     expect(list.code).toBe(0);
-    expect(list.stdout.split("\n")[0]).toMatch(/^ID\s+STATUS\s+FORMULA\s+PROJECT\s+ISSUE\s+PHASE\s+TRIGGER\s+QUEUED\s+TOOK$/);
+    expect(list.stdout.split("\n")[0]).toMatch(
+      /^ID\s+STATUS\s+FORMULA\s+PROJECT\s+ISSUE\s+PHASE\s+TRIGGER\s+QUEUED\s+TOOK$/,
+    );
     expect(list.stdout).toMatch(/\n\d+\s+crashed\s+broken\s+demo/);
-    const json = JSON.parse((await runBin(["runs", "list", "--json", "--status", "done"], { env })).stdout) as { runs: { status: string; id: number }[] };
+    const json = JSON.parse((await runBin(["runs", "list", "--json", "--status", "done"], { env })).stdout) as {
+      runs: { status: string; id: number }[];
+    };
     expect(json.runs.length).toBeGreaterThan(0);
     expect(json.runs.every((r) => r.status === "done")).toBe(true);
     const show = await runBin(["runs", "show", String(json.runs[0]?.id)], { env });
@@ -84,7 +94,10 @@ describe("CLI against a running server (real processes)", () => {
     const byId = await runBin(["worktrees", "purge", "--id", id], { env });
     expect(byId.code).toBe(0);
     expect(byId.stdout).toMatch(/^purged 1 worktree\(s\)/);
-    expect((await t.api("GET", `/api/worktrees/${id}`)).body.worktree).toMatchObject({ state: "removed", removed_by: "api" });
+    expect((await t.api("GET", `/api/worktrees/${id}`)).body.worktree).toMatchObject({
+      state: "removed",
+      removed_by: "api",
+    });
     const nothing = await runBin(["worktrees", "purge", "--older-than", "0h"], { env });
     expect(nothing.stdout).toBe("Nothing to purge.\n");
     const both = await runBin(["worktrees", "purge", "--id", id, "--older-than", "1h"], { env });
@@ -95,7 +108,9 @@ describe("CLI against a running server (real processes)", () => {
   it("says clearly when the server cannot be reached or the token is wrong", async () => {
     const down = await runBin(["runs", "list"], { env: { FORMULA_RUNNER_URL: "http://127.0.0.1:9", API_TOKEN: "x" } });
     expect(down.code).toBe(1);
-    expect(down.stderr).toMatch(/cannot reach the server at http:\/\/127\.0\.0\.1:9 .*is `formula-runner serve` running\?/);
+    expect(down.stderr).toMatch(
+      /cannot reach the server at http:\/\/127\.0\.0\.1:9 .*is `formula-runner serve` running\?/,
+    );
     const wrong = await runBin(["runs", "list"], { env: { ...env, API_TOKEN: "wrong" } });
     expect(wrong.code).toBe(1);
     expect(wrong.stderr).toBe("formula-runner: invalid API token\n");

@@ -8,8 +8,8 @@ import { agentPath } from "../helpers/agents/index.js";
 import { type ServerProcess, startServerProcess } from "../helpers/cli.js";
 import { openTestDatabase, type TestDatabase, testBackends } from "../helpers/db.js";
 import { createTestRepo, listWorktrees, type TestRepo } from "../helpers/git.js";
-import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
 import { testFormula } from "../helpers/test-server.js";
+import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
 
 const TOKEN = "restart-test-token-0123456789";
 
@@ -132,12 +132,16 @@ describe.each(testBackends())("restart after kill -9 (real server processes, %s)
   it("on SIGTERM waits for the grace period, stops the session, and the next start finishes the run", async () => {
     const first = await start({ SHUTDOWN_GRACE: "3s" });
     const slow = await first.api("POST", "/api/runs", { formula: "slow" });
-    await eventually(async () => ((await first.api("GET", `/api/runs/${slow.id}`)).phase === "working" ? true : undefined));
+    await eventually(async () =>
+      (await first.api("GET", `/api/runs/${slow.id}`)).phase === "working" ? true : undefined,
+    );
     const started = Date.now();
     expect(await first.server.stop("SIGTERM")).toEqual({ code: 0, signal: null });
     // The agent does not end by itself: the server waited the whole grace, then stopped it.
     expect(Date.now() - started).toBeGreaterThanOrEqual(3_000);
-    expect(first.server.lines.some((l) => l.includes("shutdown grace over: stopping the sessions still running"))).toBe(true);
+    expect(first.server.lines.some((l) => l.includes("shutdown grace over: stopping the sessions still running"))).toBe(
+      true,
+    );
     const second = await start();
     const done = await eventually(async () => {
       const run = await second.api("GET", `/api/runs/${slow.id}`);

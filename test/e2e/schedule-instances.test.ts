@@ -62,7 +62,10 @@ describe("the per-second formula of the multi-instance test", () => {
       const cron = new Cron("* * * * * *", { paused: true, timezone: "UTC" });
       const [first, second] = cron.nextRuns(2, new Date("2026-03-01T10:00:00.400Z"));
       cron.stop();
-      expect([first?.toISOString(), second?.toISOString()]).toEqual(["2026-03-01T10:00:01.000Z", "2026-03-01T10:00:02.000Z"]);
+      expect([first?.toISOString(), second?.toISOString()]).toEqual([
+        "2026-03-01T10:00:01.000Z",
+        "2026-03-01T10:00:02.000Z",
+      ]);
     } finally {
       await removeTempDir(dir);
     }
@@ -121,7 +124,11 @@ if (testBackends().includes("postgres")) {
       await Promise.all(servers.map((server) => stopServer(server)));
 
       const { db: sql } = db.database;
-      const slots = await sql.select().from(scheduleSlots).where(eq(scheduleSlots.formula, "tick")).orderBy(asc(scheduleSlots.slotAt));
+      const slots = await sql
+        .select()
+        .from(scheduleSlots)
+        .where(eq(scheduleSlots.formula, "tick"))
+        .orderBy(asc(scheduleSlots.slotAt));
       const scheduled = await sql.select().from(runs).where(eq(runs.triggerKind, "schedule")).orderBy(asc(runs.id));
       expect(slots.length).toBeGreaterThanOrEqual(3);
       expect(scheduled).toHaveLength(slots.length);

@@ -1,6 +1,6 @@
 import { Octokit } from "@octokit/rest";
 import { afterEach, describe, expect, it } from "vitest";
-import { startFakeForge, type FakeForge, type FakeForgeOptions } from "../helpers/fake-forge.js";
+import { type FakeForge, type FakeForgeOptions, startFakeForge } from "../helpers/fake-forge.js";
 
 const REPO = "acme/widgets";
 const [owner, repo] = REPO.split("/") as [string, string];
@@ -28,7 +28,9 @@ function octokit(baseUrl: string, auth: string | null = TOKEN): Octokit {
 }
 
 /** The HTTP status of a rejected Octokit call (RequestError carries it). */
-async function statusOf(call: Promise<unknown>): Promise<{ status: number; headers: Record<string, unknown>; message: string }> {
+async function statusOf(
+  call: Promise<unknown>,
+): Promise<{ status: number; headers: Record<string, unknown>; message: string }> {
   const error = (await call.then(
     () => {
       throw new Error("expected the call to fail");
@@ -57,7 +59,11 @@ describe("fake forge, GitHub flavour through Octokit", () => {
     expect(created.data.html_url).toBe(`${forge.url}/${REPO}/issues/7#issuecomment-${created.data.id}`);
 
     const edited = await gh.issues.updateComment({ owner, repo, comment_id: created.data.id, body: "status: done" });
-    expect(edited.data).toMatchObject({ id: created.data.id, body: "status: done", created_at: created.data.created_at });
+    expect(edited.data).toMatchObject({
+      id: created.data.id,
+      body: "status: done",
+      created_at: created.data.created_at,
+    });
     expect(Date.parse(edited.data.updated_at)).toBeGreaterThan(Date.parse(created.data.updated_at));
 
     await octokit(forge.url, "tok-alice").issues.createComment({ owner, repo, issue_number: 7, body: "thanks" });
@@ -89,10 +95,20 @@ describe("fake forge, GitHub flavour through Octokit", () => {
 
     const all = await gh.paginate(gh.issues.listComments, { owner, repo, issue_number: 3, per_page: 2 });
     expect(all.map((c) => c.body)).toEqual(["c1", "c2", "c3", "c4", "c5"]);
-    expect(forge.requests.filter((r) => r.method === "GET").map((r) => r.query.page ?? "1")).toEqual(["2", "1", "2", "3"]);
+    expect(forge.requests.filter((r) => r.method === "GET").map((r) => r.query.page ?? "1")).toEqual([
+      "2",
+      "1",
+      "2",
+      "3",
+    ]);
 
     const later = forge.addComment(REPO, 3, { login: "alice", body: "reply", at: new Date(Date.now() + 60_000) });
-    const since = await gh.issues.listComments({ owner, repo, issue_number: 3, since: new Date(Date.now() + 30_000).toISOString() });
+    const since = await gh.issues.listComments({
+      owner,
+      repo,
+      issue_number: 3,
+      since: new Date(Date.now() + 30_000).toISOString(),
+    });
     expect(since.data.map((c) => c.id)).toEqual([later.id]);
   });
 
@@ -105,9 +121,15 @@ describe("fake forge, GitHub flavour through Octokit", () => {
     expect(added.data[0]).toEqual({ id: expect.any(Number), name: "blocked", color: expect.any(String) });
     // Adding again is idempotent; a bare array body works too.
     await gh.request("POST /repos/{owner}/{repo}/issues/{issue_number}/labels", {
-      owner, repo, issue_number: 4, data: ["blocked"],
+      owner,
+      repo,
+      issue_number: 4,
+      data: ["blocked"],
     } as never);
-    expect((await gh.issues.listLabelsOnIssue({ owner, repo, issue_number: 4 })).data.map((l) => l.name)).toEqual(["blocked", "backlog"]);
+    expect((await gh.issues.listLabelsOnIssue({ owner, repo, issue_number: 4 })).data.map((l) => l.name)).toEqual([
+      "blocked",
+      "backlog",
+    ]);
 
     const removed = await gh.issues.removeLabel({ owner, repo, issue_number: 4, name: "blocked" });
     expect(removed.data.map((l) => l.name)).toEqual(["backlog"]);
@@ -115,7 +137,10 @@ describe("fake forge, GitHub flavour through Octokit", () => {
     expect((await statusOf(gh.issues.removeLabel({ owner, repo, issue_number: 4, name: "blocked" }))).status).toBe(404);
 
     const ids = gh.request("POST /repos/{owner}/{repo}/issues/{issue_number}/labels", {
-      owner, repo, issue_number: 4, labels: [added.data[0]!.id],
+      owner,
+      repo,
+      issue_number: 4,
+      labels: [added.data[0]!.id],
     } as never);
     expect((await statusOf(ids)).status).toBe(422);
   });
@@ -149,7 +174,9 @@ describe("fake forge, GitHub flavour through Octokit", () => {
 
   it("rejects unknown or missing tokens with 401 and knows who a token belongs to", async () => {
     const forge = await start();
-    const bad = await statusOf(octokit(forge.url, "wrong").issues.createComment({ owner, repo, issue_number: 1, body: "x" }));
+    const bad = await statusOf(
+      octokit(forge.url, "wrong").issues.createComment({ owner, repo, issue_number: 1, body: "x" }),
+    );
     expect(bad).toMatchObject({ status: 401, message: expect.stringContaining("Bad credentials") });
     expect((await statusOf(octokit(forge.url, null).users.getAuthenticated())).status).toBe(401);
     expect(forge.issue(REPO, 1).comments).toEqual([]);
@@ -170,7 +197,10 @@ describe("fake forge, GitHub flavour through Octokit", () => {
 describe("fake forge, Gitea/Forgejo flavour under /api/v1", () => {
   it("serves comments with limit/page and edits them in place, over plain fetch", async () => {
     const forge = await start();
-    const post = await gitea(forge, `/repos/${REPO}/issues/2/comments`, { method: "POST", body: { body: "question?" } });
+    const post = await gitea(forge, `/repos/${REPO}/issues/2/comments`, {
+      method: "POST",
+      body: { body: "question?" },
+    });
     expect(post.status).toBe(201);
     const comment = (await post.json()) as { id: number; body: string; user: { login: string } };
     expect(comment).toMatchObject({ body: "question?", user: { login: "runner-bot" } });
@@ -180,7 +210,10 @@ describe("fake forge, Gitea/Forgejo flavour under /api/v1", () => {
     expect(((await page.json()) as Array<{ body: string }>).map((c) => c.body)).toEqual(["answer"]);
     expect(page.headers.get("x-total-count")).toBe("2");
 
-    const patch = await gitea(forge, `/repos/${REPO}/issues/comments/${comment.id}`, { method: "PATCH", body: { body: "edited" } });
+    const patch = await gitea(forge, `/repos/${REPO}/issues/comments/${comment.id}`, {
+      method: "PATCH",
+      body: { body: "edited" },
+    });
     expect(patch.status).toBe(200);
     expect(forge.issue(REPO, 2).comments.map((c) => c.body)).toEqual(["edited", "answer"]);
     expect((await gitea(forge, `/repos/${REPO}/issues/comments/${comment.id}`, { method: "DELETE" })).status).toBe(204);
@@ -193,10 +226,15 @@ describe("fake forge, Gitea/Forgejo flavour under /api/v1", () => {
     const labels = await gitea(forge, `/repos/${REPO}/labels`);
     expect(await labels.json()).toEqual([{ id: blocked.id, name: "blocked", color: "d73a4a" }]);
 
-    const add = await gitea(forge, `/repos/${REPO}/issues/5/labels`, { method: "POST", body: { labels: [blocked.id, "backlog"] } });
+    const add = await gitea(forge, `/repos/${REPO}/issues/5/labels`, {
+      method: "POST",
+      body: { labels: [blocked.id, "backlog"] },
+    });
     expect(add.status).toBe(200);
     expect(((await add.json()) as Array<{ name: string }>).map((l) => l.name)).toEqual(["blocked", "backlog"]);
-    expect((await gitea(forge, `/repos/${REPO}/issues/5/labels`, { method: "POST", body: { labels: [999999] } })).status).toBe(422);
+    expect(
+      (await gitea(forge, `/repos/${REPO}/issues/5/labels`, { method: "POST", body: { labels: [999999] } })).status,
+    ).toBe(422);
 
     const del = await gitea(forge, `/repos/${REPO}/issues/5/labels/${blocked.id}`, { method: "DELETE" });
     expect(del.status).toBe(204);
@@ -268,7 +306,9 @@ describe("fake forge faults and records", () => {
     const forge = await start();
     forge.setDown(true);
     expect((await statusOf(octokit(forge.url).users.getAuthenticated())).status).toBe(503);
-    expect((await gitea(forge, `/repos/${REPO}/issues/1/comments`, { method: "POST", body: { body: "x" } })).status).toBe(503);
+    expect(
+      (await gitea(forge, `/repos/${REPO}/issues/1/comments`, { method: "POST", body: { body: "x" } })).status,
+    ).toBe(503);
     expect(forge.issue(REPO, 1).comments).toEqual([]);
     forge.setDown(false);
     expect((await octokit(forge.url).users.getAuthenticated()).status).toBe(200);
@@ -277,7 +317,9 @@ describe("fake forge faults and records", () => {
   it("delays an answer past a client timeout, and close() does not wait for it", async () => {
     const forge = await start();
     forge.failNext({ delayMs: 10_000, status: 502 });
-    await expect(fetch(`${forge.url}/user`, { signal: AbortSignal.timeout(100) })).rejects.toMatchObject({ name: "TimeoutError" });
+    await expect(fetch(`${forge.url}/user`, { signal: AbortSignal.timeout(100) })).rejects.toMatchObject({
+      name: "TimeoutError",
+    });
     expect(forge.requests).toHaveLength(1);
 
     const started = Date.now();

@@ -14,7 +14,10 @@ export interface CliResult {
 }
 
 /** Runs `formula-runner ARGS` as a real child process and collects its output. */
-export async function runBin(args: string[], options: { cwd?: string; env?: Record<string, string> } = {}): Promise<CliResult> {
+export async function runBin(
+  args: string[],
+  options: { cwd?: string; env?: Record<string, string> } = {},
+): Promise<CliResult> {
   const child = spawn(process.execPath, [BIN, ...args], {
     cwd: options.cwd ?? REPO_ROOT,
     env: { ...process.env, LOG_LEVEL: "info", ...options.env },
@@ -38,7 +41,11 @@ export interface ServerProcess {
 }
 
 /** Starts `formula-runner serve` as a child process and waits until it listens. */
-export async function startServerProcess(options: { cwd: string; env: Record<string, string>; timeoutMs?: number }): Promise<ServerProcess> {
+export async function startServerProcess(options: {
+  cwd: string;
+  env: Record<string, string>;
+  timeoutMs?: number;
+}): Promise<ServerProcess> {
   const child = spawn(process.execPath, [BIN, "serve"], {
     cwd: options.cwd,
     env: { ...process.env, PORT: "0", LOG_LEVEL: "info", ...options.env },
@@ -49,7 +56,10 @@ export async function startServerProcess(options: { cwd: string; env: Record<str
   child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
   const exited = once(child, "exit") as Promise<[number | null, NodeJS.Signals | null]>;
   const url = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`server did not start in time\n${lines.join("\n")}\n${stderr}`)), options.timeoutMs ?? 30_000);
+    const timer = setTimeout(
+      () => reject(new Error(`server did not start in time\n${lines.join("\n")}\n${stderr}`)),
+      options.timeoutMs ?? 30_000,
+    );
     let buffer = "";
     child.stdout?.on("data", (d: Buffer) => {
       buffer += d.toString();

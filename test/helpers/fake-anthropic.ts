@@ -62,7 +62,9 @@ const MAX_BODY = 64 * 1024 * 1024;
 const INPUT_TOKENS = 100;
 const OUTPUT_TOKENS = 20;
 
-type Block = { type: "text"; text: string } | { type: "tool_use"; id: string; name: string; input: Record<string, unknown> };
+type Block =
+  | { type: "text"; text: string }
+  | { type: "tool_use"; id: string; name: string; input: Record<string, unknown> };
 
 /** Every text of a recorded request's messages, in order (strings and text/tool_use/tool_result blocks), for assertions. */
 export function messageTexts(body: any): string[] {
@@ -73,7 +75,8 @@ export function messageTexts(body: any): string[] {
       for (const block of message.content) {
         if (block.type === "text") out.push(`${message.role}: ${block.text}`);
         else if (block.type === "tool_use") out.push(`${message.role}: tool_use ${JSON.stringify(block.input)}`);
-        else if (block.type === "tool_result") out.push(`${message.role}: tool_result ${JSON.stringify(block.content)}`);
+        else if (block.type === "tool_result")
+          out.push(`${message.role}: tool_result ${JSON.stringify(block.content)}`);
       }
     }
   }
@@ -130,7 +133,19 @@ export async function startFakeAnthropic(): Promise<FakeAnthropic> {
         sendError(res, turn.error.status, turn.error.type, turn.error.message, turn.error.headers);
       } else if ("bash" in turn) {
         const input = { command: turn.bash, description: turn.description ?? "Run a scripted command" };
-        sendMessage(res, body, [{ type: "tool_use", id: `toolu_fake${String(counter).padStart(4, "0")}${randomId(8)}`, name: "Bash", input }], "tool_use");
+        sendMessage(
+          res,
+          body,
+          [
+            {
+              type: "tool_use",
+              id: `toolu_fake${String(counter).padStart(4, "0")}${randomId(8)}`,
+              name: "Bash",
+              input,
+            },
+          ],
+          "tool_use",
+        );
       } else {
         sendMessage(res, body, [{ type: "text", text: turn.text }], "end_turn");
       }
@@ -197,7 +212,16 @@ function sideAnswer(body: any): string {
   if (properties && typeof properties === "object") {
     const answer: Record<string, unknown> = {};
     for (const [name, schema] of Object.entries(properties as Record<string, { type?: string }>)) {
-      answer[name] = name === "title" ? TITLE : schema?.type === "string" ? "fake" : schema?.type === "boolean" ? false : schema?.type === "number" || schema?.type === "integer" ? 0 : null;
+      answer[name] =
+        name === "title"
+          ? TITLE
+          : schema?.type === "string"
+            ? "fake"
+            : schema?.type === "boolean"
+              ? false
+              : schema?.type === "number" || schema?.type === "integer"
+                ? 0
+                : null;
     }
     return JSON.stringify(answer);
   }
@@ -220,13 +244,23 @@ function sendMessage(res: ServerResponse, request: any, blocks: Block[], stopRea
         content: blocks,
         stop_reason: stopReason,
         stop_sequence: null,
-        usage: { input_tokens: INPUT_TOKENS, cache_creation_input_tokens: 0, cache_read_input_tokens: 0, output_tokens: OUTPUT_TOKENS },
+        usage: {
+          input_tokens: INPUT_TOKENS,
+          cache_creation_input_tokens: 0,
+          cache_read_input_tokens: 0,
+          output_tokens: OUTPUT_TOKENS,
+        },
       },
       headers,
     );
     return;
   }
-  res.writeHead(200, { "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache", connection: "keep-alive", ...headers });
+  res.writeHead(200, {
+    "content-type": "text/event-stream; charset=utf-8",
+    "cache-control": "no-cache",
+    connection: "keep-alive",
+    ...headers,
+  });
   const event = (type: string, data: Record<string, unknown>) => {
     res.write(`event: ${type}\ndata: ${JSON.stringify({ type, ...data })}\n\n`);
   };
@@ -239,31 +273,55 @@ function sendMessage(res: ServerResponse, request: any, blocks: Block[], stopRea
       content: [],
       stop_reason: null,
       stop_sequence: null,
-      usage: { input_tokens: INPUT_TOKENS, cache_creation_input_tokens: 0, cache_read_input_tokens: 0, output_tokens: 1 },
+      usage: {
+        input_tokens: INPUT_TOKENS,
+        cache_creation_input_tokens: 0,
+        cache_read_input_tokens: 0,
+        output_tokens: 1,
+      },
     },
   });
   blocks.forEach((block, index) => {
     if (block.type === "text") {
       event("content_block_start", { index, content_block: { type: "text", text: "" } });
       if (index === 0) event("ping", {});
-      for (const piece of pieces(block.text, 24)) event("content_block_delta", { index, delta: { type: "text_delta", text: piece } });
+      for (const piece of pieces(block.text, 24))
+        event("content_block_delta", { index, delta: { type: "text_delta", text: piece } });
     } else {
-      event("content_block_start", { index, content_block: { type: "tool_use", id: block.id, name: block.name, input: {} } });
+      event("content_block_start", {
+        index,
+        content_block: { type: "tool_use", id: block.id, name: block.name, input: {} },
+      });
       if (index === 0) event("ping", {});
       // The real API starts with an empty partial_json, then sends the JSON in pieces.
       event("content_block_delta", { index, delta: { type: "input_json_delta", partial_json: "" } });
-      for (const piece of pieces(JSON.stringify(block.input), 16)) event("content_block_delta", { index, delta: { type: "input_json_delta", partial_json: piece } });
+      for (const piece of pieces(JSON.stringify(block.input), 16))
+        event("content_block_delta", { index, delta: { type: "input_json_delta", partial_json: piece } });
     }
     event("content_block_stop", { index });
   });
-  event("message_delta", { delta: { stop_reason: stopReason, stop_sequence: null }, usage: { output_tokens: OUTPUT_TOKENS } });
+  event("message_delta", {
+    delta: { stop_reason: stopReason, stop_sequence: null },
+    usage: { output_tokens: OUTPUT_TOKENS },
+  });
   event("message_stop", {});
   res.end();
 }
 
-function sendError(res: ServerResponse, status: number, type: string, message: string, headers: Record<string, string> = {}): void {
+function sendError(
+  res: ServerResponse,
+  status: number,
+  type: string,
+  message: string,
+  headers: Record<string, string> = {},
+): void {
   const requestId = `req_fake${randomId(20)}`;
-  sendJson(res, status, { type: "error", error: { type, message }, request_id: requestId }, { "request-id": requestId, ...headers });
+  sendJson(
+    res,
+    status,
+    { type: "error", error: { type, message }, request_id: requestId },
+    { "request-id": requestId, ...headers },
+  );
 }
 
 function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {

@@ -1,7 +1,7 @@
-import type { AddressInfo } from "node:net";
 import type { Server } from "node:http";
+import type { AddressInfo } from "node:net";
 import { serve } from "@hono/node-server";
-import { Hono, type Context } from "hono";
+import { type Context, Hono } from "hono";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 
 /**
@@ -247,7 +247,10 @@ export async function startFakeForge(opts: FakeForgeOptions = {}): Promise<FakeF
       if (!Array.isArray(entries)) return invalid(c);
       const names: string[] = [];
       for (const entry of entries) {
-        const name = typeof entry === "object" && entry !== null && flavor === "github" ? (entry as { name?: unknown }).name : entry;
+        const name =
+          typeof entry === "object" && entry !== null && flavor === "github"
+            ? (entry as { name?: unknown }).name
+            : entry;
         if (typeof name === "string") names.push(labelByName(repo, name).name.toLowerCase());
         else if (typeof name === "number" && flavor === "gitea") {
           const label = [...repoState(repo).labels.values()].find((l) => l.id === name);
@@ -354,9 +357,8 @@ export async function startFakeForge(opts: FakeForgeOptions = {}): Promise<FakeF
   app.onError((err, c) => c.json({ message: `fake forge error: ${err.message}` }, 500));
 
   const server = await new Promise<Server>((resolve, reject) => {
-    const s = serve(
-      { fetch: app.fetch, hostname: "127.0.0.1", port: 0, overrideGlobalObjects: false },
-      () => resolve(s as Server),
+    const s = serve({ fetch: app.fetch, hostname: "127.0.0.1", port: 0, overrideGlobalObjects: false }, () =>
+      resolve(s as Server),
     );
     s.once("error", reject);
   });

@@ -1,19 +1,18 @@
 import type { Database } from "../../db/client.js";
-import { type Config, loadSettings } from "../../src/config.js";
-import { DEFAULT_AGENTS, type ProjectConfig } from "../../src/config.js";
-import { FormulaStore } from "../../src/formulas/store.js";
+import { type Config, DEFAULT_AGENTS, loadSettings, type ProjectConfig } from "../../src/config.js";
 import { EscalationService } from "../../src/escalations/escalation-service.js";
 import { DeliveryIngest } from "../../src/forge/delivery-ingest.js";
-import { OutboxWorker } from "../../src/forge/outbox.js";
 import { ForgeClient, PermissionCache } from "../../src/forge/forge-client.js";
+import { OutboxWorker } from "../../src/forge/outbox.js";
 import { WebhookService } from "../../src/forge/webhook-service.js";
-import { RunService } from "../../src/runs/run-service.js";
-import { Scheduler } from "../../src/scheduler/scheduler.js";
-import { WorktreeManager } from "../../src/worktrees/worktree-manager.js";
+import { FormulaStore } from "../../src/formulas/store.js";
 import { createLogger } from "../../src/logger.js";
 import { Metrics } from "../../src/metrics.js";
+import { RunService } from "../../src/runs/run-service.js";
+import { Scheduler } from "../../src/scheduler/scheduler.js";
 import { Secret, SecretRegistry } from "../../src/secrets.js";
 import type { Services } from "../../src/services.js";
+import { WorktreeManager } from "../../src/worktrees/worktree-manager.js";
 
 export const TEST_API_TOKEN = "test-api-token-0123456789";
 
@@ -54,7 +53,12 @@ export function testServices(options: TestServicesOptions): Services {
     log,
     onQueued: () => {},
   });
-  const worktrees = new WorktreeManager({ database: options.database, root: settings.worktreeRoot, instanceId: "test-instance", log });
+  const worktrees = new WorktreeManager({
+    database: options.database,
+    root: settings.worktreeRoot,
+    instanceId: "test-instance",
+    log,
+  });
   return {
     config,
     database: options.database,

@@ -22,7 +22,11 @@ export function testFormula(name: string, fields: Record<string, unknown> = {}):
   const defaults: Record<string, unknown> = { agent: "done", timeout: "20s", max_duration: "60s", ...top };
   for (const [key, value] of Object.entries(defaults)) lines.push(`${key} = ${toml(value)}`);
   lines.push("[on]", `dispatch = ${toml((on?.dispatch as boolean | undefined) ?? true)}`);
-  for (const [table, values] of [["guards", guards], ["context", context], ["env", env]] as const) {
+  for (const [table, values] of [
+    ["guards", guards],
+    ["context", context],
+    ["env", env],
+  ] as const) {
     if (!values) continue;
     lines.push(`[${table}]`);
     for (const [key, value] of Object.entries(values)) lines.push(`${key} = ${toml(value)}`);
@@ -87,12 +91,21 @@ export async function startTestServer(options: TestServerOptions): Promise<TestS
   const worktreeRoot = path.join(dir, "worktrees");
   const formulasDir = path.join(dir, "formulas");
   await mkdir(formulasDir, { recursive: true });
-  for (const [name, text] of Object.entries(options.formulas)) await writeFile(path.join(formulasDir, `${name}.toml`), text);
+  for (const [name, text] of Object.entries(options.formulas))
+    await writeFile(path.join(formulasDir, `${name}.toml`), text);
   const agents = { done: "done", ...options.agents } as Record<string, TestAgent | string[] | AgentTable>;
   const agentTables = Object.entries(agents).map(([name, agent]) => {
-    const table: AgentTable = Array.isArray(agent) ? { command: agent } : typeof agent === "string" ? { command: ["bash", agentPath(agent)] } : agent;
+    const table: AgentTable = Array.isArray(agent)
+      ? { command: agent }
+      : typeof agent === "string"
+        ? { command: ["bash", agentPath(agent)] }
+        : agent;
     const lines = Object.entries(table).map(([key, value]) =>
-      key === "env" ? `env = { ${Object.entries(value as Record<string, string>).map(([k, v]) => `${k} = ${JSON.stringify(v)}`).join(", ")} }` : `${key} = ${JSON.stringify(value)}`,
+      key === "env"
+        ? `env = { ${Object.entries(value as Record<string, string>)
+            .map(([k, v]) => `${k} = ${JSON.stringify(v)}`)
+            .join(", ")} }`
+        : `${key} = ${JSON.stringify(value)}`,
     );
     return `[agents.${name}]\n${lines.join("\n")}\n`;
   });
@@ -133,7 +146,10 @@ export async function startTestServer(options: TestServerOptions): Promise<TestS
   const api = async (method: string, route: string, body?: unknown) => {
     const res = await fetch(`${server.url}${route}`, {
       method,
-      headers: { authorization: `Bearer ${TEST_TOKEN}`, ...(body === undefined ? {} : { "content-type": "application/json" }) },
+      headers: {
+        authorization: `Bearer ${TEST_TOKEN}`,
+        ...(body === undefined ? {} : { "content-type": "application/json" }),
+      },
       body: body === undefined ? undefined : JSON.stringify(body),
     });
     const text = await res.text();
@@ -160,7 +176,8 @@ export async function startTestServer(options: TestServerOptions): Promise<TestS
       for (;;) {
         const { status, body } = await api("GET", `/api/runs/${id}`);
         if (status === 200 && statuses.includes(body.status)) return body;
-        if (Date.now() > deadline) throw new Error(`run ${id} did not reach ${statuses.join("|")} in ${timeoutMs} ms: ${JSON.stringify(body)}`);
+        if (Date.now() > deadline)
+          throw new Error(`run ${id} did not reach ${statuses.join("|")} in ${timeoutMs} ms: ${JSON.stringify(body)}`);
         await new Promise((r) => setTimeout(r, 50));
       }
     },

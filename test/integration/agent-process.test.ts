@@ -2,8 +2,20 @@ import { chmod, mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterEach, describe, expect, it } from "vitest";
-import { type AgentProcess, type AgentProcessOptions, OutputTail, startAgentProcess } from "../../src/sessions/agent-process.js";
-import { groupAlive, liveGroupMembers, processHasEnv, processRunning, signalGroup, stopGroup } from "../../src/sessions/process-group.js";
+import {
+  type AgentProcess,
+  type AgentProcessOptions,
+  OutputTail,
+  startAgentProcess,
+} from "../../src/sessions/agent-process.js";
+import {
+  groupAlive,
+  liveGroupMembers,
+  processHasEnv,
+  processRunning,
+  signalGroup,
+  stopGroup,
+} from "../../src/sessions/process-group.js";
 import { agentPath, type TestAgent } from "../helpers/agents/index.js";
 import { cleanupTempDirs, makeTempDir, pendingTempDirs } from "../helpers/tmp.js";
 
@@ -21,7 +33,11 @@ afterEach(async () => {
   expect(pendingTempDirs()).toEqual([]);
 });
 
-async function waitFor<T>(what: string, probe: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 5_000): Promise<T> {
+async function waitFor<T>(
+  what: string,
+  probe: () => T | undefined | false | Promise<T | undefined | false>,
+  timeoutMs = 5_000,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await probe();
@@ -50,7 +66,12 @@ async function setup(): Promise<Setup> {
   const dir = await makeTempDir("fr-agent-");
   const phaseFile = join(dir, "run", "phase");
   await mkdir(join(dir, "run"));
-  return { dir, phaseFile, logFile: join(dir, "run", "log"), env: { PATH: process.env.PATH ?? "/usr/bin:/bin", PHASE_FILE: phaseFile } };
+  return {
+    dir,
+    phaseFile,
+    logFile: join(dir, "run", "log"),
+    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", PHASE_FILE: phaseFile },
+  };
 }
 
 function start(s: Setup, overrides: Partial<AgentProcessOptions> & { agent?: TestAgent } = {}): AgentProcess {
@@ -98,7 +119,10 @@ describe("exit classes", () => {
     const denied = await start(s, { command: [notExecutable] }).exited;
     expect(denied).toEqual({ kind: "spawn_failed", message: expect.stringMatching(/plain\.txt.*EACCES/) });
 
-    expect(await start(s, { command: [] }).exited).toEqual({ kind: "spawn_failed", message: expect.stringContaining("empty") });
+    expect(await start(s, { command: [] }).exited).toEqual({
+      kind: "spawn_failed",
+      message: expect.stringContaining("empty"),
+    });
   });
 
   it("tells a missing working directory from a missing program", async () => {
@@ -112,7 +136,10 @@ describe("exit classes", () => {
     const file = join(s.dir, "a-file");
     await writeFile(file, "");
     const notDir = await start(s, { agent: "done", cwd: file }).exited;
-    expect(notDir).toEqual({ kind: "spawn_failed", message: expect.stringContaining(`working directory ${file} is not a directory`) });
+    expect(notDir).toEqual({
+      kind: "spawn_failed",
+      message: expect.stringContaining(`working directory ${file} is not a directory`),
+    });
   });
 
   it("fails to start when the log file cannot be opened", async () => {
@@ -149,7 +176,11 @@ describe("input and output", () => {
     await writeFile(logFile, "=== header by the caller ===\n");
     const agent = start(s, {
       logFile,
-      command: ["bash", "-c", "echo one; sleep 0.05; echo two >&2; sleep 0.05; echo three; sleep 0.05; printf 'four' >&2"],
+      command: [
+        "bash",
+        "-c",
+        "echo one; sleep 0.05; echo two >&2; sleep 0.05; echo three; sleep 0.05; printf 'four' >&2",
+      ],
     });
     expect(await agent.exited).toEqual({ kind: "exited", code: 0 });
     // `exited` resolves only once the log is on disk.
@@ -186,14 +217,20 @@ describe("input and output", () => {
     const s = await setup();
     let text = "";
     // "é" is C3 A9: write the two bytes apart.
-    const agent = start(s, { command: ["bash", "-c", "printf '\\xc3'; sleep 0.1; printf '\\xa9!'"], onOutput: (t) => (text += t) });
+    const agent = start(s, {
+      command: ["bash", "-c", "printf '\\xc3'; sleep 0.1; printf '\\xa9!'"],
+      onOutput: (t) => (text += t),
+    });
     await agent.exited;
     expect(text).toBe("é!");
   });
 
   it("keeps a bounded tail of the output", async () => {
     const s = await setup();
-    const agent = start(s, { tailBytes: 1024, command: ["bash", "-c", "for i in $(seq 1 5000); do echo \"line $i\"; done"] });
+    const agent = start(s, {
+      tailBytes: 1024,
+      command: ["bash", "-c", 'for i in $(seq 1 5000); do echo "line $i"; done'],
+    });
     expect(await agent.exited).toEqual({ kind: "exited", code: 0 });
     const tail = agent.tail();
     expect(Buffer.byteLength(tail)).toBeLessThanOrEqual(1024);
@@ -206,7 +243,10 @@ describe("input and output", () => {
   it("gets exactly the environment it is given", async () => {
     const s = await setup();
     const envCopy = join(s.dir, "env");
-    const agent = start(s, { agent: "env-dump", env: { ...s.env, ENV_COPY: envCopy, RUN_ID: "42", WITH_SPACE: "a b" } });
+    const agent = start(s, {
+      agent: "env-dump",
+      env: { ...s.env, ENV_COPY: envCopy, RUN_ID: "42", WITH_SPACE: "a b" },
+    });
     expect(await agent.exited).toEqual({ kind: "exited", code: 0 });
     const lines = (await readFile(envCopy, "utf8")).split("\n");
     expect(lines).toContain("RUN_ID=42");
@@ -289,7 +329,10 @@ describe("stop", () => {
 });
 
 describe("process group", () => {
-  async function startGrandchild(s: Setup, extraEnv: Record<string, string> = {}): Promise<{ agent: AgentProcess; grandchild: number }> {
+  async function startGrandchild(
+    s: Setup,
+    extraEnv: Record<string, string> = {},
+  ): Promise<{ agent: AgentProcess; grandchild: number }> {
     const pidFile = join(s.dir, "grandchild.pid");
     const agent = start(s, { agent: "grandchild", env: { ...s.env, GRANDCHILD_PID_FILE: pidFile, ...extraEnv } });
     const grandchild = Number(await waitFor("the grandchild pid", () => readIfExists(pidFile)));

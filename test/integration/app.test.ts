@@ -21,7 +21,11 @@ describe("createApp", () => {
     const res = await app.request("/readyz");
     expect(res.status).toBe(503);
     expect(await res.json()).toMatchObject({
-      error: { code: "unavailable", message: expect.stringMatching(/^database unavailable: /), database: "unavailable" },
+      error: {
+        code: "unavailable",
+        message: expect.stringMatching(/^database unavailable: /),
+        database: "unavailable",
+      },
     });
     // Liveness does not depend on the database.
     expect((await app.request("/healthz")).status).toBe(200);

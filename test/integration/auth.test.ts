@@ -38,11 +38,19 @@ describe("API authentication", () => {
   it.each([
     ["no Authorization header", {}, /missing/],
     ["a wrong token", { authorization: "Bearer wrong-token" }, /invalid API token/],
-    ["the right token with another scheme", { authorization: `Basic ${authHeaders.authorization.slice(7)}` }, /invalid API token/],
+    [
+      "the right token with another scheme",
+      { authorization: `Basic ${authHeaders.authorization.slice(7)}` },
+      /invalid API token/,
+    ],
     ["an empty bearer", { authorization: "Bearer " }, /invalid API token/],
   ])("answers 401 on every /api route for %s", async (_name, headers, message) => {
     for (const route of routes) {
-      const res = await app.request(route.path, { method: route.method, headers: { ...headers, "content-type": "application/json" }, body: route.method === "GET" ? undefined : "{}" });
+      const res = await app.request(route.path, {
+        method: route.method,
+        headers: { ...headers, "content-type": "application/json" },
+        body: route.method === "GET" ? undefined : "{}",
+      });
       expect(res.status, `${route.method} ${route.path}`).toBe(401);
       const body = (await res.json()) as { error: { code: string; message: string } };
       expect(body.error.code).toBe("unauthorized");

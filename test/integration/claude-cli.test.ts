@@ -10,8 +10,13 @@ import { fileURLToPath } from "node:url";
 import { execa } from "execa";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { startAgentProcess } from "../../src/sessions/agent-process.js";
-import { type StreamSummary, StreamJsonReader } from "../../src/sessions/stream-json.js";
-import { type FakeAnthropic, messageTexts as texts, NO_MORE_SCRIPT, startFakeAnthropic } from "../helpers/fake-anthropic.js";
+import { StreamJsonReader, type StreamSummary } from "../../src/sessions/stream-json.js";
+import {
+  type FakeAnthropic,
+  NO_MORE_SCRIPT,
+  startFakeAnthropic,
+  messageTexts as texts,
+} from "../helpers/fake-anthropic.js";
 import { cleanupTempDirs, makeTempDir, pendingTempDirs } from "../helpers/tmp.js";
 
 const CLAUDE = fileURLToPath(new URL("../../node_modules/.bin/claude", import.meta.url));
@@ -34,7 +39,12 @@ let box: Sandbox;
 beforeEach(async () => {
   fake = await startFakeAnthropic();
   const root = await makeTempDir("fr-claude-");
-  box = { cwd: join(root, "work"), home: join(root, "home"), tmp: join(root, "tmp"), phaseFile: join(root, "run", "phase") };
+  box = {
+    cwd: join(root, "work"),
+    home: join(root, "home"),
+    tmp: join(root, "tmp"),
+    phaseFile: join(root, "run", "phase"),
+  };
   await Promise.all([box.cwd, box.home, box.tmp, join(root, "run")].map((dir) => mkdir(dir)));
 });
 
@@ -76,7 +86,10 @@ interface CliRun {
   resultCalls: number;
 }
 
-async function runClaude(prompt: string, options: { args?: string[]; env?: Record<string, string> } = {}): Promise<CliRun> {
+async function runClaude(
+  prompt: string,
+  options: { args?: string[]; env?: Record<string, string> } = {},
+): Promise<CliRun> {
   const reader = new StreamJsonReader();
   let resultCalls = 0;
   reader.onResult = () => {
@@ -101,7 +114,14 @@ async function runClaude(prompt: string, options: { args?: string[]; env?: Recor
   });
   const result = await subprocess;
   reader.end();
-  const run = { exitCode: result.exitCode, summary: reader.summary, stdout, stderr: String(result.stderr), elapsedMs: Date.now() - started, resultCalls };
+  const run = {
+    exitCode: result.exitCode,
+    summary: reader.summary,
+    stdout,
+    stderr: String(result.stderr),
+    elapsedMs: Date.now() - started,
+    resultCalls,
+  };
   if (result.timedOut) throw new Error(`claude did not finish in ${RUN_TIMEOUT_MS} ms\n${show(run)}`);
   return run;
 }
@@ -117,7 +137,10 @@ describe("Claude Code CLI against the fake API", () => {
   });
 
   it("runs a scripted Bash tool call that writes the phase file, and reports it in stream-json", async () => {
-    fake.script([{ bash: 'printf "PHASE:done\\n" > "$PHASE_FILE"', description: "Write the phase file" }, { text: "Wrote PHASE:done." }]);
+    fake.script([
+      { bash: 'printf "PHASE:done\\n" > "$PHASE_FILE"', description: "Write the phase file" },
+      { text: "Wrote PHASE:done." },
+    ]);
 
     const run = await runClaude("Write PHASE:done to the phase file.\n");
 
@@ -125,7 +148,13 @@ describe("Claude Code CLI against the fake API", () => {
     expect(await readFile(box.phaseFile, "utf8")).toBe("PHASE:done\n");
     const { summary } = run;
     expect(summary.sessionId).toMatch(SESSION_ID);
-    expect(summary.result).toMatchObject({ subtype: "success", isError: false, sessionId: summary.sessionId, result: "Wrote PHASE:done.", numTurns: 2 });
+    expect(summary.result).toMatchObject({
+      subtype: "success",
+      isError: false,
+      sessionId: summary.sessionId,
+      result: "Wrote PHASE:done.",
+      numTurns: 2,
+    });
     expect(summary.turns).toBe(2);
     expect(summary.toolCalls).toBe(1);
     expect(summary.result?.totalCostUsd).toBeGreaterThan(0);
@@ -165,8 +194,14 @@ describe("Claude Code CLI against the fake API", () => {
     expect(second.summary.result).toMatchObject({ isError: false, result: "Painting it blue.", numTurns: 1 });
     expect(fake.requests).toHaveLength(2);
     // The CLI adds a <system-reminder> user block and a mid-conversation "system" message (agent types, skills).
-    const history = texts(fake.requests[1]?.body).filter((t) => /^(user|assistant): /.test(t) && !t.includes("<system-reminder>"));
-    expect(history).toEqual(["user: Paint the button. Ask me the colour first.", "assistant: Which colour should the button be?", "user: The reply: blue."]);
+    const history = texts(fake.requests[1]?.body).filter(
+      (t) => /^(user|assistant): /.test(t) && !t.includes("<system-reminder>"),
+    );
+    expect(history).toEqual([
+      "user: Paint the button. Ask me the colour first.",
+      "assistant: Which colour should the button be?",
+      "user: The reply: blue.",
+    ]);
   });
 
   it("reports a 529 as overloaded after the retries CLAUDE_CODE_MAX_RETRIES allows, and exits 1", async () => {
@@ -181,7 +216,12 @@ describe("Claude Code CLI against the fake API", () => {
     expect(run.summary.lastApiRetry).toMatchObject({ attempt: 1, maxRetries: 1, status: 529, error: "overloaded" });
     expect(run.summary.apiError).toMatchObject({ kind: "overloaded", status: 529 });
     expect(run.summary.apiError?.message).toMatch(/^API Error: 529 Overloaded/);
-    expect(run.summary.result).toMatchObject({ subtype: "success", isError: true, apiErrorStatus: 529, totalCostUsd: 0 });
+    expect(run.summary.result).toMatchObject({
+      subtype: "success",
+      isError: true,
+      apiErrorStatus: 529,
+      totalCostUsd: 0,
+    });
     // One retry backs off about 0.5-0.63 s; the default (10 retries) takes about 3 minutes.
     expect(run.elapsedMs).toBeLessThan(15_000);
   });
@@ -194,7 +234,11 @@ describe("Claude Code CLI against the fake API", () => {
     expect(run.exitCode, show(run)).toBe(1);
     expect(fake.requests).toHaveLength(1);
     expect(run.summary.apiRetries).toBe(0);
-    expect(run.summary.apiError).toEqual({ kind: "authentication", status: 401, message: "Invalid API key · Fix external API key" });
+    expect(run.summary.apiError).toEqual({
+      kind: "authentication",
+      status: 401,
+      message: "Invalid API key · Fix external API key",
+    });
     expect(run.summary.result).toMatchObject({ isError: true, apiErrorStatus: 401 });
     expect(run.summary.sessionId).toMatch(SESSION_ID);
     expect(run.elapsedMs).toBeLessThan(15_000);
@@ -236,13 +280,19 @@ describe("Claude Code CLI against the fake API", () => {
 
 describe("fake Anthropic API", () => {
   async function post(path: string, body: unknown): Promise<{ status: number; type: string | null; text: string }> {
-    const response = await fetch(`${fake.url}${path}`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+    const response = await fetch(`${fake.url}${path}`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
     return { status: response.status, type: response.headers.get("content-type"), text: await response.text() };
   }
   const tools = [{ name: "Bash", description: "run", input_schema: { type: "object" } }];
 
   it("answers the CLI's title request (recorded from 2.1.197) without consuming the script", async () => {
-    const titleRequest = JSON.parse(await readFile(fileURLToPath(new URL("../fixtures/claude/title-request.json", import.meta.url)), "utf8"));
+    const titleRequest = JSON.parse(
+      await readFile(fileURLToPath(new URL("../fixtures/claude/title-request.json", import.meta.url)), "utf8"),
+    );
     fake.script([{ text: "main answer" }]);
 
     const title = await post("/v1/messages?beta=true", { ...titleRequest, stream: false });
@@ -258,9 +308,16 @@ describe("fake Anthropic API", () => {
   it("streams scripted turns as server-sent events and falls back to a plain end_turn when the script is used up", async () => {
     fake.script([{ bash: "ls", description: "List" }]);
 
-    const tool = await post("/v1/messages", { model: "m", stream: true, tools, messages: [{ role: "user", content: "hi" }] });
+    const tool = await post("/v1/messages", {
+      model: "m",
+      stream: true,
+      tools,
+      messages: [{ role: "user", content: "hi" }],
+    });
     expect(tool.type).toMatch(/^text\/event-stream/);
-    const events = [...tool.text.matchAll(/^event: (\S+)\ndata: (.*)$/gm)].map((m) => [m[1], JSON.parse(m[2] as string)] as const);
+    const events = [...tool.text.matchAll(/^event: (\S+)\ndata: (.*)$/gm)].map(
+      (m) => [m[1], JSON.parse(m[2] as string)] as const,
+    );
     // Consecutive deltas folded into one.
     expect(events.map(([name]) => name).filter((name, i, all) => name !== all[i - 1])).toEqual([
       "message_start",
@@ -271,23 +328,44 @@ describe("fake Anthropic API", () => {
       "message_delta",
       "message_stop",
     ]);
-    const json = events.filter(([name, data]) => name === "content_block_delta" && data.delta.type === "input_json_delta").map(([, data]) => data.delta.partial_json as string);
+    const json = events
+      .filter(([name, data]) => name === "content_block_delta" && data.delta.type === "input_json_delta")
+      .map(([, data]) => data.delta.partial_json as string);
     expect(JSON.parse(json.join(""))).toEqual({ command: "ls", description: "List" });
     expect(events.find(([name]) => name === "message_delta")?.[1].delta.stop_reason).toBe("tool_use");
 
-    const rest = await post("/v1/messages", { model: "m", stream: false, tools, messages: [{ role: "user", content: "hi" }] });
-    expect(JSON.parse(rest.text)).toMatchObject({ type: "message", content: [{ type: "text", text: NO_MORE_SCRIPT }], stop_reason: "end_turn" });
+    const rest = await post("/v1/messages", {
+      model: "m",
+      stream: false,
+      tools,
+      messages: [{ role: "user", content: "hi" }],
+    });
+    expect(JSON.parse(rest.text)).toMatchObject({
+      type: "message",
+      content: [{ type: "text", text: NO_MORE_SCRIPT }],
+      stop_reason: "end_turn",
+    });
     expect(fake.requests).toHaveLength(2);
   });
 
   it("answers scripted errors, count_tokens and unknown paths", async () => {
-    fake.script([{ error: { status: 429, type: "rate_limit_error", message: "slow down", headers: { "retry-after": "7" } } }]);
-    const response = await fetch(`${fake.url}/v1/messages`, { method: "POST", body: JSON.stringify({ model: "m", tools, messages: [] }) });
+    fake.script([
+      { error: { status: 429, type: "rate_limit_error", message: "slow down", headers: { "retry-after": "7" } } },
+    ]);
+    const response = await fetch(`${fake.url}/v1/messages`, {
+      method: "POST",
+      body: JSON.stringify({ model: "m", tools, messages: [] }),
+    });
     expect(response.status).toBe(429);
     expect(response.headers.get("retry-after")).toBe("7");
-    expect(await response.json()).toMatchObject({ type: "error", error: { type: "rate_limit_error", message: "slow down" } });
+    expect(await response.json()).toMatchObject({
+      type: "error",
+      error: { type: "rate_limit_error", message: "slow down" },
+    });
 
-    expect(JSON.parse((await post("/v1/messages/count_tokens", { model: "m", messages: [] })).text)).toEqual({ input_tokens: 100 });
+    expect(JSON.parse((await post("/v1/messages/count_tokens", { model: "m", messages: [] })).text)).toEqual({
+      input_tokens: 100,
+    });
     expect((await post("/v1/nothing", {})).status).toBe(404);
     expect((await fetch(fake.url, { method: "HEAD" })).status).toBe(200);
     expect(fake.sideRequests.map((r) => r.kind)).toEqual(["count_tokens", "other", "other"]);

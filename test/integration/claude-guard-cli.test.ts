@@ -79,7 +79,9 @@ async function runClaude(settings: string, prompt: string, extraArgs: string[] =
     exitCode: result.exitCode,
     stdout,
     /** The stream-json lines, parsed. */
-    events: stdout.split("\n").flatMap((line) => (line.startsWith("{") ? [JSON.parse(line) as Record<string, any>] : [])),
+    events: stdout
+      .split("\n")
+      .flatMap((line) => (line.startsWith("{") ? [JSON.parse(line) as Record<string, any>] : [])),
     shown: `exit ${result.exitCode}\nstdout:\n${stdout.slice(-4000)}\nstderr:\n${String(result.stderr).slice(-2000)}`,
   };
 }
@@ -92,7 +94,13 @@ function toolResults(body: any): string[] {
     for (const block of message.content) {
       if (block?.type !== "tool_result") continue;
       const content = block.content;
-      out.push(typeof content === "string" ? content : Array.isArray(content) ? content.map((c: { text?: string }) => c.text ?? "").join("") : "");
+      out.push(
+        typeof content === "string"
+          ? content
+          : Array.isArray(content)
+            ? content.map((c: { text?: string }) => c.text ?? "").join("")
+            : "",
+      );
     }
   }
   return out;
@@ -103,53 +111,77 @@ describe("Claude Code CLI with the formula-runner settings", () => {
     expect(existsSync(CLAUDE), `${CLAUDE} is missing: run npm ci`).toBe(true);
   });
 
-  it("blocks a force-push of the primary branch with the guard's reason, and runs an allowed command", async () => {
-    // A local history that differs from origin's: a force-push that got through would move origin.
-    await runGit(repo.clone, "commit", "--quiet", "--amend", "-m", "rewritten history");
-    const originBefore = await repo.head();
-    const settings = await writeClaudeSettings({ runDir, worktree: repo.clone, primaryBranch: "main", phaseProtocol: "Write PHASE:done when done.\n" });
-    fake.script([{ bash: "git push --force origin main", description: "Force-push" }, { bash: "echo ok > out.txt", description: "Write a file" }, { text: "Done." }]);
+  it(
+    "blocks a force-push of the primary branch with the guard's reason, and runs an allowed command",
+    async () => {
+      // A local history that differs from origin's: a force-push that got through would move origin.
+      await runGit(repo.clone, "commit", "--quiet", "--amend", "-m", "rewritten history");
+      const originBefore = await repo.head();
+      const settings = await writeClaudeSettings({
+        runDir,
+        worktree: repo.clone,
+        primaryBranch: "main",
+        phaseProtocol: "Write PHASE:done when done.\n",
+      });
+      fake.script([
+        { bash: "git push --force origin main", description: "Force-push" },
+        { bash: "echo ok > out.txt", description: "Write a file" },
+        { text: "Done." },
+      ]);
 
-    const { exitCode, shown } = await runClaude(settings, "Publish the change.");
+      const { exitCode, shown } = await runClaude(settings, "Publish the change.");
 
-    expect(exitCode, shown).toBe(0);
-    expect(fake.requests, shown).toHaveLength(3);
-    const afterPush = toolResults(fake.requests[1]?.body);
-    expect(afterPush).toHaveLength(1);
-    expect(afterPush[0]).toContain('`git push --force origin main` force-pushes to the primary branch "main"');
-    expect(afterPush[0]).toContain("open a pull request");
-    expect(await repo.head()).toBe(originBefore);
+      expect(exitCode, shown).toBe(0);
+      expect(fake.requests, shown).toHaveLength(3);
+      const afterPush = toolResults(fake.requests[1]?.body);
+      expect(afterPush).toHaveLength(1);
+      expect(afterPush[0]).toContain('`git push --force origin main` force-pushes to the primary branch "main"');
+      expect(afterPush[0]).toContain("open a pull request");
+      expect(await repo.head()).toBe(originBefore);
 
-    const afterEcho = toolResults(fake.requests[2]?.body);
-    expect(afterEcho).toHaveLength(2);
-    expect(afterEcho[1]).not.toContain("formula-runner");
-    expect(await readFile(join(repo.clone, "out.txt"), "utf8")).toBe("ok\n");
-  }, TEST_TIMEOUT_MS);
+      const afterEcho = toolResults(fake.requests[2]?.body);
+      expect(afterEcho).toHaveLength(2);
+      expect(afterEcho[1]).not.toContain("formula-runner");
+      expect(await readFile(join(repo.clone, "out.txt"), "utf8")).toBe("ok\n");
+    },
+    TEST_TIMEOUT_MS,
+  );
 
-  it("gives the phase protocol to the model again after a compaction", async () => {
-    const protocol = "PHASE PROTOCOL: when the work is done, write PHASE:done as the first line of $PHASE_FILE.\n";
-    const settings = await writeClaudeSettings({ runDir, worktree: repo.clone, primaryBranch: "main", phaseProtocol: protocol });
-    const marker = "PHASE PROTOCOL: when the work is done";
-    // /compact needs some history: a few tool calls.
-    fake.script([{ bash: "echo one" }, { bash: "echo two" }, { bash: "echo three" }, { text: "Three echoes." }]);
-    const first = await runClaude(settings, "Echo three times.");
-    expect(first.exitCode, first.shown).toBe(0);
-    const sessionId = first.events.find((e) => e.type === "result")?.session_id as string;
-    // The hook runs only on compaction: nothing of the protocol so far.
-    expect(JSON.stringify(fake.requests.map((r) => r.body))).not.toContain(marker);
+  it(
+    "gives the phase protocol to the model again after a compaction",
+    async () => {
+      const protocol = "PHASE PROTOCOL: when the work is done, write PHASE:done as the first line of $PHASE_FILE.\n";
+      const settings = await writeClaudeSettings({
+        runDir,
+        worktree: repo.clone,
+        primaryBranch: "main",
+        phaseProtocol: protocol,
+      });
+      const marker = "PHASE PROTOCOL: when the work is done";
+      // /compact needs some history: a few tool calls.
+      fake.script([{ bash: "echo one" }, { bash: "echo two" }, { bash: "echo three" }, { text: "Three echoes." }]);
+      const first = await runClaude(settings, "Echo three times.");
+      expect(first.exitCode, first.shown).toBe(0);
+      const sessionId = first.events.find((e) => e.type === "result")?.session_id as string;
+      // The hook runs only on compaction: nothing of the protocol so far.
+      expect(JSON.stringify(fake.requests.map((r) => r.body))).not.toContain(marker);
 
-    // The compaction's summary request is a tool-carrying conversation request: it takes the next turn.
-    fake.script([{ text: "Summary: echoed three times." }]);
-    const compact = await runClaude(settings, "/compact", ["--resume", sessionId]);
-    expect(compact.exitCode, compact.shown).toBe(0);
-    const hook = compact.events.find((e) => e.type === "system" && e.subtype === "hook_response" && e.hook_name === "SessionStart:compact");
-    expect(hook, compact.shown).toMatchObject({ exit_code: 0, outcome: "success", stdout: protocol });
+      // The compaction's summary request is a tool-carrying conversation request: it takes the next turn.
+      fake.script([{ text: "Summary: echoed three times." }]);
+      const compact = await runClaude(settings, "/compact", ["--resume", sessionId]);
+      expect(compact.exitCode, compact.shown).toBe(0);
+      const hook = compact.events.find(
+        (e) => e.type === "system" && e.subtype === "hook_response" && e.hook_name === "SessionStart:compact",
+      );
+      expect(hook, compact.shown).toMatchObject({ exit_code: 0, outcome: "success", stdout: protocol });
 
-    fake.script([{ text: "Continuing." }]);
-    const before = fake.requests.length;
-    const next = await runClaude(settings, "Go on.", ["--resume", sessionId]);
-    expect(next.exitCode, next.shown).toBe(0);
-    expect(fake.requests.length).toBe(before + 1);
-    expect(JSON.stringify(fake.requests.at(-1)?.body)).toContain(`SessionStart:compact hook success: ${marker}`);
-  }, TEST_TIMEOUT_MS);
+      fake.script([{ text: "Continuing." }]);
+      const before = fake.requests.length;
+      const next = await runClaude(settings, "Go on.", ["--resume", sessionId]);
+      expect(next.exitCode, next.shown).toBe(0);
+      expect(fake.requests.length).toBe(before + 1);
+      expect(JSON.stringify(fake.requests.at(-1)?.body)).toContain(`SessionStart:compact hook success: ${marker}`);
+    },
+    TEST_TIMEOUT_MS,
+  );
 });

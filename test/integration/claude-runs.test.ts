@@ -10,7 +10,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { testBackends } from "../helpers/db.js";
-import { type FakeAnthropic, messageTexts as texts, startFakeAnthropic } from "../helpers/fake-anthropic.js";
+import { type FakeAnthropic, startFakeAnthropic, messageTexts as texts } from "../helpers/fake-anthropic.js";
 import { startTestServer, type TestServer, testFormula } from "../helpers/test-server.js";
 import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
 
@@ -18,7 +18,10 @@ const BIN = fileURLToPath(new URL("../../node_modules/.bin", import.meta.url));
 const SESSION_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const CLAUDE_ARGS = ["-p", "--output-format", "stream-json", "--verbose", "--dangerously-skip-permissions"];
 
-const writePhase = (lines: string) => ({ bash: `printf '${lines}' > "$PHASE_FILE"`, description: "Write the phase file" });
+const writePhase = (lines: string) => ({
+  bash: `printf '${lines}' > "$PHASE_FILE"`,
+  description: "Write the phase file",
+});
 
 describe.each(testBackends())("claude agent runs, on %s", (backend) => {
   let t: TestServer;
@@ -87,7 +90,10 @@ describe.each(testBackends())("claude agent runs, on %s", (backend) => {
   });
 
   it("asks, gets the answer through --resume of the same conversation, and finishes", async () => {
-    fake.script([writePhase("PHASE:escalate\\nPostgreSQL or SQLite?\\n"), { text: "I asked; waiting for the answer." }]);
+    fake.script([
+      writePhase("PHASE:escalate\\nPostgreSQL or SQLite?\\n"),
+      { text: "I asked; waiting for the answer." },
+    ]);
     const { body } = await t.api("POST", "/api/runs", { formula: "work", issue: 4 });
     const escalated = await t.waitForRun(body.id, ["escalated", "done", "failed", "crashed"], 60_000);
     expect(escalated.status, JSON.stringify(escalated)).toBe("escalated");
@@ -96,7 +102,9 @@ describe.each(testBackends())("claude agent runs, on %s", (backend) => {
     expect(firstId).toMatch(SESSION_ID);
 
     fake.script([writePhase("PHASE:done\\n"), { text: "Used PostgreSQL." }]);
-    expect((await t.api("POST", `/api/runs/${body.id}/reply`, { body: "PostgreSQL, please.", author: "alice" })).status).toBe(202);
+    expect(
+      (await t.api("POST", `/api/runs/${body.id}/reply`, { body: "PostgreSQL, please.", author: "alice" })).status,
+    ).toBe(202);
     const done = await t.waitForRun(body.id, ["done", "failed", "crashed", "timed_out"], 60_000);
 
     expect(done.status, JSON.stringify(done)).toBe("done");
@@ -110,15 +118,27 @@ describe.each(testBackends())("claude agent runs, on %s", (backend) => {
     expect(resumed).toContain("PostgreSQL or SQLite?");
     expect(resumed).toMatch(/<<<UNTRUSTED-INPUT \w+ \(reply by @alice\)\nPostgreSQL, please\.\nUNTRUSTED-INPUT \w+>>>/);
     // The continuation prompt does not repeat the steps, but does repeat the phase protocol.
-    const lastUser = texts(fake.requests[2]?.body).filter((line) => line.startsWith("user: ") && line.includes("Answer to your question"));
+    const lastUser = texts(fake.requests[2]?.body).filter(
+      (line) => line.startsWith("user: ") && line.includes("Answer to your question"),
+    );
     expect(lastUser).toHaveLength(1);
     expect(lastUser[0]).toContain("## Phase protocol");
     expect(lastUser[0]).not.toContain("## Steps");
   });
 
   it.each([
-    { status: 529, type: "overloaded_error", message: "Overloaded", reason: /model API failed \(overloaded, HTTP 529\)/ },
-    { status: 401, type: "authentication_error", message: "invalid x-api-key", reason: /model API failed \(authentication, HTTP 401\)/ },
+    {
+      status: 529,
+      type: "overloaded_error",
+      message: "Overloaded",
+      reason: /model API failed \(overloaded, HTTP 529\)/,
+    },
+    {
+      status: 401,
+      type: "authentication_error",
+      message: "invalid x-api-key",
+      reason: /model API failed \(authentication, HTTP 401\)/,
+    },
   ])("fails without a recovery session when the API answers $status", async ({ status, type, message, reason }) => {
     fake.script([{ error: { status, type, message } }]);
     const { body } = await t.api("POST", "/api/runs", { formula: "work" });
@@ -138,7 +158,9 @@ describe.each(testBackends())("claude agent runs, on %s", (backend) => {
     const run = await t.waitForRun(body.id, ["done", "failed", "crashed", "timed_out"], 60_000);
 
     expect(run.status, JSON.stringify(run)).toBe("failed");
-    expect(run.detail).toContain("reported its final result without writing a phase, then did not exit; it was stopped");
+    expect(run.detail).toContain(
+      "reported its final result without writing a phase, then did not exit; it was stopped",
+    );
     expect(run.sessions[0].signal).toBe("SIGTERM");
     expect(run.sessions[0].agent_session_id).toMatch(SESSION_ID);
     // The 300 s sleep was cut short by the 1 s result grace, not by the 60 s idle timeout.

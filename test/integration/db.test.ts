@@ -53,7 +53,13 @@ describe.each(testBackends())("database on %s", (kind) => {
     expect(run).toMatchObject({ status: "queued", attempt: 0, issue: null });
     expect(run?.queuedAt).toBeInstanceOf(Date);
     await expect(
-      t.database.db.insert(runs).values({ formula: "dev", project: "demo", triggerKind: "dispatch", triggerRef: "x", status: "bogus" as never }),
+      t.database.db.insert(runs).values({
+        formula: "dev",
+        project: "demo",
+        triggerKind: "dispatch",
+        triggerRef: "x",
+        status: "bogus" as never,
+      }),
     ).rejects.toThrow();
   });
 
@@ -65,7 +71,13 @@ describe.each(testBackends())("database on %s", (kind) => {
 
     const slot = { formula: "planner", project: "demo", slotAt: new Date("2026-11-25T06:00:00Z"), instanceId: "i1" };
     expect(await t.database.db.insert(scheduleSlots).values(slot).onConflictDoNothing().returning()).toHaveLength(1);
-    expect(await t.database.db.insert(scheduleSlots).values({ ...slot, instanceId: "i2" }).onConflictDoNothing().returning()).toHaveLength(0);
+    expect(
+      await t.database.db
+        .insert(scheduleSlots)
+        .values({ ...slot, instanceId: "i2" })
+        .onConflictDoNothing()
+        .returning(),
+    ).toHaveLength(0);
   });
 
   it("rolls a failed transaction back", async () => {
@@ -81,9 +93,14 @@ describe.each(testBackends())("database on %s", (kind) => {
 
   it("claims each queued run once with FOR UPDATE SKIP LOCKED", async () => {
     await t.database.db.delete(runs);
-    await t.database.db
-      .insert(runs)
-      .values(Array.from({ length: 6 }, (_, i) => ({ formula: "f", project: "p", triggerKind: "dispatch" as const, triggerRef: `r${i}` })));
+    await t.database.db.insert(runs).values(
+      Array.from({ length: 6 }, (_, i) => ({
+        formula: "f",
+        project: "p",
+        triggerKind: "dispatch" as const,
+        triggerRef: `r${i}`,
+      })),
+    );
     const claim = () =>
       t.database.db.transaction(async (tx) => {
         const [next] = await tx
@@ -124,7 +141,9 @@ describe("PGlite on disk", () => {
     const other = spawn("sleep", ["30"], { stdio: "ignore" });
     try {
       await writeFile(path.join(dataDir, "formula-runner.lock"), String(other.pid));
-      await expect(openDatabase({ dataDir })).rejects.toThrow(new RegExp(`in use by process ${other.pid}.*DATABASE_URL`, "s"));
+      await expect(openDatabase({ dataDir })).rejects.toThrow(
+        new RegExp(`in use by process ${other.pid}.*DATABASE_URL`, "s"),
+      );
     } finally {
       other.kill("SIGKILL");
     }
@@ -146,7 +165,11 @@ postgresOnly("migrations on PostgreSQL", () => {
     const t = await openTestDatabase("postgres");
     try {
       await t.database.rows(sql`drop table formula_runner_migrations`);
-      await t.database.rows(sql.raw("drop table escalation_replies, phases, escalations, sessions, worktrees, outbox, schedule_slots, runs, deliveries, instances cascade"));
+      await t.database.rows(
+        sql.raw(
+          "drop table escalation_replies, phases, escalations, sessions, worktrees, outbox, schedule_slots, runs, deliveries, instances cascade",
+        ),
+      );
       const url = t.url as string;
       const a = await openDatabase({ url });
       const b = await openDatabase({ url });

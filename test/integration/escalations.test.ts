@@ -14,7 +14,11 @@ const FORGE_TOKEN = "forge-token-escalations-42";
 /** An agent credential the server passes through to agents. */
 const MODEL_KEY = "sk-ant-model-key-escalations-7";
 
-const eventually = async <T>(probe: () => Promise<T | undefined | false>, timeoutMs = 20_000, what = "condition"): Promise<T> => {
+const eventually = async <T>(
+  probe: () => Promise<T | undefined | false>,
+  timeoutMs = 20_000,
+  what = "condition",
+): Promise<T> => {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await probe();
@@ -37,16 +41,30 @@ describe.each(testBackends())("escalations through the forge, on %s", (backend) 
       backend,
       now: () => new Date(clock),
       env: { DEMO_SECRET: SECRET, DEMO_TOKEN: FORGE_TOKEN, ANTHROPIC_API_KEY: MODEL_KEY },
-      project: { webhook_secret_env: "DEMO_SECRET", token_env: "DEMO_TOKEN", forge_url: forge.url, bot_login: "runner-bot", escalation_issue: 99 },
+      project: {
+        webhook_secret_env: "DEMO_SECRET",
+        token_env: "DEMO_TOKEN",
+        forge_url: forge.url,
+        bot_login: "runner-bot",
+        escalation_issue: 99,
+      },
       formulas: {
-        ask: testFormula("ask", { agent: "escalate", escalation_timeout: "1h", env: { REPLY_COPY: replyFile, PROMPT_COPY: promptFile } }),
+        ask: testFormula("ask", {
+          agent: "escalate",
+          escalation_timeout: "1h",
+          env: { REPLY_COPY: replyFile, PROMPT_COPY: promptFile },
+        }),
         leak: testFormula("leak", { agent: "leak", report: "always" }),
         quick: testFormula("quick"),
       },
       agents: {
         escalate: "escalate",
         // Prints the forge token it was given, then fails: the comment must not show it.
-        leak: ["bash", "-c", 'cat >/dev/null; echo "token is $DEMO_TOKEN, key is $ANTHROPIC_API_KEY"; printf "PHASE:failed\\nReason: leaked $DEMO_TOKEN\\n" > "$PHASE_FILE"'],
+        leak: [
+          "bash",
+          "-c",
+          'cat >/dev/null; echo "token is $DEMO_TOKEN, key is $ANTHROPIC_API_KEY"; printf "PHASE:failed\\nReason: leaked $DEMO_TOKEN\\n" > "$PHASE_FILE"',
+        ],
       },
     });
     forge.setPermission("acme/demo", "alice", "write");
@@ -60,8 +78,13 @@ describe.each(testBackends())("escalations through the forge, on %s", (backend) 
   });
 
   const comments = (issue: number) => forge.issue("acme/demo", issue).comments;
-  const markerComments = (issue: number, runId: number) => comments(issue).filter((c) => c.body.includes(`<!-- formula-runner:run:${runId} -->`));
-  const replyWebhook = (comment: { id: number; body: string; user: { login: string } }, issue: number, deliveryId?: string) => {
+  const markerComments = (issue: number, runId: number) =>
+    comments(issue).filter((c) => c.body.includes(`<!-- formula-runner:run:${runId} -->`));
+  const replyWebhook = (
+    comment: { id: number; body: string; user: { login: string } },
+    issue: number,
+    deliveryId?: string,
+  ) => {
     const payload = loadFixture("github/issue_comment.created.json");
     payload.repository.full_name = "acme/demo";
     payload.issue.number = issue;
@@ -69,33 +92,64 @@ describe.each(testBackends())("escalations through the forge, on %s", (backend) 
     payload.comment.body = comment.body;
     payload.comment.user.login = comment.user.login;
     payload.sender.login = comment.user.login;
-    const signed = signedWebhook({ forge: "github", event: "issue_comment", payload, secret: SECRET, ...(deliveryId ? { deliveryId } : {}) });
+    const signed = signedWebhook({
+      forge: "github",
+      event: "issue_comment",
+      payload,
+      secret: SECRET,
+      ...(deliveryId ? { deliveryId } : {}),
+    });
     return fetch(`${t.url}/webhooks`, { method: "POST", headers: signed.headers, body: signed.body });
   };
 
   it("asks on the issue, ignores a reply without write access, resumes exactly once with a permitted one", async () => {
     const { body } = await t.api("POST", "/api/runs", { formula: "ask", issue: 7, actor: "carol" });
     const escalated = await t.waitForRun(body.id, ["escalated"]);
-    expect(escalated.escalations[0]).toMatchObject({ state: "open", issue: 7, question: "Should I drop the legacy API?\nIt has no callers left, but the README mentions it." });
+    expect(escalated.escalations[0]).toMatchObject({
+      state: "open",
+      issue: 7,
+      question: "Should I drop the legacy API?\nIt has no callers left, but the README mentions it.",
+    });
 
     // The question goes out as its own comment, mentioning who started the run.
-    const question = await eventually(async () => comments(7).find((c) => c.body.includes("needs an answer")), 20_000, "question comment");
+    const question = await eventually(
+      async () => comments(7).find((c) => c.body.includes("needs an answer")),
+      20_000,
+      "question comment",
+    );
     expect(question.body).toContain("@carol run");
     expect(question.body).toContain("> Should I drop the legacy API?");
     expect(question.user.login).toBe("runner-bot");
     // bigint columns come back as strings from postgres.js raw queries: compared as numbers.
-    await eventually(async () => Number((await t.db.database.rows<{ comment_id: string | number | null }>(sql`select comment_id from escalations where run_id = ${body.id}`))[0]?.comment_id) === question.id, 10_000, "question id stored");
+    await eventually(
+      async () =>
+        Number(
+          (
+            await t.db.database.rows<{ comment_id: string | number | null }>(
+              sql`select comment_id from escalations where run_id = ${body.id}`,
+            )
+          )[0]?.comment_id,
+        ) === question.id,
+      10_000,
+      "question id stored",
+    );
 
     // A reply from someone with read access only: recorded, not delivered.
     const early = forge.addComment("acme/demo", 7, { login: "mallory", body: "just do it" });
     expect((await replyWebhook(early, 7)).status).toBe(202);
-    const replies = await t.db.database.rows<{ author: string; outcome: string }>(sql`select author, outcome from escalation_replies order by id`);
+    const replies = await t.db.database.rows<{ author: string; outcome: string }>(
+      sql`select author, outcome from escalation_replies order by id`,
+    );
     expect(replies).toEqual([{ author: "mallory", outcome: "not permitted (read access; write needed)" }]);
     expect((await t.api("GET", `/api/runs/${body.id}`)).body.status).toBe("escalated");
 
     // A permitted reply, delivered twice with one delivery id and once more with another.
     const answer = forge.addComment("acme/demo", 7, { login: "alice", body: "Yes, drop it. Update the README too." });
-    const deliveries = await Promise.all([replyWebhook(answer, 7, "dup-1"), replyWebhook(answer, 7, "dup-1"), replyWebhook(answer, 7, "dup-2")]);
+    const deliveries = await Promise.all([
+      replyWebhook(answer, 7, "dup-1"),
+      replyWebhook(answer, 7, "dup-1"),
+      replyWebhook(answer, 7, "dup-2"),
+    ]);
     expect(deliveries.every((d) => d.status === 200 || d.status === 202)).toBe(true);
 
     const done = await t.waitForRun(body.id, ["done", "failed", "crashed"]);
@@ -104,21 +158,33 @@ describe.each(testBackends())("escalations through the forge, on %s", (backend) 
       ["initial", "escalated"],
       ["resume", "done"],
     ]);
-    expect(done.escalations[0]).toMatchObject({ state: "answered", reply_author: "alice", reply_body: "Yes, drop it. Update the README too." });
+    expect(done.escalations[0]).toMatchObject({
+      state: "answered",
+      reply_author: "alice",
+      reply_body: "Yes, drop it. Update the README too.",
+    });
     expect(await readFile(replyFile, "utf8")).toBe("Yes, drop it. Update the README too.");
     const prompt = await readFile(promptFile, "utf8");
     expect(prompt).toMatch(/## Answer to your question[\s\S]*<<<UNTRUSTED-INPUT \w+ \(reply by @alice\)\nYes, drop it/);
-    const delivered = await t.db.database.rows<{ outcome: string }>(sql`select outcome from escalation_replies where author = 'alice'`);
+    const delivered = await t.db.database.rows<{ outcome: string }>(
+      sql`select outcome from escalation_replies where author = 'alice'`,
+    );
     expect(delivered.filter((r) => r.outcome === "delivered")).toHaveLength(1);
 
     // The status comment was posted once and edited to the end; the answer acknowledged.
-    await eventually(async () => markerComments(7, body.id)[0]?.body.includes("— done") === true, 20_000, "status comment says done");
+    await eventually(
+      async () => markerComments(7, body.id)[0]?.body.includes("— done") === true,
+      20_000,
+      "status comment says done",
+    );
     expect(markerComments(7, body.id)).toHaveLength(1);
     const status = markerComments(7, body.id)[0];
     expect(status?.updated_at).not.toBe(status?.created_at);
     expect(comments(7).some((c) => c.body.startsWith("Thanks @alice"))).toBe(true);
     const posts = forge.requests.filter((r) => r.method === "POST" && r.path === "/repos/acme/demo/issues/7/comments");
-    expect(posts.filter((r) => String((r.body as { body: string }).body).includes(`formula-runner:run:${body.id}`))).toHaveLength(1);
+    expect(
+      posts.filter((r) => String((r.body as { body: string }).body).includes(`formula-runner:run:${body.id}`)),
+    ).toHaveLength(1);
   });
 
   it("answers through POST /api/runs/:id/reply too, and refuses a reply when nothing is asked", async () => {
@@ -143,8 +209,16 @@ describe.each(testBackends())("escalations through the forge, on %s", (backend) 
     const failed = await t.waitForRun(body.id, ["failed"]);
     expect(failed.detail).toBe("no reply to the agent's question within 1 h (escalation_timeout)");
     expect(failed.escalations[0].state).toBe("expired");
-    await eventually(async () => forge.issue("acme/demo", 9).labels.some((l) => l.name === "blocked"), 20_000, "blocked label");
-    await eventually(async () => comments(9).some((c) => c.body.includes("waited 1 h for an answer")), 20_000, "timeout comment");
+    await eventually(
+      async () => forge.issue("acme/demo", 9).labels.some((l) => l.name === "blocked"),
+      20_000,
+      "blocked label",
+    );
+    await eventually(
+      async () => comments(9).some((c) => c.body.includes("waited 1 h for an answer")),
+      20_000,
+      "timeout comment",
+    );
     expect(failed.worktree?.state ?? "removed").not.toBe("active");
     clock = Date.now();
   });
@@ -157,7 +231,11 @@ describe.each(testBackends())("escalations through the forge, on %s", (backend) 
     const cancelled = await t.waitForRun(body.id, ["cancelled"]);
     expect(cancelled.worktree.state).toBe("removed");
     expect(cancelled.escalations[0].state).toBe("cancelled");
-    await eventually(async () => markerComments(12, body.id)[0]?.body.includes("— cancelled") === true, 20_000, "status comment says cancelled");
+    await eventually(
+      async () => markerComments(12, body.id)[0]?.body.includes("— cancelled") === true,
+      20_000,
+      "status comment says cancelled",
+    );
     expect(markerComments(12, body.id)).toHaveLength(1);
   });
 
@@ -166,10 +244,14 @@ describe.each(testBackends())("escalations through the forge, on %s", (backend) 
     const run = await t.waitForRun(body.id);
     expect(run.status).toBe("failed");
     // report = "always" and no issue: the project's escalation_issue gets the status comment.
-    const status = await eventually(async () => {
-      const c = markerComments(99, body.id)[0];
-      return c?.body.includes("— failed") ? c : undefined;
-    }, 20_000, "status comment on the escalation issue");
+    const status = await eventually(
+      async () => {
+        const c = markerComments(99, body.id)[0];
+        return c?.body.includes("— failed") ? c : undefined;
+      },
+      20_000,
+      "status comment on the escalation issue",
+    );
     expect(status.body).toContain("token is [redacted], key is [redacted]");
     for (const issue of [7, 8, 9, 12, 99]) {
       for (const c of comments(issue)) {
@@ -187,13 +269,19 @@ describe.each(testBackends())("escalations through the forge, on %s", (backend) 
       const run = await t.waitForRun(body.id);
       expect(run.status).toBe("done");
       expect(comments(11)).toEqual([]);
-      const pending = await t.db.database.rows<{ n: number }>(sql`select count(*)::int as n from outbox where run_id = ${body.id} and state = 'pending'`);
+      const pending = await t.db.database.rows<{ n: number }>(
+        sql`select count(*)::int as n from outbox where run_id = ${body.id} and state = 'pending'`,
+      );
       expect(pending[0]?.n).toBeGreaterThan(0);
       forge.setDown(false);
       // Backoff would wait seconds to minutes: make the pending rows due now.
       await t.db.database.rows(sql`update outbox set next_attempt_at = now() where state = 'pending'`);
       t.server.services.outbox.notify();
-      await eventually(async () => markerComments(11, body.id)[0]?.body.includes("— done") === true, 20_000, "status after the outage");
+      await eventually(
+        async () => markerComments(11, body.id)[0]?.body.includes("— done") === true,
+        20_000,
+        "status after the outage",
+      );
       expect(markerComments(11, body.id)).toHaveLength(1);
     } finally {
       forge.setDown(false);

@@ -70,7 +70,9 @@ describe.each(["github", "gitea"] as const)("ForgeClient against the %s flavour"
     const created = await client.createComment(7, "status: queued");
     expect(created.id).toBeGreaterThan(0);
     expect(created.url).toBe(`${forge.url}/${REPO}/issues/7#issuecomment-${created.id}`);
-    expect(forge.issue(REPO, 7).comments).toMatchObject([{ id: created.id, body: "status: queued", user: { login: "runner-bot" } }]);
+    expect(forge.issue(REPO, 7).comments).toMatchObject([
+      { id: created.id, body: "status: queued", user: { login: "runner-bot" } },
+    ]);
 
     await client.updateComment(created.id, "status: done");
     expect(forge.issue(REPO, 7).comments.map((c) => c.body)).toEqual(["status: done"]);
@@ -129,7 +131,12 @@ describe.each(["github", "gitea"] as const)("ForgeClient against the %s flavour"
     const backlog = forge.addLabel(REPO, "backlog", "00ff00");
     forge.addLabel(REPO, "Docs", "0000ff");
     await client.addLabels(12, ["backlog", "blocked", "docs"]);
-    expect(forge.issue(REPO, 12).labels.map((l) => l.name).sort()).toEqual(["Docs", "backlog", "blocked"]);
+    expect(
+      forge
+        .issue(REPO, 12)
+        .labels.map((l) => l.name)
+        .sort(),
+    ).toEqual(["Docs", "backlog", "blocked"]);
 
     const add = requests().find((r) => r.method === "POST" && r.path === `/repos/${REPO}/issues/12/labels`);
     if (flavor === "github") {
@@ -148,12 +155,17 @@ describe.each(["github", "gitea"] as const)("ForgeClient against the %s flavour"
     // Adding again keeps what is there and creates nothing new.
     await client.addLabels(12, ["blocked"]);
     expect(forge.issue(REPO, 12).labels).toHaveLength(3);
-    if (flavor === "gitea") expect(requests().filter((r) => r.method === "POST" && r.path === `/repos/${REPO}/labels`)).toHaveLength(1);
+    if (flavor === "gitea")
+      expect(requests().filter((r) => r.method === "POST" && r.path === `/repos/${REPO}/labels`)).toHaveLength(1);
   });
 
   it("turns forge errors into ForgeError with the status and the answer's headers, never the token", async () => {
     const client = new ForgeClient(project(flavor));
-    forge.failNext({ status: 429, headers: { "retry-after": "7" }, body: { message: `slow down ${TOKEN.slice(0, 4)}` } });
+    forge.failNext({
+      status: 429,
+      headers: { "retry-after": "7" },
+      body: { message: `slow down ${TOKEN.slice(0, 4)}` },
+    });
     const limited = await failure(client.createComment(1, "hello"));
     expect(limited.status).toBe(429);
     expect(limited.headers?.["retry-after"]).toBe("7");

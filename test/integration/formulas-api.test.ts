@@ -2,11 +2,14 @@ import { mkdir, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { type ServerProcess, startServerProcess } from "../helpers/cli.js";
-import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
 import { startTestServer, type TestServer, testFormula } from "../helpers/test-server.js";
+import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
 
 const scheduled = (name: string, cron: string, extra = "") =>
-  testFormula(name, { on: {} }).replace("[on]\ndispatch = true", `[on]\ndispatch = true\nschedule = [${JSON.stringify(cron)}]${extra}`);
+  testFormula(name, { on: {} }).replace(
+    "[on]\ndispatch = true",
+    `[on]\ndispatch = true\nschedule = [${JSON.stringify(cron)}]${extra}`,
+  );
 
 describe("GET /api/formulas and reloading", () => {
   let t: TestServer;
@@ -32,10 +35,25 @@ describe("GET /api/formulas and reloading", () => {
     expect(status).toBe(200);
     expect(body.formulas.map((f: { name: string }) => f.name)).toEqual(["berlin", "nightly"]);
     const [berlin, nightly] = body.formulas;
-    expect(nightly.triggers).toMatchObject({ dispatch: true, schedule: [{ cron: "0 3 * * *", timezone: "UTC", next: ["2026-01-16T03:00:00.000Z", "2026-01-17T03:00:00.000Z", "2026-01-18T03:00:00.000Z"] }] });
+    expect(nightly.triggers).toMatchObject({
+      dispatch: true,
+      schedule: [
+        {
+          cron: "0 3 * * *",
+          timezone: "UTC",
+          next: ["2026-01-16T03:00:00.000Z", "2026-01-17T03:00:00.000Z", "2026-01-18T03:00:00.000Z"],
+        },
+      ],
+    });
     expect(berlin.triggers).toMatchObject({
       dispatch: false,
-      schedule: [{ cron: "0 9 * * *", timezone: "Europe/Berlin", next: ["2026-01-16T08:00:00.000Z", "2026-01-17T08:00:00.000Z", "2026-01-18T08:00:00.000Z"] }],
+      schedule: [
+        {
+          cron: "0 9 * * *",
+          timezone: "Europe/Berlin",
+          next: ["2026-01-16T08:00:00.000Z", "2026-01-17T08:00:00.000Z", "2026-01-18T08:00:00.000Z"],
+        },
+      ],
       issues: { types: ["labeled"], labels: ["backlog"] },
     });
     expect(body.problems).toEqual([]);
@@ -54,7 +72,9 @@ describe("GET /api/formulas and reloading", () => {
         expect.stringMatching(/nightly\.toml: \(file\): has errors: the last valid version stays in force/),
       ]),
     );
-    expect(body.formulas.find((f: { name: string }) => f.name === "fresh").triggers.schedule[0].next[0]).toBe("2026-01-15T10:05:00.000Z");
+    expect(body.formulas.find((f: { name: string }) => f.name === "fresh").triggers.schedule[0].next[0]).toBe(
+      "2026-01-15T10:05:00.000Z",
+    );
   });
 });
 
@@ -72,9 +92,11 @@ describe("SIGHUP (real process)", () => {
     await writeFile(path.join(dir, "formulas", "one.toml"), testFormula("one"));
     server = await startServerProcess({ cwd: dir, env: { API_TOKEN: "sighup-token-0123456789" } });
     const names = async () =>
-      ((await (await fetch(`${server?.url}/api/formulas`, { headers: { authorization: "Bearer sighup-token-0123456789" } })).json()) as { formulas: { name: string }[] }).formulas.map(
-        (f) => f.name,
-      );
+      (
+        (await (
+          await fetch(`${server?.url}/api/formulas`, { headers: { authorization: "Bearer sighup-token-0123456789" } })
+        ).json()) as { formulas: { name: string }[] }
+      ).formulas.map((f) => f.name);
     expect(await names()).toEqual(["one"]);
     await writeFile(path.join(dir, "formulas", "two.toml"), testFormula("two"));
     server.child.kill("SIGHUP");

@@ -31,7 +31,8 @@ function samples(text: string, name: string): Sample[] {
     const match = /^([A-Za-z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
     if (!match || match[1] !== name) continue;
     const labels: Record<string, string> = {};
-    for (const [, key, value] of (match[2] ?? "").matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels[key as string] = value as string;
+    for (const [, key, value] of (match[2] ?? "").matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g))
+      labels[key as string] = value as string;
     found.push({ labels, value: Number(match[3]) });
   }
   return found;
@@ -39,8 +40,9 @@ function samples(text: string, name: string): Sample[] {
 
 /** The value of the sample with exactly these labels, or undefined when there is none. */
 function valueOf(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
-  return samples(text, name).find((s) => JSON.stringify(Object.entries(s.labels).sort()) === JSON.stringify(Object.entries(labels).sort()))
-    ?.value;
+  return samples(text, name).find(
+    (s) => JSON.stringify(Object.entries(s.labels).sort()) === JSON.stringify(Object.entries(labels).sort()),
+  )?.value;
 }
 
 const at = (iso: string) => new Date(iso);
@@ -86,7 +88,17 @@ describe.each(testBackends())("GET /metrics on %s", (backend) => {
     expect(contentType).toMatch(/^text\/plain; version=0\.0\.4/);
     expect(valueOf(text, "formula_runner_runs", { status: "queued" })).toBe(0);
     // Every status DESIGN lists is there, at zero when no run has it.
-    for (const s of ["queued", "running", "escalated", "done", "failed", "crashed", "timed_out", "cancelled", "skipped"]) {
+    for (const s of [
+      "queued",
+      "running",
+      "escalated",
+      "done",
+      "failed",
+      "crashed",
+      "timed_out",
+      "cancelled",
+      "skipped",
+    ]) {
       expect(valueOf(text, "formula_runner_runs", { status: s }), s).toBe(0);
     }
     expect(valueOf(text, "formula_runner_outbox_pending")).toBe(0);
@@ -138,27 +150,53 @@ describe.each(testBackends())("GET /metrics on %s", (backend) => {
     const dev = { formula: "dev", project: "demo" };
     expect(valueOf(text, "formula_runner_sessions_total", { ...dev, kind: "initial", outcome: "crashed" })).toBe(1);
     expect(valueOf(text, "formula_runner_sessions_total", { ...dev, kind: "recovery", outcome: "done" })).toBe(1);
-    expect(valueOf(text, "formula_runner_sessions_total", { formula: "gardener", project: "demo", kind: "initial", outcome: "failed" })).toBe(1);
+    expect(
+      valueOf(text, "formula_runner_sessions_total", {
+        formula: "gardener",
+        project: "demo",
+        kind: "initial",
+        outcome: "failed",
+      }),
+    ).toBe(1);
     expect(samples(text, "formula_runner_sessions_total")).toHaveLength(5);
 
     expect(valueOf(text, "formula_runner_agent_cost_usd_total", dev)).toBe(0.75);
     expect(valueOf(text, "formula_runner_agent_cost_usd_total", { formula: "review", project: "demo" })).toBe(1.125);
     expect(valueOf(text, "formula_runner_agent_cost_usd_total", { formula: "dev", project: "other" })).toBe(2);
-    expect(valueOf(text, "formula_runner_agent_cost_usd_total", { formula: "gardener", project: "demo" })).toBeUndefined();
+    expect(
+      valueOf(text, "formula_runner_agent_cost_usd_total", { formula: "gardener", project: "demo" }),
+    ).toBeUndefined();
     expect(valueOf(text, "formula_runner_agent_turns_total", dev)).toBe(7);
     expect(valueOf(text, "formula_runner_agent_tool_calls_total", dev)).toBe(11);
     expect(valueOf(text, "formula_runner_agent_tool_calls_total", { formula: "review", project: "demo" })).toBe(0);
 
     // 2 min crashed, 10 min done.
-    expect(valueOf(text, "formula_runner_session_duration_seconds_count", { formula: "dev", outcome: "crashed" })).toBe(1);
-    expect(valueOf(text, "formula_runner_session_duration_seconds_sum", { formula: "dev", outcome: "crashed" })).toBe(120);
+    expect(valueOf(text, "formula_runner_session_duration_seconds_count", { formula: "dev", outcome: "crashed" })).toBe(
+      1,
+    );
+    expect(valueOf(text, "formula_runner_session_duration_seconds_sum", { formula: "dev", outcome: "crashed" })).toBe(
+      120,
+    );
     expect(valueOf(text, "formula_runner_session_duration_seconds_sum", { formula: "dev", outcome: "done" })).toBe(600);
-    expect(valueOf(text, "formula_runner_session_duration_seconds_bucket", { formula: "dev", outcome: "done", le: "300" })).toBe(0);
-    expect(valueOf(text, "formula_runner_session_duration_seconds_bucket", { formula: "dev", outcome: "done", le: "600" })).toBe(1);
-    expect(valueOf(text, "formula_runner_session_duration_seconds_bucket", { formula: "dev", outcome: "done", le: "28800" })).toBe(1);
+    expect(
+      valueOf(text, "formula_runner_session_duration_seconds_bucket", { formula: "dev", outcome: "done", le: "300" }),
+    ).toBe(0);
+    expect(
+      valueOf(text, "formula_runner_session_duration_seconds_bucket", { formula: "dev", outcome: "done", le: "600" }),
+    ).toBe(1);
+    expect(
+      valueOf(text, "formula_runner_session_duration_seconds_bucket", { formula: "dev", outcome: "done", le: "28800" }),
+    ).toBe(1);
 
     // No issue numbers, run ids or logins in labels: only these label names exist.
-    const ours = text.split("\n").filter((l) => l.startsWith("formula_runner_") && !l.startsWith("formula_runner_process_") && !l.startsWith("formula_runner_nodejs_"));
+    const ours = text
+      .split("\n")
+      .filter(
+        (l) =>
+          l.startsWith("formula_runner_") &&
+          !l.startsWith("formula_runner_process_") &&
+          !l.startsWith("formula_runner_nodejs_"),
+      );
     const labelNames = new Set(ours.flatMap((l) => [...l.matchAll(/[{,](\w+)="/g)].map((x) => x[1])));
     expect([...labelNames].sort()).toEqual(["formula", "kind", "le", "outcome", "project", "state", "status"]);
     // In any label value (a sample's value, heap bytes say, may hold those digits by chance).
@@ -170,12 +208,26 @@ describe.each(testBackends())("GET /metrics on %s", (backend) => {
   it("counts finished runs by status and skip reason, and how long they took", async () => {
     const m = services.metrics;
     m.runFinished(
-      await insertRun({ status: "done", startedAt: at("2030-01-01T10:00:00Z"), finishedAt: at("2030-01-01T10:01:30Z") }),
+      await insertRun({
+        status: "done",
+        startedAt: at("2030-01-01T10:00:00Z"),
+        finishedAt: at("2030-01-01T10:01:30Z"),
+      }),
     );
     m.runFinished(
-      await insertRun({ status: "done", startedAt: at("2030-01-01T11:00:00Z"), finishedAt: at("2030-01-01T13:00:00Z") }),
+      await insertRun({
+        status: "done",
+        startedAt: at("2030-01-01T11:00:00Z"),
+        finishedAt: at("2030-01-01T13:00:00Z"),
+      }),
     );
-    m.runFinished(await insertRun({ status: "failed", startedAt: at("2030-01-01T10:00:00Z"), finishedAt: at("2030-01-01T10:00:10Z") }));
+    m.runFinished(
+      await insertRun({
+        status: "failed",
+        startedAt: at("2030-01-01T10:00:00Z"),
+        finishedAt: at("2030-01-01T10:00:10Z"),
+      }),
+    );
     m.runFinished(await insertRun({ status: "skipped", skipReason: "busy", finishedAt: at("2030-01-01T10:00:00Z") }));
     m.runFinished(await insertRun({ status: "skipped", skipReason: "busy", finishedAt: at("2030-01-01T10:00:00Z") }));
     m.runFinished(await insertRun({ status: "skipped", skipReason: "low_memory", project: "other" }));
@@ -184,15 +236,30 @@ describe.each(testBackends())("GET /metrics on %s", (backend) => {
     const dev = { formula: "dev", project: "demo" };
     expect(valueOf(text, "formula_runner_runs_finished_total", { ...dev, status: "done", skip_reason: "" })).toBe(2);
     expect(valueOf(text, "formula_runner_runs_finished_total", { ...dev, status: "failed", skip_reason: "" })).toBe(1);
-    expect(valueOf(text, "formula_runner_runs_finished_total", { ...dev, status: "skipped", skip_reason: "busy" })).toBe(2);
-    expect(valueOf(text, "formula_runner_runs_finished_total", { formula: "dev", project: "other", status: "skipped", skip_reason: "low_memory" })).toBe(1);
+    expect(
+      valueOf(text, "formula_runner_runs_finished_total", { ...dev, status: "skipped", skip_reason: "busy" }),
+    ).toBe(2);
+    expect(
+      valueOf(text, "formula_runner_runs_finished_total", {
+        formula: "dev",
+        project: "other",
+        status: "skipped",
+        skip_reason: "low_memory",
+      }),
+    ).toBe(1);
 
     expect(valueOf(text, "formula_runner_run_duration_seconds_count", { formula: "dev", status: "done" })).toBe(2);
-    expect(valueOf(text, "formula_runner_run_duration_seconds_sum", { formula: "dev", status: "done" })).toBe(90 + 7200);
-    expect(valueOf(text, "formula_runner_run_duration_seconds_bucket", { formula: "dev", status: "done", le: "300" })).toBe(1);
+    expect(valueOf(text, "formula_runner_run_duration_seconds_sum", { formula: "dev", status: "done" })).toBe(
+      90 + 7200,
+    );
+    expect(
+      valueOf(text, "formula_runner_run_duration_seconds_bucket", { formula: "dev", status: "done", le: "300" }),
+    ).toBe(1);
     expect(valueOf(text, "formula_runner_run_duration_seconds_sum", { formula: "dev", status: "failed" })).toBe(10);
     // A skipped run never started: no duration.
-    expect(valueOf(text, "formula_runner_run_duration_seconds_count", { formula: "dev", status: "skipped" })).toBeUndefined();
+    expect(
+      valueOf(text, "formula_runner_run_duration_seconds_count", { formula: "dev", status: "skipped" }),
+    ).toBeUndefined();
   });
 
   it("reads the run, worktree, outbox and escalation gauges from the database at each scrape", async () => {
@@ -201,13 +268,19 @@ describe.each(testBackends())("GET /metrics on %s", (backend) => {
     }
     const escalated = await insertRun({ status: "escalated" });
     for (const [i, state] of (["active", "preserved", "preserved", "removed"] as const).entries()) {
-      await t.database.db.insert(worktrees).values({ project: "demo", formula: "dev", path: `/tmp/metrics-test/${i}`, state, instanceId: "i1" });
+      await t.database.db
+        .insert(worktrees)
+        .values({ project: "demo", formula: "dev", path: `/tmp/metrics-test/${i}`, state, instanceId: "i1" });
     }
     for (const state of ["pending", "pending", "sent", "failed"] as const) {
-      await t.database.db.insert(outbox).values({ project: "demo", kind: "comment", issue: 1, payload: { body: "x" }, state });
+      await t.database.db
+        .insert(outbox)
+        .values({ project: "demo", kind: "comment", issue: 1, payload: { body: "x" }, state });
     }
     for (const state of ["open", "answered"] as const) {
-      await t.database.db.insert(escalations).values({ runId: escalated.id, question: "?", deadlineAt: at("2030-01-02T00:00:00Z"), state });
+      await t.database.db
+        .insert(escalations)
+        .values({ runId: escalated.id, question: "?", deadlineAt: at("2030-01-02T00:00:00Z"), state });
     }
 
     let { text } = await scrape();
@@ -226,7 +299,9 @@ describe.each(testBackends())("GET /metrics on %s", (backend) => {
 
     // Read again at the next scrape, not cached.
     await t.database.db.update(runs).set({ status: "done" }).where(sql`${runs.status} = 'running'`);
-    await t.database.db.insert(outbox).values({ project: "demo", kind: "label", issue: 1, payload: { labels: ["blocked"] } });
+    await t.database.db
+      .insert(outbox)
+      .values({ project: "demo", kind: "label", issue: 1, payload: { labels: ["blocked"] } });
     ({ text } = await scrape());
     expect(valueOf(text, "formula_runner_runs", { status: "running" })).toBe(0);
     expect(valueOf(text, "formula_runner_runs", { status: "done" })).toBe(4);
@@ -241,11 +316,23 @@ describe.each(testBackends())("GET /metrics on %s", (backend) => {
     for (const n of [1, 2]) {
       const { status, text } = await scrape();
       expect(status).toBe(200);
-      for (const name of ["formula_runner_runs", "formula_runner_worktrees", "formula_runner_outbox_pending", "formula_runner_escalations_open"]) {
+      for (const name of [
+        "formula_runner_runs",
+        "formula_runner_worktrees",
+        "formula_runner_outbox_pending",
+        "formula_runner_escalations_open",
+      ]) {
         expect(samples(text, name), name).toEqual([]);
       }
       // Everything else is still there.
-      expect(valueOf(text, "formula_runner_runs_finished_total", { formula: "dev", project: "demo", status: "failed", skip_reason: "" })).toBe(1);
+      expect(
+        valueOf(text, "formula_runner_runs_finished_total", {
+          formula: "dev",
+          project: "demo",
+          status: "failed",
+          skip_reason: "",
+        }),
+      ).toBe(1);
       expect(valueOf(text, "formula_runner_process_cpu_user_seconds_total")).toBeGreaterThan(0);
       const logged = logLines.filter((l) => l.includes("could not read the database gauges"));
       expect(logged).toHaveLength(n);
@@ -286,7 +373,14 @@ describe.each(testBackends())("GET /metrics on %s", (backend) => {
     const a = new Metrics({ database: t.database, log: quiet });
     const b = new Metrics({ database: t.database, log: quiet });
     a.runFinished(await insertRun({ status: "cancelled" }));
-    expect(valueOf(await a.text(), "formula_runner_runs_finished_total", { formula: "dev", project: "demo", status: "cancelled", skip_reason: "" })).toBe(1);
+    expect(
+      valueOf(await a.text(), "formula_runner_runs_finished_total", {
+        formula: "dev",
+        project: "demo",
+        status: "cancelled",
+        skip_reason: "",
+      }),
+    ).toBe(1);
     expect(samples(await b.text(), "formula_runner_runs_finished_total")).toEqual([]);
   });
 });
@@ -312,7 +406,9 @@ describe.each(testBackends())("metrics of a running server on %s", (backend) => 
     expect(valueOf(text, "formula_runner_runs_finished_total", { ...labels, status: "done", skip_reason: "" })).toBe(1);
     expect(valueOf(text, "formula_runner_run_duration_seconds_count", { formula: "hello", status: "done" })).toBe(1);
     expect(valueOf(text, "formula_runner_sessions_total", { ...labels, kind: "initial", outcome: "done" })).toBe(1);
-    expect(valueOf(text, "formula_runner_session_duration_seconds_count", { formula: "hello", outcome: "done" })).toBe(1);
+    expect(valueOf(text, "formula_runner_session_duration_seconds_count", { formula: "hello", outcome: "done" })).toBe(
+      1,
+    );
     expect(valueOf(text, "formula_runner_runs", { status: "done" })).toBe(1);
     expect(valueOf(text, "formula_runner_worktrees", { state: "active" })).toBe(0);
   });

@@ -4,7 +4,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { escalations, type OutboxEntry, outbox, runs } from "../../db/schema/index.js";
 import type { ProjectConfig } from "../../src/config.js";
 import { ForgeClient } from "../../src/forge/forge-client.js";
-import { enqueueOutbox, OutboxWorker, type OutboxDeps, outboxMarker, statusMarker } from "../../src/forge/outbox.js";
+import { enqueueOutbox, type OutboxDeps, OutboxWorker, outboxMarker, statusMarker } from "../../src/forge/outbox.js";
 import { createLogger } from "../../src/logger.js";
 import { Secret, SecretRegistry } from "../../src/secrets.js";
 import { openTestDatabase, type TestDatabase, testBackends } from "../helpers/db.js";
@@ -17,7 +17,11 @@ const WEBHOOK_SECRET = "fr-outbox-webhook-secret-d00d";
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-async function eventually<T>(probe: () => Promise<T | undefined | false>, what: string, timeoutMs = 10_000): Promise<T> {
+async function eventually<T>(
+  probe: () => Promise<T | undefined | false>,
+  what: string,
+  timeoutMs = 10_000,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await probe();
@@ -67,7 +71,12 @@ afterAll(async () => {
   await forge.close();
 });
 
-function projectConfig(flavor: Flavor, name = "widgets", repo = REPO, overrides: Partial<ProjectConfig> = {}): ProjectConfig {
+function projectConfig(
+  flavor: Flavor,
+  name = "widgets",
+  repo = REPO,
+  overrides: Partial<ProjectConfig> = {},
+): ProjectConfig {
   return {
     name,
     repoPath: `/nonexistent/${name}`,
@@ -148,7 +157,15 @@ describe.each(testBackends())("outbox on %s", (backend) => {
   async function insertRun(issue: number, project = "widgets"): Promise<number> {
     const [run] = await t.database.db
       .insert(runs)
-      .values({ formula: "fix", project, triggerKind: "dispatch", triggerRef: "test", issue, reportIssue: issue, status: "running" })
+      .values({
+        formula: "fix",
+        project,
+        triggerKind: "dispatch",
+        triggerRef: "test",
+        issue,
+        reportIssue: issue,
+        status: "running",
+      })
       .returning({ id: runs.id });
     return run!.id;
   }
@@ -177,13 +194,22 @@ describe.each(testBackends())("outbox on %s", (backend) => {
 
     it("posts a comment and stores what the forge answered", async () => {
       const worker = makeWorker([project()]);
-      await enqueueOutbox(t.database.db, { project: "widgets", issue: 7, payload: { kind: "comment", body: "Hello from the runner" } });
+      await enqueueOutbox(t.database.db, {
+        project: "widgets",
+        issue: 7,
+        payload: { kind: "comment", body: "Hello from the runner" },
+      });
       expect(await worker.drainOnce()).toBe(1);
 
       const [comment] = forge.issue(REPO, 7).comments;
       const sent = await lastRow();
       expect(comment?.body).toBe(`Hello from the runner\n\n${outboxMarker(sent.id)}`);
-      expect(sent).toMatchObject({ state: "sent", attempts: 1, lastError: null, result: { id: comment?.id, url: comment?.html_url } });
+      expect(sent).toMatchObject({
+        state: "sent",
+        attempts: 1,
+        lastError: null,
+        result: { id: comment?.id, url: comment?.html_url },
+      });
       expect(sent.sentAt).toBeInstanceOf(Date);
       expect(await worker.drainOnce()).toBe(0);
       expect(writes(flavor)).toHaveLength(1);
@@ -197,7 +223,12 @@ describe.each(testBackends())("outbox on %s", (backend) => {
         .values({ runId, question: "Which branch?", issue: 5, deadlineAt: new Date(Date.now() + 86_400_000) })
         .returning();
       await t.database.db.transaction(async (tx) => {
-        await enqueueOutbox(tx, { project: "widgets", runId, issue: 5, payload: { kind: "comment", body: "Which branch?", escalationId: escalation!.id } });
+        await enqueueOutbox(tx, {
+          project: "widgets",
+          runId,
+          issue: 5,
+          payload: { kind: "comment", body: "Which branch?", escalationId: escalation!.id },
+        });
       });
       await drainAll(worker);
       const [comment] = forge.issue(REPO, 5).comments;
@@ -294,8 +325,14 @@ describe.each(testBackends())("outbox on %s", (backend) => {
       statusText.set(runId, "running");
       await enqueueOutbox(t.database.db, { project: "widgets", runId, issue: 9, payload: { kind: "status" } });
       await drainAll(worker);
-      expect(writes(flavor).map((r) => `${r.method} ${r.path}`)).toEqual([`PATCH /repos/${REPO}/issues/comments/${earlier.id}`]);
-      expect(forge.issue(REPO, 9).comments.map((c) => c.body)).toEqual(["unrelated", `${statusMarker(runId)}\nrunning`, "me too"]);
+      expect(writes(flavor).map((r) => `${r.method} ${r.path}`)).toEqual([
+        `PATCH /repos/${REPO}/issues/comments/${earlier.id}`,
+      ]);
+      expect(forge.issue(REPO, 9).comments.map((c) => c.body)).toEqual([
+        "unrelated",
+        `${statusMarker(runId)}\nrunning`,
+        "me too",
+      ]);
       expect((await runRow(runId)).statusCommentId).toBe(earlier.id);
     });
 
@@ -314,7 +351,11 @@ describe.each(testBackends())("outbox on %s", (backend) => {
 
     it("retries a 500 after a backoff, recording every attempt", async () => {
       const worker = makeWorker([project()]);
-      await enqueueOutbox(t.database.db, { project: "widgets", issue: 3, payload: { kind: "comment", body: "retry me" } });
+      await enqueueOutbox(t.database.db, {
+        project: "widgets",
+        issue: 3,
+        payload: { kind: "comment", body: "retry me" },
+      });
       forge.failNext({ status: 500 });
       const before = now().getTime();
       expect(await worker.drainOnce()).toBe(1);
@@ -339,7 +380,11 @@ describe.each(testBackends())("outbox on %s", (backend) => {
 
     it("waits as long as a 429's Retry-After says", async () => {
       const worker = makeWorker([project()]);
-      await enqueueOutbox(t.database.db, { project: "widgets", issue: 4, payload: { kind: "label", labels: ["triage"] } });
+      await enqueueOutbox(t.database.db, {
+        project: "widgets",
+        issue: 4,
+        payload: { kind: "label", labels: ["triage"] },
+      });
       forge.failNext({ status: 429, headers: { "retry-after": "1" } });
       const before = now().getTime();
       await worker.drainOnce();
@@ -360,7 +405,11 @@ describe.each(testBackends())("outbox on %s", (backend) => {
 
     it("waits for the rate limit's reset on a 403 with x-ratelimit-remaining 0", async () => {
       const worker = makeWorker([project()]);
-      await enqueueOutbox(t.database.db, { project: "widgets", issue: 4, payload: { kind: "comment", body: "limited" } });
+      await enqueueOutbox(t.database.db, {
+        project: "widgets",
+        issue: 4,
+        payload: { kind: "comment", body: "limited" },
+      });
       const reset = Math.floor(now().getTime() / 1000) + 120;
       forge.failNext({
         status: 403,
@@ -381,8 +430,16 @@ describe.each(testBackends())("outbox on %s", (backend) => {
 
     it("fails a 404 at once and does not retry it", async () => {
       const worker = makeWorker([project()]);
-      await enqueueOutbox(t.database.db, { project: "widgets", issue: 6, payload: { kind: "comment_edit", commentId: 424_242, body: "edit" } });
-      await enqueueOutbox(t.database.db, { project: "widgets", issue: 6, payload: { kind: "comment", body: "after the failed edit" } });
+      await enqueueOutbox(t.database.db, {
+        project: "widgets",
+        issue: 6,
+        payload: { kind: "comment_edit", commentId: 424_242, body: "edit" },
+      });
+      await enqueueOutbox(t.database.db, {
+        project: "widgets",
+        issue: 6,
+        payload: { kind: "comment", body: "after the failed edit" },
+      });
       expect(await worker.drainOnce()).toBe(1);
       const [failed] = await rows();
       expect(failed).toMatchObject({ state: "failed", attempts: 1 });
@@ -406,9 +463,21 @@ describe.each(testBackends())("outbox on %s", (backend) => {
       statusText.set(runId, "running");
       await enqueueOutbox(t.database.db, { project: "widgets", issue: 1, payload: { kind: "comment", body: "first" } });
       await enqueueOutbox(t.database.db, { project: "widgets", runId, issue: 2, payload: { kind: "status" } });
-      await enqueueOutbox(t.database.db, { project: "widgets", issue: 1, payload: { kind: "label", labels: ["blocked"] } });
-      await enqueueOutbox(t.database.db, { project: "widgets", issue: 1, payload: { kind: "comment", body: "second" } });
-      await enqueueOutbox(t.database.db, { project: "widgets", issue: 2, payload: { kind: "comment", body: "after the status" } });
+      await enqueueOutbox(t.database.db, {
+        project: "widgets",
+        issue: 1,
+        payload: { kind: "label", labels: ["blocked"] },
+      });
+      await enqueueOutbox(t.database.db, {
+        project: "widgets",
+        issue: 1,
+        payload: { kind: "comment", body: "second" },
+      });
+      await enqueueOutbox(t.database.db, {
+        project: "widgets",
+        issue: 2,
+        payload: { kind: "comment", body: "after the status" },
+      });
 
       forge.setDown(true);
       for (let round = 0; round < 5; round++) {
@@ -421,7 +490,13 @@ describe.each(testBackends())("outbox on %s", (backend) => {
       expect(during.every((r) => r.state === "pending")).toBe(true);
       // Only the head of each issue's queue was tried: the later rows wait their turn.
       expect(during.map((r) => r.attempts)).toEqual([5, 5, 0, 0, 0]);
-      expect(during.map((r) => r.lastError)).toEqual([expect.stringContaining("HTTP 503"), expect.stringContaining("HTTP 503"), null, null, null]);
+      expect(during.map((r) => r.lastError)).toEqual([
+        expect.stringContaining("HTTP 503"),
+        expect.stringContaining("HTTP 503"),
+        null,
+        null,
+        null,
+      ]);
 
       forge.setDown(false);
       const attemptsBefore = forge.requests.length;
@@ -445,9 +520,17 @@ describe.each(testBackends())("outbox on %s", (backend) => {
       const runId = await insertRun(11);
       statusText.set(runId, `env: FORGE_TOKEN=${TOKEN}`);
       await enqueueOutbox(t.database.db, { project: "widgets", runId, issue: 11, payload: { kind: "status" } });
-      await enqueueOutbox(t.database.db, { project: "widgets", issue: 11, payload: { kind: "comment", body: `the secret is ${WEBHOOK_SECRET}` } });
+      await enqueueOutbox(t.database.db, {
+        project: "widgets",
+        issue: 11,
+        payload: { kind: "comment", body: `the secret is ${WEBHOOK_SECRET}` },
+      });
       const existing = forge.addComment(REPO, 12, { login: "runner-bot", body: "old" });
-      await enqueueOutbox(t.database.db, { project: "widgets", issue: 12, payload: { kind: "comment_edit", commentId: existing.id, body: `edited ${TOKEN}` } });
+      await enqueueOutbox(t.database.db, {
+        project: "widgets",
+        issue: 12,
+        payload: { kind: "comment_edit", commentId: existing.id, body: `edited ${TOKEN}` },
+      });
       await drainAll(worker);
 
       expect((await rows()).map((r) => r.state)).toEqual(["sent", "sent", "sent"]);
@@ -490,7 +573,9 @@ describe.each(testBackends())("outbox on %s", (backend) => {
 
     const posts = forge.requests.filter((r) => r.method === "POST");
     expect(posts).toHaveLength(24 + 3);
-    const posted = posts.map((r) => (r.body as { body: string }).body.split("\n")[0]!).filter((b) => b.startsWith("comment "));
+    const posted = posts
+      .map((r) => (r.body as { body: string }).body.split("\n")[0]!)
+      .filter((b) => b.startsWith("comment "));
     expect(posted.sort()).toEqual([...expected].sort());
     expect((await rows()).every((r) => r.attempts === 1)).toBe(true);
     for (const runId of runIds) {
@@ -502,7 +587,9 @@ describe.each(testBackends())("outbox on %s", (backend) => {
       [REPO, 31],
       [OTHER_REPO, 30],
     ] as const) {
-      const numbers = forge.issue(repo, issue).comments.map((c) => Number(c.body.split("\n")[0]!.slice("comment ".length)));
+      const numbers = forge
+        .issue(repo, issue)
+        .comments.map((c) => Number(c.body.split("\n")[0]!.slice("comment ".length)));
       expect(numbers).toEqual([...numbers].sort((x, y) => x - y));
       expect(numbers.length).toBe(4);
     }
@@ -510,11 +597,18 @@ describe.each(testBackends())("outbox on %s", (backend) => {
 
   it("does not post a comment twice when an earlier try may have posted it", async () => {
     const worker = makeWorker([projectConfig("github")]);
-    await enqueueOutbox(t.database.db, { project: "widgets", issue: 13, payload: { kind: "comment", body: "only once" } });
+    await enqueueOutbox(t.database.db, {
+      project: "widgets",
+      issue: 13,
+      payload: { kind: "comment", body: "only once" },
+    });
     const queued = await lastRow();
     // As if a try had posted it, then timed out before hearing the answer.
     const posted = forge.addComment(REPO, 13, { login: "runner-bot", body: `only once\n\n${outboxMarker(queued.id)}` });
-    await t.database.db.update(outbox).set({ attempts: 1, lastError: "no answer within 30 s" }).where(eq(outbox.id, queued.id));
+    await t.database.db
+      .update(outbox)
+      .set({ attempts: 1, lastError: "no answer within 30 s" })
+      .where(eq(outbox.id, queued.id));
 
     await drainAll(worker);
     expect(forge.issue(REPO, 13).comments).toHaveLength(1);
@@ -523,7 +617,9 @@ describe.each(testBackends())("outbox on %s", (backend) => {
   });
 
   it("fails rows whose project is unknown or has no token, saying why", async () => {
-    const worker = makeWorker([projectConfig("github", "tokenless", "acme/tokenless", { token: undefined, tokenEnv: "TOKENLESS_TOKEN" })]);
+    const worker = makeWorker([
+      projectConfig("github", "tokenless", "acme/tokenless", { token: undefined, tokenEnv: "TOKENLESS_TOKEN" }),
+    ]);
     await enqueueOutbox(t.database.db, { project: "ghost", issue: 1, payload: { kind: "comment", body: "x" } });
     await enqueueOutbox(t.database.db, { project: "tokenless", issue: 1, payload: { kind: "label", labels: ["x"] } });
     expect(await worker.drainOnce()).toBe(2);
@@ -538,7 +634,11 @@ describe.each(testBackends())("outbox on %s", (backend) => {
 
   it("gives up on a row still failing three days after it was queued", async () => {
     const worker = makeWorker([projectConfig("github")]);
-    await enqueueOutbox(t.database.db, { project: "widgets", issue: 14, payload: { kind: "comment", body: "too late" } });
+    await enqueueOutbox(t.database.db, {
+      project: "widgets",
+      issue: 14,
+      payload: { kind: "comment", body: "too late" },
+    });
     advance(3 * 86_400_000 + 1_000);
     forge.failNext({ status: 502 });
     await worker.drainOnce();
@@ -562,15 +662,24 @@ describe.each(testBackends())("outbox on %s", (backend) => {
     await enqueueOutbox(t.database.db, { project: "widgets", runId, issue: 15, payload: { kind: "status" } });
     worker.notify();
     await eventually(async () => (await lastRow()).lastError === "render failed", "the failed render recorded");
-    expect(lines.some((l) => l.level === 40 && l.outboxId !== undefined && String(l.msg).includes("render failed"))).toBe(true);
+    expect(
+      lines.some((l) => l.level === 40 && l.outboxId !== undefined && String(l.msg).includes("render failed")),
+    ).toBe(true);
 
-    await enqueueOutbox(t.database.db, { project: "widgets", issue: 16, payload: { kind: "comment", body: "still working" } });
+    await enqueueOutbox(t.database.db, {
+      project: "widgets",
+      issue: 16,
+      payload: { kind: "comment", body: "still working" },
+    });
     worker.notify();
     await eventually(async () => forge.issue(REPO, 16).comments.length === 1, "a later comment sent");
 
     advance(2_000);
     worker.notify();
-    await eventually(async () => forge.issue(REPO, 15).comments[0]?.body.endsWith("recovered"), "the status sent on retry");
+    await eventually(
+      async () => forge.issue(REPO, 15).comments[0]?.body.endsWith("recovered"),
+      "the status sent on retry",
+    );
   });
 
   it("stops idempotently, waits for the send in flight and leaves no timer behind", async () => {
@@ -582,15 +691,26 @@ describe.each(testBackends())("outbox on %s", (backend) => {
     try {
       await worker.start();
       await worker.start();
-      await enqueueOutbox(t.database.db, { project: "widgets", issue: 17, payload: { kind: "comment", body: "before stop" } });
+      await enqueueOutbox(t.database.db, {
+        project: "widgets",
+        issue: 17,
+        payload: { kind: "comment", body: "before stop" },
+      });
       worker.notify();
       await eventually(async () => own.issue(REPO, 17).comments.length === 1, "the comment sent");
 
       // A send in flight when stop() is called completes before stop() resolves.
       own.failNext({ status: 500, delayMs: 300 });
-      await enqueueOutbox(t.database.db, { project: "widgets", issue: 18, payload: { kind: "comment", body: "in flight" } });
+      await enqueueOutbox(t.database.db, {
+        project: "widgets",
+        issue: 18,
+        payload: { kind: "comment", body: "in flight" },
+      });
       worker.notify();
-      await eventually(async () => own.requests.some((r) => r.path.includes("/issues/18/") && r.status === 0), "the send in flight");
+      await eventually(
+        async () => own.requests.some((r) => r.path.includes("/issues/18/") && r.status === 0),
+        "the send in flight",
+      );
       await Promise.all([worker.stop(), worker.stop()]);
       const inFlight = await lastRow();
       expect(inFlight).toMatchObject({ state: "pending", attempts: 1 });
@@ -598,7 +718,11 @@ describe.each(testBackends())("outbox on %s", (backend) => {
       await worker.stop();
 
       // Stopped means stopped: a notify() sends nothing.
-      await enqueueOutbox(t.database.db, { project: "widgets", issue: 19, payload: { kind: "comment", body: "after stop" } });
+      await enqueueOutbox(t.database.db, {
+        project: "widgets",
+        issue: 19,
+        payload: { kind: "comment", body: "after stop" },
+      });
       worker.notify();
       await sleep(150);
       expect(own.issue(REPO, 19).comments).toHaveLength(0);
@@ -608,9 +732,11 @@ describe.each(testBackends())("outbox on %s", (backend) => {
     }
     try {
       // Fetch's keep-alive timers end with the forge's connections; the worker's must be gone already.
-      await eventually(async () => timers.live().length === 0, "no timer left behind", 2_000).catch((error: unknown) => {
-        throw new Error(`${String(error)}: ${timers.live().join("\n")}`);
-      });
+      await eventually(async () => timers.live().length === 0, "no timer left behind", 2_000).catch(
+        (error: unknown) => {
+          throw new Error(`${String(error)}: ${timers.live().join("\n")}`);
+        },
+      );
     } finally {
       timers.stop();
     }

@@ -8,7 +8,11 @@ import { testBackends } from "../helpers/db.js";
 import { listWorktrees } from "../helpers/git.js";
 import { startTestServer, type TestServer, testFormula } from "../helpers/test-server.js";
 
-const exists = (file: string) => access(file).then(() => true, () => false);
+const exists = (file: string) =>
+  access(file).then(
+    () => true,
+    () => false,
+  );
 const eventually = async (check: () => boolean | Promise<boolean>, timeoutMs = 5_000) => {
   const deadline = Date.now() + timeoutMs;
   while (!(await check())) {
@@ -31,7 +35,11 @@ describe.each(testBackends())("runs that fail, on %s", (backend) => {
         idle: testFormula("idle", { agent: "hang", timeout: "1s", guards: { concurrency: "" } }),
         noisy: testFormula("noisy", { agent: "hang-noisy", timeout: "1s", max_duration: "2s" }),
         stubborn: testFormula("stubborn", { agent: "ignore-term", timeout: "1s", preserve_on: [] }),
-        family: testFormula("family", { agent: "grandchild", timeout: "1s", env: { GRANDCHILD_PID_FILE: grandchildFile } }),
+        family: testFormula("family", {
+          agent: "grandchild",
+          timeout: "1s",
+          env: { GRANDCHILD_PID_FILE: grandchildFile },
+        }),
         missing: testFormula("missing", { agent: "missing" }),
         cancel: testFormula("cancel", { agent: "hang", timeout: "60s", guards: { concurrency: "" } }),
       },
@@ -180,7 +188,11 @@ describe.each(testBackends())("runs that fail, on %s", (backend) => {
     expect(project.status).toBe(404);
     const body = await t.api("POST", "/api/runs", { formula: 3, issue: -1, extra: true });
     expect(body.status).toBe(400);
-    expect(body.body.error.problems.map((p: { field: string }) => p.field).sort()).toEqual(["extra", "formula", "issue"]);
+    expect(body.body.error.problems.map((p: { field: string }) => p.field).sort()).toEqual([
+      "extra",
+      "formula",
+      "issue",
+    ]);
     const res = await fetch(`${t.url}/api/runs`, {
       method: "POST",
       headers: { authorization: "Bearer test-server-token-0123456789", "content-type": "application/json" },
@@ -219,12 +231,19 @@ describe.each(testBackends())("guards, on %s", (backend) => {
     await t.waitForRun(first.body.id, ["running"]);
     const second = await t.api("POST", "/api/runs", { formula: "skip" });
     const skipped = await t.waitForRun(second.body.id);
-    expect(skipped).toMatchObject({ status: "skipped", skip_reason: "busy", detail: `concurrency key "skip-demo" is held by run ${first.body.id}` });
+    expect(skipped).toMatchObject({
+      status: "skipped",
+      skip_reason: "busy",
+      detail: `concurrency key "skip-demo" is held by run ${first.body.id}`,
+    });
     await t.api("POST", `/api/runs/${first.body.id}/cancel`);
   });
 
   it("queues a run behind the holder of its key (on_busy = queue)", async () => {
-    const [a, b] = await Promise.all([t.api("POST", "/api/runs", { formula: "queue" }), t.api("POST", "/api/runs", { formula: "queue" })]);
+    const [a, b] = await Promise.all([
+      t.api("POST", "/api/runs", { formula: "queue" }),
+      t.api("POST", "/api/runs", { formula: "queue" }),
+    ]);
     const [ra, rb] = await Promise.all([t.waitForRun(a.body.id, ["done"]), t.waitForRun(b.body.id, ["done"])]);
     const [first, second] = Date.parse(ra.started_at) < Date.parse(rb.started_at) ? [ra, rb] : [rb, ra];
     expect(Date.parse(second.started_at)).toBeGreaterThanOrEqual(Date.parse(first.finished_at) - 5);
@@ -257,6 +276,9 @@ describe.each(testBackends())("guards, on %s", (backend) => {
   it("refuses to dispatch a formula without dispatch = true", async () => {
     const res = await t.api("POST", "/api/runs", { formula: "private" });
     expect(res.status).toBe(403);
-    expect(res.body.error).toMatchObject({ code: "forbidden", message: expect.stringContaining("does not allow dispatch") });
+    expect(res.body.error).toMatchObject({
+      code: "forbidden",
+      message: expect.stringContaining("does not allow dispatch"),
+    });
   });
 });

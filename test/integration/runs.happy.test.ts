@@ -3,11 +3,15 @@ import { access, readFile, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { listWorktrees } from "../helpers/git.js";
 import { testBackends } from "../helpers/db.js";
+import { listWorktrees } from "../helpers/git.js";
 import { startTestServer, type TestServer, testFormula } from "../helpers/test-server.js";
 
-const exists = (file: string) => access(file).then(() => true, () => false);
+const exists = (file: string) =>
+  access(file).then(
+    () => true,
+    () => false,
+  );
 
 describe.each(testBackends())("runs that succeed, on %s", (backend) => {
   let t: TestServer;
@@ -17,7 +21,10 @@ describe.each(testBackends())("runs that succeed, on %s", (backend) => {
       backend,
       formulas: {
         hello: testFormula("hello", {
-          context: { files: ["AGENTS.md", "MISSING.md"], commands: [["git", "-C", "{worktree}", "log", "--oneline", "-n", "1"]] },
+          context: {
+            files: ["AGENTS.md", "MISSING.md"],
+            commands: [["git", "-C", "{worktree}", "log", "--oneline", "-n", "1"]],
+          },
           env: { PROMPT_COPY: "/dev/null" },
         }),
         phases: testFormula("phases", { agent: "phases" }),
@@ -39,9 +46,20 @@ describe.each(testBackends())("runs that succeed, on %s", (backend) => {
     const head = await t.repo.push({ "NEW.md": "fresh\n" }, "a commit the clone has not fetched");
     const created = await t.api("POST", "/api/runs", { formula: "hello", project: "demo", actor: "alice" });
     expect(created.status).toBe(201);
-    expect(created.body).toMatchObject({ formula: "hello", project: "demo", status: "queued", trigger: { kind: "dispatch", ref: "alice" } });
+    expect(created.body).toMatchObject({
+      formula: "hello",
+      project: "demo",
+      status: "queued",
+      trigger: { kind: "dispatch", ref: "alice" },
+    });
     const run = await t.waitForRun(created.body.id);
-    expect(run).toMatchObject({ status: "done", phase: "done", detail: null, attempt: 1, instance_id: t.server.services.instanceId });
+    expect(run).toMatchObject({
+      status: "done",
+      phase: "done",
+      detail: null,
+      attempt: 1,
+      instance_id: t.server.services.instanceId,
+    });
     expect(run.phases.map((p: { phase: string }) => p.phase)).toEqual(["working", "done"]);
     expect(run.sessions).toHaveLength(1);
     expect(run.sessions[0]).toMatchObject({ seq: 1, kind: "initial", exit_code: 0, outcome: "done" });
@@ -68,7 +86,13 @@ describe.each(testBackends())("runs that succeed, on %s", (backend) => {
     const { body } = await t.api("POST", "/api/runs", { formula: "phases" });
     const run = await t.waitForRun(body.id);
     expect(run.status).toBe("done");
-    expect(run.phases.map((p: { phase: string }) => p.phase)).toEqual(["planning", "implementing", "testing", "reviewing", "done"]);
+    expect(run.phases.map((p: { phase: string }) => p.phase)).toEqual([
+      "planning",
+      "implementing",
+      "testing",
+      "reviewing",
+      "done",
+    ]);
     const times = run.phases.map((p: { at: string }) => Date.parse(p.at));
     expect([...times].sort((a, b) => a - b)).toEqual(times);
   });
@@ -137,7 +161,8 @@ describe.each(testBackends())("runs that succeed, on %s", (backend) => {
     const [ra, rb] = await Promise.all([t.waitForRun(a.body.id), t.waitForRun(b.body.id)]);
     expect([ra.status, rb.status]).toEqual(["done", "done"]);
     expect(ra.worktree.path).not.toBe(rb.worktree.path);
-    const overlap = Date.parse(ra.finished_at) > Date.parse(rb.started_at) && Date.parse(rb.finished_at) > Date.parse(ra.started_at);
+    const overlap =
+      Date.parse(ra.finished_at) > Date.parse(rb.started_at) && Date.parse(rb.finished_at) > Date.parse(ra.started_at);
     expect(overlap).toBe(true);
     const left = await listWorktrees(t.repo.clone);
     expect(left).not.toContain(ra.worktree.path);
@@ -154,7 +179,11 @@ describe.each(testBackends())("runs that succeed, on %s", (backend) => {
     const second = await t.api("GET", `/api/runs?limit=2&cursor=${first.body.next_cursor}`);
     expect(second.body.runs[0].id).toBeLessThan(first.body.runs[1].id);
     const filtered = await t.api("GET", "/api/runs?formula=phases&status=done");
-    expect(filtered.body.runs.every((r: { formula: string; status: string }) => r.formula === "phases" && r.status === "done")).toBe(true);
+    expect(
+      filtered.body.runs.every(
+        (r: { formula: string; status: string }) => r.formula === "phases" && r.status === "done",
+      ),
+    ).toBe(true);
     expect(filtered.body.runs.length).toBeGreaterThan(0);
     const bad = await t.api("GET", "/api/runs?status=bogus&limit=0");
     expect(bad.status).toBe(400);
@@ -164,7 +193,9 @@ describe.each(testBackends())("runs that succeed, on %s", (backend) => {
 
   it("streams a log with ?follow=1 as server-sent events until the run ends", async () => {
     const { body } = await t.api("POST", "/api/runs", { formula: "phases" });
-    const res = await fetch(`${t.url}/api/runs/${body.id}/log?follow=1`, { headers: { authorization: "Bearer test-server-token-0123456789" } });
+    const res = await fetch(`${t.url}/api/runs/${body.id}/log?follow=1`, {
+      headers: { authorization: "Bearer test-server-token-0123456789" },
+    });
     expect(res.headers.get("content-type")).toMatch(/text\/event-stream/);
     const text = await res.text();
     expect(text).toMatch(/event: log\n(data: .*\n)*data: === formula-runner: session 1 \(initial\) started/);

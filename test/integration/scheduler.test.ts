@@ -109,7 +109,10 @@ describe.each(testBackends())("scheduler on %s", (backend) => {
       formulas: store,
       projects: [ALPHA, BETA],
       instanceId: "instance-a",
-      log: createLogger({ level: "debug", destination: { write: (line: string) => lines.push(JSON.parse(line) as LogLine) } }),
+      log: createLogger({
+        level: "debug",
+        destination: { write: (line: string) => lines.push(JSON.parse(line) as LogLine) },
+      }),
       onQueued: (run) => queued.push(run),
       ...overrides,
     });
@@ -118,7 +121,8 @@ describe.each(testBackends())("scheduler on %s", (backend) => {
   };
 
   const allRuns = () => db.database.db.select().from(runs).orderBy(asc(runs.id));
-  const allSlots = () => db.database.db.select().from(scheduleSlots).orderBy(asc(scheduleSlots.slotAt), asc(scheduleSlots.project));
+  const allSlots = () =>
+    db.database.db.select().from(scheduleSlots).orderBy(asc(scheduleSlots.slotAt), asc(scheduleSlots.project));
 
   it("fires a slot once: the second fire of the same slot queues nothing", async () => {
     await writeFormulas({ nightly: scheduledFormula("nightly", ["0 3 * * *"]) });
@@ -155,12 +159,24 @@ describe.each(testBackends())("scheduler on %s", (backend) => {
 
     const fireLines = lines.filter((l) => l.component === "scheduler" && l.formula === "nightly");
     expect(fireLines.map((l) => [l.project, l.slot, l.runId, l.msg])).toEqual([
-      ["alpha", "2026-03-01T03:00:00.000Z", first, `schedule slot 2026-03-01T03:00:00.000Z of nightly/alpha: queued run ${first}`],
-      ["alpha", "2026-03-01T03:00:00.000Z", undefined, "schedule slot 2026-03-01T03:00:00.000Z of nightly/alpha: claimed elsewhere"],
+      [
+        "alpha",
+        "2026-03-01T03:00:00.000Z",
+        first,
+        `schedule slot 2026-03-01T03:00:00.000Z of nightly/alpha: queued run ${first}`,
+      ],
+      [
+        "alpha",
+        "2026-03-01T03:00:00.000Z",
+        undefined,
+        "schedule slot 2026-03-01T03:00:00.000Z of nightly/alpha: claimed elsewhere",
+      ],
     ]);
 
     // The same slot for another project is another run.
-    expect(await scheduler.fire(formula("nightly"), BETA, new Date("2026-03-01T03:00:00Z"))).toEqual(expect.any(Number));
+    expect(await scheduler.fire(formula("nightly"), BETA, new Date("2026-03-01T03:00:00Z"))).toEqual(
+      expect.any(Number),
+    );
     expect((await allRuns()).map((r) => r.project)).toEqual(["alpha", "beta"]);
   });
 
@@ -177,7 +193,10 @@ describe.each(testBackends())("scheduler on %s", (backend) => {
     const slots = Array.from({ length: 20 }, (_, i) => new Date(Date.UTC(2026, 2, 1, 10, i)));
     const results = await Promise.all(
       slots.map(async (slot) => {
-        const [fromA, fromB] = await Promise.all([a.fire(formula("busy"), ALPHA, slot), b.fire(formula("busy"), ALPHA, slot)]);
+        const [fromA, fromB] = await Promise.all([
+          a.fire(formula("busy"), ALPHA, slot),
+          b.fire(formula("busy"), ALPHA, slot),
+        ]);
         return { slot, fromA, fromB };
       }),
     );
@@ -220,7 +239,11 @@ describe.each(testBackends())("scheduler on %s", (backend) => {
       const times = mine.map((r) => new Date(r.triggerRef).getTime());
       expect(new Set(times).size).toBe(mine.length);
       for (const run of mine) {
-        expect(run).toMatchObject({ formula: "ticker", triggerKind: "schedule", event: { kind: "schedule", slot: run.triggerRef } });
+        expect(run).toMatchObject({
+          formula: "ticker",
+          triggerKind: "schedule",
+          event: { kind: "schedule", slot: run.triggerRef },
+        });
         expect(run.triggerRef).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.000Z$/);
       }
       // Consecutive seconds within the time the scheduler ran: no slot skipped, none invented.
@@ -243,7 +266,9 @@ describe.each(testBackends())("scheduler on %s", (backend) => {
     // One log line per fire, naming the run.
     expect(lines.filter((l) => typeof l.runId === "number" && l.formula === "ticker")).toHaveLength(all.length);
     // The formula without a schedule got no job.
-    expect(lines.filter((l) => l.msg.startsWith("schedule added"))).toEqual([expect.objectContaining({ formula: "ticker" })]);
+    expect(lines.filter((l) => l.msg.startsWith("schedule added"))).toEqual([
+      expect.objectContaining({ formula: "ticker" }),
+    ]);
   });
 
   it("after downtime catches up exactly one missed slot per formula and project, and never a formula's first", async () => {
@@ -254,7 +279,9 @@ describe.each(testBackends())("scheduler on %s", (backend) => {
     });
     const before = makeScheduler();
     for (const hour of ["08", "09", "10"]) {
-      expect(await before.fire(formula("hourly"), ALPHA, new Date(`2026-03-02T${hour}:00:00Z`))).toEqual(expect.any(Number));
+      expect(await before.fire(formula("hourly"), ALPHA, new Date(`2026-03-02T${hour}:00:00Z`))).toEqual(
+        expect.any(Number),
+      );
     }
     const recordedBefore = (await allRuns()).length;
 
@@ -265,13 +292,27 @@ describe.each(testBackends())("scheduler on %s", (backend) => {
     // alpha fired before: 11:00, 12:00 and 13:00 were missed, only 13:00 is caught up.
     // beta never fired `hourly`, and `fresh` never fired at all: they wait for their next slot.
     expect(added).toEqual([
-      expect.objectContaining({ formula: "hourly", project: "alpha", triggerKind: "schedule", triggerRef: "2026-03-02T13:00:00.000Z" }),
+      expect.objectContaining({
+        formula: "hourly",
+        project: "alpha",
+        triggerKind: "schedule",
+        triggerRef: "2026-03-02T13:00:00.000Z",
+      }),
     ]);
     const missed = (await allSlots()).filter((s) => s.note === "missed");
     expect(missed).toEqual([
-      expect.objectContaining({ formula: "hourly", project: "alpha", slotAt: new Date("2026-03-02T13:00:00Z"), runId: added[0]?.id }),
+      expect.objectContaining({
+        formula: "hourly",
+        project: "alpha",
+        slotAt: new Date("2026-03-02T13:00:00Z"),
+        runId: added[0]?.id,
+      }),
     ]);
-    expect(lines.some((l) => l.msg === `missed schedule slot 2026-03-02T13:00:00.000Z of hourly/alpha: queued run ${added[0]?.id}`)).toBe(true);
+    expect(
+      lines.some(
+        (l) => l.msg === `missed schedule slot 2026-03-02T13:00:00.000Z of hourly/alpha: queued run ${added[0]?.id}`,
+      ),
+    ).toBe(true);
 
     // Starting again adds nothing: the same scheduler (idempotent) or a restarted one.
     await scheduler.start();
@@ -283,7 +324,9 @@ describe.each(testBackends())("scheduler on %s", (backend) => {
     // An hour later the next slot is missed too: again exactly one.
     clock = new Date("2026-03-02T16:10:00Z");
     await makeScheduler({ now: () => clock }).start();
-    expect((await allRuns()).slice(recordedBefore + 1).map((r) => [r.project, r.triggerRef])).toEqual([["alpha", "2026-03-02T16:00:00.000Z"]]);
+    expect((await allRuns()).slice(recordedBefore + 1).map((r) => [r.project, r.triggerRef])).toEqual([
+      ["alpha", "2026-03-02T16:00:00.000Z"],
+    ]);
   });
 
   it("sync() replaces changed schedules, stops removed ones and keeps unchanged ones ticking", async () => {
@@ -299,11 +342,16 @@ describe.each(testBackends())("scheduler on %s", (backend) => {
     await eventually(async () => ((await countOf("removed")) >= 1 ? true : undefined));
     expect(await countOf("edited")).toBe(0);
 
-    await writeFile(path.join(dir, "edited.toml"), scheduledFormula("edited", ["* * * * * *"], { guards: { concurrency: "" } }));
+    await writeFile(
+      path.join(dir, "edited.toml"),
+      scheduledFormula("edited", ["* * * * * *"], { guards: { concurrency: "" } }),
+    );
     await rm(path.join(dir, "removed.toml"));
     await store.reload();
     await scheduler.sync();
-    expect(scheduler.nextRuns("edited", 1)).toEqual([{ cron: "* * * * * *", timezone: "UTC", next: [expect.any(String)] }]);
+    expect(scheduler.nextRuns("edited", 1)).toEqual([
+      { cron: "* * * * * *", timezone: "UTC", next: [expect.any(String)] },
+    ]);
     expect(scheduler.nextRuns("removed")).toEqual([]);
 
     // A fire of `removed` may have been in flight during the sync; after that, none.
@@ -314,7 +362,12 @@ describe.each(testBackends())("scheduler on %s", (backend) => {
     await scheduler.stop();
 
     const added = lines.filter((l) => l.msg.startsWith("schedule added")).map((l) => `${l.formula} ${l.cron}`);
-    expect(added.sort()).toEqual(["edited * * * * * *", "edited 0 0 1 1 *", "removed * * * * * *", "steady * * * * * *"]);
+    expect(added.sort()).toEqual([
+      "edited * * * * * *",
+      "edited 0 0 1 1 *",
+      "removed * * * * * *",
+      "steady * * * * * *",
+    ]);
     const dropped = lines.filter((l) => l.msg.startsWith("schedule removed")).map((l) => `${l.formula} ${l.cron}`);
     expect(dropped.sort()).toEqual(["edited 0 0 1 1 *", "removed * * * * * *"]);
     // `steady` kept its job: one slot a second with no gap across the sync.

@@ -13,7 +13,11 @@ describe.each(testBackends())("server skeleton on %s", (kind) => {
 
   beforeAll(async () => {
     dir = await mkdtemp(path.join(os.tmpdir(), "fr-server-"));
-    const env: Record<string, string> = { DATA_DIR: path.join(dir, "data"), PORT: "0", FORMULAS_DIR: path.join(dir, "formulas") };
+    const env: Record<string, string> = {
+      DATA_DIR: path.join(dir, "data"),
+      PORT: "0",
+      FORMULAS_DIR: path.join(dir, "formulas"),
+    };
     if (kind === "postgres") {
       testDb = await openTestDatabase("postgres");
       env.DATABASE_URL = testDb.url as string;
@@ -68,7 +72,9 @@ describe.each(testBackends())("server skeleton on %s", (kind) => {
       headers: { authorization: `Bearer ${server.services.apiToken.reveal()}` },
     });
     expect(right.status).toBe(404);
-    expect(await right.json()).toMatchObject({ error: { code: "not_found", message: "no route for GET /api/nothing-here" } });
+    expect(await right.json()).toMatchObject({
+      error: { code: "not_found", message: "no route for GET /api/nothing-here" },
+    });
   });
 
   it("registers its instance in the database", async () => {

@@ -28,7 +28,12 @@ describe.each(testBackends())("POST /webhooks on %s", (backend) => {
     t = await startTestServer({
       backend,
       env: { DEMO_WEBHOOK_SECRET: SECRET, DEMO_FORGE_TOKEN: "forge-token-abcdef", OTHER_SECRET },
-      project: { webhook_secret_env: "DEMO_WEBHOOK_SECRET", token_env: "DEMO_FORGE_TOKEN", forge_url: forge.url, bot_login: "runner-bot" },
+      project: {
+        webhook_secret_env: "DEMO_WEBHOOK_SECRET",
+        token_env: "DEMO_FORGE_TOKEN",
+        forge_url: forge.url,
+        bot_login: "runner-bot",
+      },
       extraConfig: [
         "[[projects]]",
         'name = "open"',
@@ -53,7 +58,11 @@ describe.each(testBackends())("POST /webhooks on %s", (backend) => {
           "[on]\ndispatch = true",
           '[on]\ndispatch = true\n[on.issue_comment]\ntypes = ["created"]\ncommand = "/run dev"',
         ),
-        review: testFormula("review", { agent: "hang", timeout: "60s", guards: { min_permission: "admin", concurrency: "" } }).replace(
+        review: testFormula("review", {
+          agent: "hang",
+          timeout: "60s",
+          guards: { min_permission: "admin", concurrency: "" },
+        }).replace(
           "[on]\ndispatch = true",
           '[on]\ndispatch = true\n[on.pull_request]\ntypes = ["opened", "synchronize"]',
         ),
@@ -73,8 +82,20 @@ describe.each(testBackends())("POST /webhooks on %s", (backend) => {
     await t.db.database.rows(sql`update runs set status = 'cancelled' where status in ('queued', 'running')`);
   });
 
-  const send = (opts: { forge?: "github" | "gitea" | "forgejo"; event: string; payload: unknown; secret?: string; deliveryId?: string }) => {
-    const signed = signedWebhook({ forge: opts.forge ?? "github", event: opts.event, payload: opts.payload, secret: opts.secret ?? SECRET, deliveryId: opts.deliveryId });
+  const send = (opts: {
+    forge?: "github" | "gitea" | "forgejo";
+    event: string;
+    payload: unknown;
+    secret?: string;
+    deliveryId?: string;
+  }) => {
+    const signed = signedWebhook({
+      forge: opts.forge ?? "github",
+      event: opts.event,
+      payload: opts.payload,
+      secret: opts.secret ?? SECRET,
+      deliveryId: opts.deliveryId,
+    });
     return fetch(`${t.url}/webhooks`, { method: "POST", headers: signed.headers, body: signed.body });
   };
   const count = async (table: "deliveries" | "runs") =>
@@ -88,9 +109,22 @@ describe.each(testBackends())("POST /webhooks on %s", (backend) => {
     expect(body).toMatchObject({ delivery: deliveryId, duplicate: false, project: "demo" });
     expect(body.runs).toHaveLength(1);
     const run = (await t.api("GET", `/api/runs/${body.runs[0]}`)).body;
-    expect(run).toMatchObject({ formula: "triage", project: "demo", issue: 1, trigger: { kind: "webhook", ref: deliveryId } });
+    expect(run).toMatchObject({
+      formula: "triage",
+      project: "demo",
+      issue: 1,
+      trigger: { kind: "webhook", ref: deliveryId },
+    });
     const [stored] = (await t.api("GET", "/api/deliveries?limit=1")).body.deliveries;
-    expect(stored).toMatchObject({ id: deliveryId, forge: "github", event: "issues", action: "labeled", outcome: "queued", sender: "Codertocat", runs: body.runs });
+    expect(stored).toMatchObject({
+      id: deliveryId,
+      forge: "github",
+      event: "issues",
+      action: "labeled",
+      outcome: "queued",
+      sender: "Codertocat",
+      runs: body.runs,
+    });
   });
 
   it("answers a redelivery 200 duplicate and creates nothing, even 50 copies at once", async () => {
@@ -104,7 +138,9 @@ describe.each(testBackends())("POST /webhooks on %s", (backend) => {
     expect(await again.json()).toEqual({ delivery: deliveryId, duplicate: true, runs: [] });
 
     const burstId = randomUUID();
-    const answers = await Promise.all(Array.from({ length: 50 }, () => send({ event: "issues", payload, deliveryId: burstId })));
+    const answers = await Promise.all(
+      Array.from({ length: 50 }, () => send({ event: "issues", payload, deliveryId: burstId })),
+    );
     const statuses = answers.map((a) => a.status).sort();
     expect(statuses.filter((s) => s === 202)).toHaveLength(1);
     expect(statuses.filter((s) => s === 200)).toHaveLength(49);
@@ -113,7 +149,9 @@ describe.each(testBackends())("POST /webhooks on %s", (backend) => {
 
   it("matches comment commands at the start of the body, case-sensitive, as a whole word", async () => {
     const comment = (body: string) => fixture("github/issue_comment.created.json", (p) => (p.comment.body = body));
-    const fired = async (body: string) => ((await (await send({ event: "issue_comment", payload: comment(body) })).json()) as { runs: number[] }).runs.length;
+    const fired = async (body: string) =>
+      ((await (await send({ event: "issue_comment", payload: comment(body) })).json()) as { runs: number[] }).runs
+        .length;
     expect(await fired("  /run dev please\nmore")).toBe(1);
     expect(await fired("/run developer")).toBe(0);
     expect(await fired("please /run dev")).toBe(0);
@@ -147,7 +185,9 @@ describe.each(testBackends())("POST /webhooks on %s", (backend) => {
       nomatch: "no formula matches issues/opened",
     });
     const ignored = (await t.api("GET", "/api/deliveries?outcome=ignored&limit=4")).body.deliveries;
-    expect(ignored.map((d: { reason: string }) => d.reason)).toContain("sender mallory has read access; triage needs write");
+    expect(ignored.map((d: { reason: string }) => d.reason)).toContain(
+      "sender mallory has read access; triage needs write",
+    );
   });
 
   it("fails closed when the forge cannot say the sender's permission", async () => {
@@ -160,7 +200,9 @@ describe.each(testBackends())("POST /webhooks on %s", (backend) => {
 
   it("fires review on a pull request only for a sender with the formula's min_permission", async () => {
     forge.setPermission("acme/demo", "Codertocat", "write");
-    const refused = (await (await send({ event: "pull_request", payload: fixture("github/pull_request.opened.json") })).json()) as { ignored: string };
+    const refused = (await (
+      await send({ event: "pull_request", payload: fixture("github/pull_request.opened.json") })
+    ).json()) as { ignored: string };
     expect(refused.ignored).toBe("sender Codertocat has write access; review needs admin");
     forge.setPermission("acme/demo", "Codertocat", "admin");
     // The permission answer is cached for a minute: a new sender is asked afresh.
@@ -168,7 +210,10 @@ describe.each(testBackends())("POST /webhooks on %s", (backend) => {
     forge.setPermission("acme/demo", "alice", "admin");
     const fired = (await (await send({ event: "pull_request", payload })).json()) as { runs: number[] };
     expect(fired.runs).toHaveLength(1);
-    expect((await t.api("GET", `/api/runs/${fired.runs[0]}`)).body).toMatchObject({ formula: "review", issue: payload.number });
+    expect((await t.api("GET", `/api/runs/${fired.runs[0]}`)).body).toMatchObject({
+      formula: "review",
+      issue: payload.number,
+    });
   });
 
   it("takes Gitea and Forgejo deliveries: label_updated fires a labeled formula, synchronized is synchronize", async () => {
@@ -183,7 +228,9 @@ describe.each(testBackends())("POST /webhooks on %s", (backend) => {
     const sync = loadFixture("gitea/pull_request.synchronized.json");
     sync.repository.full_name = "acme/tea";
     sync.sender.login = "alice";
-    const pr = (await (await send({ forge: "gitea", event: "pull_request", payload: sync, secret: OTHER_SECRET })).json()) as { runs: number[] };
+    const pr = (await (
+      await send({ forge: "gitea", event: "pull_request", payload: sync, secret: OTHER_SECRET })
+    ).json()) as { runs: number[] };
     expect(pr.runs).toHaveLength(1);
 
     const comment = loadFixture("forgejo/issue_comment.created.json");
@@ -195,7 +242,10 @@ describe.each(testBackends())("POST /webhooks on %s", (backend) => {
   });
 
   it("stores text PostgreSQL's jsonb refuses (NUL, lone surrogates) instead of failing", async () => {
-    const raw = JSON.stringify(fixture("github/issues.labeled.json")).replace('"body":', '"body":"nul \\u0000 and lone \\ud800 here","was":');
+    const raw = JSON.stringify(fixture("github/issues.labeled.json")).replace(
+      '"body":',
+      '"body":"nul \\u0000 and lone \\ud800 here","was":',
+    );
     const res = await send({ event: "issues", payload: raw });
     expect(res.status).toBe(202);
     const { runs } = (await res.json()) as { runs: number[] };
@@ -203,7 +253,10 @@ describe.each(testBackends())("POST /webhooks on %s", (backend) => {
   });
 
   it("records push and ping, firing nothing", async () => {
-    for (const [event, file] of [["push", "github/push.json"], ["ping", "github/ping.json"]] as const) {
+    for (const [event, file] of [
+      ["push", "github/push.json"],
+      ["ping", "github/ping.json"],
+    ] as const) {
       const res = await send({ event, payload: fixture(file) });
       expect(res.status).toBe(202);
       expect(((await res.json()) as { runs: number[] }).runs).toEqual([]);
@@ -216,7 +269,9 @@ describe.each(testBackends())("POST /webhooks on %s", (backend) => {
     expect((await send({ event: "issues", payload, secret: "wrong-secret-000" })).status).toBe(401);
     const unsigned = signedWebhook({ forge: "github", event: "issues", payload, secret: SECRET });
     delete unsigned.headers["X-Hub-Signature-256"];
-    expect((await fetch(`${t.url}/webhooks`, { method: "POST", headers: unsigned.headers, body: unsigned.body })).status).toBe(401);
+    expect(
+      (await fetch(`${t.url}/webhooks`, { method: "POST", headers: unsigned.headers, body: unsigned.body })).status,
+    ).toBe(401);
     // A project without a webhook secret refuses webhooks, however they are signed.
     const open = fixture("github/issues.labeled.json", (p) => (p.repository.full_name = "acme/open"));
     expect((await send({ event: "issues", payload: open })).status).toBe(401);
@@ -224,7 +279,9 @@ describe.each(testBackends())("POST /webhooks on %s", (backend) => {
     const unknown = fixture("github/issues.labeled.json", (p) => (p.repository.full_name = "acme/nowhere"));
     const notFound = await send({ event: "issues", payload: unknown });
     expect(notFound.status).toBe(404);
-    expect(((await notFound.json()) as { error: { message: string } }).error.message).toBe("no project is configured for acme/nowhere");
+    expect(((await notFound.json()) as { error: { message: string } }).error.message).toBe(
+      "no project is configured for acme/nowhere",
+    );
     // Another project's secret for this repository.
     expect((await send({ event: "issues", payload, secret: OTHER_SECRET })).status).toBe(401);
     const malformed = await send({ event: "issues", payload: "{not json" });
@@ -234,7 +291,9 @@ describe.each(testBackends())("POST /webhooks on %s", (backend) => {
     expect(big.status).toBe(413);
     const noEvent = signedWebhook({ forge: "github", event: "issues", payload, secret: SECRET });
     delete noEvent.headers["X-GitHub-Event"];
-    expect((await fetch(`${t.url}/webhooks`, { method: "POST", headers: noEvent.headers, body: noEvent.body })).status).toBe(400);
+    expect(
+      (await fetch(`${t.url}/webhooks`, { method: "POST", headers: noEvent.headers, body: noEvent.body })).status,
+    ).toBe(400);
     expect([await count("deliveries"), await count("runs")]).toEqual(before);
   });
 
@@ -242,20 +301,24 @@ describe.each(testBackends())("POST /webhooks on %s", (backend) => {
     const app = createApp(t.server.services);
     const before = await count("deliveries");
     await fc.assert(
-      fc.asyncProperty(fc.uint8Array({ maxLength: 2048 }), fc.string({ minLength: 1, maxLength: 40 }), async (body, secret) => {
-        fc.pre(secret !== SECRET && secret !== OTHER_SECRET);
-        const res = await app.request("/webhooks", {
-          method: "POST",
-          headers: {
-            "x-github-event": "issues",
-            "x-github-delivery": randomUUID(),
-            "x-hub-signature-256": `sha256=${createHmac("sha256", secret).update(body).digest("hex")}`,
-            "content-type": "application/json",
-          },
-          body,
-        });
-        expect(res.status).toBe(401);
-      }),
+      fc.asyncProperty(
+        fc.uint8Array({ maxLength: 2048 }),
+        fc.string({ minLength: 1, maxLength: 40 }),
+        async (body, secret) => {
+          fc.pre(secret !== SECRET && secret !== OTHER_SECRET);
+          const res = await app.request("/webhooks", {
+            method: "POST",
+            headers: {
+              "x-github-event": "issues",
+              "x-github-delivery": randomUUID(),
+              "x-hub-signature-256": `sha256=${createHmac("sha256", secret).update(body).digest("hex")}`,
+              "content-type": "application/json",
+            },
+            body,
+          });
+          expect(res.status).toBe(401);
+        },
+      ),
       { numRuns: 100 },
     );
     expect(await count("deliveries")).toBe(before);
@@ -266,22 +329,37 @@ describe.each(testBackends())("POST /webhooks on %s", (backend) => {
     const bodies = fc.oneof(
       fc.uint8Array({ maxLength: 2048 }),
       fc.jsonValue().map((v) => new TextEncoder().encode(JSON.stringify(v))),
-      fc.jsonValue({ stringUnit: "binary" }).map((v) => new TextEncoder().encode(JSON.stringify({ repository: { full_name: "acme/demo" }, sender: { login: "alice" }, action: "labeled", label: { name: "bug" }, issue: { number: 3, title: "t", body: JSON.stringify(v) }, junk: v }))),
+      fc.jsonValue({ stringUnit: "binary" }).map((v) =>
+        new TextEncoder().encode(
+          JSON.stringify({
+            repository: { full_name: "acme/demo" },
+            sender: { login: "alice" },
+            action: "labeled",
+            label: { name: "bug" },
+            issue: { number: 3, title: "t", body: JSON.stringify(v) },
+            junk: v,
+          }),
+        ),
+      ),
     );
     await fc.assert(
-      fc.asyncProperty(bodies, fc.constantFrom("issues", "issue_comment", "pull_request", "push", "ping", "weird"), async (body, event) => {
-        const res = await app.request("/webhooks", {
-          method: "POST",
-          headers: {
-            "x-github-event": event,
-            "x-github-delivery": randomUUID(),
-            "x-hub-signature-256": `sha256=${createHmac("sha256", SECRET).update(body).digest("hex")}`,
-            "content-type": "application/json",
-          },
-          body,
-        });
-        expect(res.status, await res.clone().text()).toBeLessThan(500);
-      }),
+      fc.asyncProperty(
+        bodies,
+        fc.constantFrom("issues", "issue_comment", "pull_request", "push", "ping", "weird"),
+        async (body, event) => {
+          const res = await app.request("/webhooks", {
+            method: "POST",
+            headers: {
+              "x-github-event": event,
+              "x-github-delivery": randomUUID(),
+              "x-hub-signature-256": `sha256=${createHmac("sha256", SECRET).update(body).digest("hex")}`,
+              "content-type": "application/json",
+            },
+            body,
+          });
+          expect(res.status, await res.clone().text()).toBeLessThan(500);
+        },
+      ),
       { numRuns: 150 },
     );
   });

@@ -75,20 +75,50 @@ describe("worktree paths", () => {
   });
 
   it("checkDeletable says why it refuses", async () => {
-    expect(await checkDeletable(root, join(root, "demo", "dev-1"))).toEqual({ kind: "deletable", realPath: join(await realpath(root), "demo", "dev-1") });
+    expect(await checkDeletable(root, join(root, "demo", "dev-1"))).toEqual({
+      kind: "deletable",
+      realPath: join(await realpath(root), "demo", "dev-1"),
+    });
     expect(await checkDeletable(root, join(root, "demo", "dev-9"))).toEqual({ kind: "gone" });
     expect(await checkDeletable(root, root)).toEqual({ kind: "refused", reason: "is WORKTREE_ROOT itself" });
-    expect(await checkDeletable(root, join(root, "demo", ".."))).toEqual({ kind: "refused", reason: "is WORKTREE_ROOT itself" });
-    expect(await checkDeletable(root, `${root}/../outside`)).toEqual({ kind: "refused", reason: "outside WORKTREE_ROOT" });
-    expect(await checkDeletable(root, join(root, "demo", "link-out"))).toEqual({ kind: "refused", reason: "symlink leads outside WORKTREE_ROOT" });
+    expect(await checkDeletable(root, join(root, "demo", ".."))).toEqual({
+      kind: "refused",
+      reason: "is WORKTREE_ROOT itself",
+    });
+    expect(await checkDeletable(root, `${root}/../outside`)).toEqual({
+      kind: "refused",
+      reason: "outside WORKTREE_ROOT",
+    });
+    expect(await checkDeletable(root, join(root, "demo", "link-out"))).toEqual({
+      kind: "refused",
+      reason: "symlink leads outside WORKTREE_ROOT",
+    });
     expect(await checkDeletable(root, join(root, "proj-out", "x"))).toEqual({ kind: "gone" }); // nothing there: nothing deleted
-    expect(await checkDeletable(root, join(root, "demo", "link-in"))).toEqual({ kind: "refused", reason: "path goes through a symlink inside WORKTREE_ROOT" });
-    expect(await checkDeletable(root, join(root, "demo", "dangling"))).toEqual({ kind: "refused", reason: "dangling symlink" });
+    expect(await checkDeletable(root, join(root, "demo", "link-in"))).toEqual({
+      kind: "refused",
+      reason: "path goes through a symlink inside WORKTREE_ROOT",
+    });
+    expect(await checkDeletable(root, join(root, "demo", "dangling"))).toEqual({
+      kind: "refused",
+      reason: "dangling symlink",
+    });
   });
 
   it("never calls deletable a path whose real location is not exactly below the real root (property)", async () => {
     const realRoot = await realpath(root);
-    const segment = fc.constantFrom("demo", "dev-1", "dev-2", "link-out", "link-in", "proj-out", "dangling", "..", ".", "precious.txt", "missing");
+    const segment = fc.constantFrom(
+      "demo",
+      "dev-1",
+      "dev-2",
+      "link-out",
+      "link-in",
+      "proj-out",
+      "dangling",
+      "..",
+      ".",
+      "precious.txt",
+      "missing",
+    );
     await fc.assert(
       fc.asyncProperty(fc.array(segment, { minLength: 0, maxLength: 6 }), async (segments) => {
         const candidate = join(root, ...segments);

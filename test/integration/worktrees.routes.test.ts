@@ -6,8 +6,8 @@ import { runs, worktrees } from "../../db/schema/index.js";
 import { Housekeeping } from "../../src/housekeeping.js";
 import { testBackends } from "../helpers/db.js";
 import { runGit } from "../helpers/git.js";
-import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
 import { startTestServer, type TestServer, testFormula } from "../helpers/test-server.js";
+import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
 
 describe.each(testBackends())("worktrees over REST, on %s", (backend) => {
   let t: TestServer;
@@ -71,7 +71,10 @@ describe.each(testBackends())("worktrees over REST, on %s", (backend) => {
     const seen: number[] = [];
     let cursor: string | null = null;
     do {
-      const page: { body: { worktrees: { id: number }[]; next_cursor: string | null } } = await t.api("GET", `/api/worktrees?limit=1${cursor ? `&cursor=${cursor}` : ""}`);
+      const page: { body: { worktrees: { id: number }[]; next_cursor: string | null } } = await t.api(
+        "GET",
+        `/api/worktrees?limit=1${cursor ? `&cursor=${cursor}` : ""}`,
+      );
       seen.push(...page.body.worktrees.map((w) => w.id));
       cursor = page.body.next_cursor;
     } while (cursor);
@@ -83,7 +86,12 @@ describe.each(testBackends())("worktrees over REST, on %s", (backend) => {
     const id = run.worktree.id as number;
     const res = await t.api("DELETE", `/api/worktrees/${id}`);
     expect(res.status).toBe(200);
-    expect(res.body.worktree).toMatchObject({ id, state: "removed", removed_by: "api", removed_at: expect.any(String) });
+    expect(res.body.worktree).toMatchObject({
+      id,
+      state: "removed",
+      removed_by: "api",
+      removed_at: expect.any(String),
+    });
     await expect(readdir(run.worktree.path)).rejects.toThrow();
     expect(await runGit(t.repo.clone, "worktree", "list")).not.toContain(run.worktree.path);
     expect((await t.api("DELETE", "/api/worktrees/987654")).status).toBe(404);
@@ -117,7 +125,9 @@ describe.each(testBackends())("worktrees over REST, on %s", (backend) => {
     expect(dry.body.dry_run).toBe(true);
     expect(dry.body.purged.map((p: { id: number }) => p.id)).toContain(old.worktree.id);
     expect(dry.body.purged.map((p: { id: number }) => p.id)).not.toContain(young.worktree.id);
-    expect(dry.body.kept).toContainEqual(expect.objectContaining({ id: busy.worktree.id, reason: expect.stringMatching(/still/) }));
+    expect(dry.body.kept).toContainEqual(
+      expect.objectContaining({ id: busy.worktree.id, reason: expect.stringMatching(/still/) }),
+    );
     expect((await readdir(old.worktree.path)).length).toBeGreaterThan(0);
 
     const real = await t.api("POST", "/api/worktrees/purge", { older_than_hours: 24 });
@@ -145,8 +155,24 @@ describe.each(testBackends())("worktrees over REST, on %s", (backend) => {
     const rows = await db()
       .insert(worktrees)
       .values([
-        { project: "demo", formula: "evil", path: escapee, state: "preserved", instanceId: t.server.services.instanceId, preservedAt: new Date(0), expiresAt: new Date(0) },
-        { project: "demo", formula: "evil", path: link, state: "preserved", instanceId: t.server.services.instanceId, preservedAt: new Date(0), expiresAt: new Date(0) },
+        {
+          project: "demo",
+          formula: "evil",
+          path: escapee,
+          state: "preserved",
+          instanceId: t.server.services.instanceId,
+          preservedAt: new Date(0),
+          expiresAt: new Date(0),
+        },
+        {
+          project: "demo",
+          formula: "evil",
+          path: link,
+          state: "preserved",
+          instanceId: t.server.services.instanceId,
+          preservedAt: new Date(0),
+          expiresAt: new Date(0),
+        },
       ])
       .returning();
     const res = await t.api("POST", "/api/worktrees/purge", { older_than_hours: 0 });
@@ -164,7 +190,11 @@ describe.each(testBackends())("worktrees over REST, on %s", (backend) => {
   it("housekeeping adopts a worktree directory nobody recorded, with a fresh expiry", async () => {
     const orphan = path.join(t.worktreeRoot, "demo", "dev-4242");
     await runGit(t.repo.clone, "worktree", "add", "--detach", orphan, "HEAD");
-    const housekeeping = new Housekeeping({ worktrees: t.server.services.worktrees, projects: t.server.services.config.projects, log: t.server.services.log });
+    const housekeeping = new Housekeeping({
+      worktrees: t.server.services.worktrees,
+      projects: t.server.services.config.projects,
+      log: t.server.services.log,
+    });
     await housekeeping.runOnce();
     await housekeeping.stop();
     const { body } = await t.api("GET", "/api/worktrees?state=preserved");

@@ -148,7 +148,12 @@ describe.each(testBackends())("worktrees on %s", (kind) => {
         ]);
         expect(new Set(rows.map((r) => r.path)).size).toBe(8);
         for (const row of rows.slice(0, 5)) expect(await runGit(row.path, "rev-parse", "HEAD")).toBe(head);
-        expect((await linked(repo)).sort()).toEqual(rows.slice(0, 5).map((r) => r.path).sort());
+        expect((await linked(repo)).sort()).toEqual(
+          rows
+            .slice(0, 5)
+            .map((r) => r.path)
+            .sort(),
+        );
         expect(await linked(other)).toHaveLength(3);
       } finally {
         await other.cleanup();
@@ -171,7 +176,11 @@ describe.each(testBackends())("worktrees on %s", (kind) => {
     });
 
     const failures: [string, (runId: number) => Promise<ProjectConfig>, RegExp][] = [
-      ["repo_path does not exist", async () => projectFor(repo, { repoPath: join(repo.root, "no-such-clone") }), /cannot change to/],
+      [
+        "repo_path does not exist",
+        async () => projectFor(repo, { repoPath: join(repo.root, "no-such-clone") }),
+        /cannot change to/,
+      ],
       [
         "repo_path is a plain directory inside another repository",
         async () => {
@@ -188,7 +197,11 @@ describe.each(testBackends())("worktrees on %s", (kind) => {
         },
         /does not appear to be a git repository/,
       ],
-      ["the primary branch does not exist", async () => projectFor(repo, { primaryBranch: "no-such-branch" }), /couldn't find remote ref/],
+      [
+        "the primary branch does not exist",
+        async () => projectFor(repo, { primaryBranch: "no-such-branch" }),
+        /couldn't find remote ref/,
+      ],
       [
         "the path is a missing but locked worktree",
         async (runId) => {
@@ -231,7 +244,9 @@ describe.each(testBackends())("worktrees on %s", (kind) => {
     it("refuses names that would leave the project directory", async () => {
       const runId = await insertRun();
       await expect(manager.create({ runId, project, formula: "../escape" })).rejects.toThrow(WorktreeError);
-      await expect(manager.create({ runId, project: { ...project, name: ".." }, formula: "dev" })).rejects.toThrow(/cannot be a directory name/);
+      await expect(manager.create({ runId, project: { ...project, name: ".." }, formula: "dev" })).rejects.toThrow(
+        /cannot be a directory name/,
+      );
       expect(await rowsOfRun(runId)).toEqual([]);
       expect(await linked(repo)).toEqual([]);
     });
@@ -268,7 +283,9 @@ describe.each(testBackends())("worktrees on %s", (kind) => {
 
     it("refuses another instance's worktree and an unknown id", async () => {
       const row = await manager.create({ runId: await insertRun(), project, formula: "dev" });
-      const error = await newManager("inst-b").remove(row, "api", project).catch((e: unknown) => e);
+      const error = await newManager("inst-b")
+        .remove(row, "api", project)
+        .catch((e: unknown) => e);
       expect(error).toBeInstanceOf(AppError);
       expect((error as AppError).code).toBe("conflict");
       expect((error as AppError).message).toContain("inst-a");
@@ -303,12 +320,21 @@ describe.each(testBackends())("worktrees on %s", (kind) => {
       clock = new Date(T0.getTime() + 2 * HOUR);
       const expired = await manager.purge({ expiredOnly: true, by: "housekeeping", projects: [project] });
       expect(expired.purged.map((p) => p.id)).toEqual([shortLived.id]);
-      expect(expired.purged[0]).toMatchObject({ run_id: shortLived.runId, project: "demo", formula: "dev", path: shortLived.path });
+      expect(expired.purged[0]).toMatchObject({
+        run_id: shortLived.runId,
+        project: "demo",
+        formula: "dev",
+        path: shortLived.path,
+      });
       expect(expired.purged[0]?.reason).toMatch(/^expired at /);
       expect(expired.kept).toEqual([]);
       expect(existsSync(shortLived.path)).toBe(false);
       expect((await linked(repo)).sort()).toEqual([longLived.path, byId.path].sort());
-      expect(await manager.get(shortLived.id)).toMatchObject({ state: "removed", removedBy: "housekeeping", removedAt: clock });
+      expect(await manager.get(shortLived.id)).toMatchObject({
+        state: "removed",
+        removedBy: "housekeeping",
+        removedAt: clock,
+      });
 
       // Preserved 2 h ago: the API default (24 h) leaves it.
       expect(await manager.purge({ by: "api", projects: [project] })).toEqual({ purged: [], kept: [] });
@@ -332,14 +358,20 @@ describe.each(testBackends())("worktrees on %s", (kind) => {
       clock = new Date(T0.getTime() + 2 * HOUR);
       const report = await manager.purge({ expiredOnly: true, dryRun: true, by: "api", projects: [project] });
       expect(report.purged.map((p) => p.id)).toEqual([row.id]);
-      expect(report.purged[0]).toMatchObject({ preserved_at: T0.toISOString(), expires_at: new Date(T0.getTime() + HOUR).toISOString() });
+      expect(report.purged[0]).toMatchObject({
+        preserved_at: T0.toISOString(),
+        expires_at: new Date(T0.getTime() + HOUR).toISOString(),
+      });
       expect(existsSync(row.path)).toBe(true);
       expect(await linked(repo)).toEqual([row.path]);
       expect(await manager.get(row.id)).toMatchObject({ state: "preserved" });
     });
 
     it("treats nothing to purge as a success", async () => {
-      expect(await manager.purge({ expiredOnly: true, by: "housekeeping", projects: [project] })).toEqual({ purged: [], kept: [] });
+      expect(await manager.purge({ expiredOnly: true, by: "housekeeping", projects: [project] })).toEqual({
+        purged: [],
+        kept: [],
+      });
       expect(await manager.purge({ ids: [], by: "api", projects: [] })).toEqual({ purged: [], kept: [] });
     });
 
@@ -348,7 +380,9 @@ describe.each(testBackends())("worktrees on %s", (kind) => {
       clock = new Date(T0.getTime() + 2 * HOUR);
       const { purged, kept } = await manager.purge({ expiredOnly: true, by: "housekeeping", projects: [project] });
       expect(purged).toEqual([]);
-      expect(kept.map((k) => [k.id, k.reason])).toEqual([[row.id, `run ${row.runId} is still running${status === "running" ? "" : ` (${status})`}`]]);
+      expect(kept.map((k) => [k.id, k.reason])).toEqual([
+        [row.id, `run ${row.runId} is still running${status === "running" ? "" : ` (${status})`}`],
+      ]);
       expect(existsSync(row.path)).toBe(true);
       expect(await manager.get(row.id)).toMatchObject({ state: "preserved" });
     });
@@ -356,7 +390,11 @@ describe.each(testBackends())("worktrees on %s", (kind) => {
     it("keeps another instance's worktree, naming the instance", async () => {
       const row = await preserved(HOUR);
       clock = new Date(T0.getTime() + 2 * HOUR);
-      const { purged, kept } = await newManager("inst-b").purge({ expiredOnly: true, by: "housekeeping", projects: [project] });
+      const { purged, kept } = await newManager("inst-b").purge({
+        expiredOnly: true,
+        by: "housekeeping",
+        projects: [project],
+      });
       expect(purged).toEqual([]);
       expect(kept).toMatchObject([{ id: row.id, reason: "lives on instance inst-a" }]);
       expect(existsSync(row.path)).toBe(true);
@@ -367,7 +405,12 @@ describe.each(testBackends())("worktrees on %s", (kind) => {
       await writeFile(join(outside, "precious.txt"), "keep me\n");
       await mkdir(root, { recursive: true });
       const runId = await insertRun("crashed");
-      const traversal = [`${root}/../../${basename(outside)}`, `${root}/demo/../../../${basename(outside)}`, root, `${root}/demo`];
+      const traversal = [
+        `${root}/../../${basename(outside)}`,
+        `${root}/demo/../../../${basename(outside)}`,
+        root,
+        `${root}/demo`,
+      ];
       const inserted = await t.database.db
         .insert(worktrees)
         .values(
@@ -410,7 +453,15 @@ describe.each(testBackends())("worktrees on %s", (kind) => {
       await symlink(outside, join(root, "linked"));
       const [viaProject] = await t.database.db
         .insert(worktrees)
-        .values({ project: "linked", formula: "dev", path: join(root, "linked", "dev-1"), state: "preserved", instanceId: "inst-a", preservedAt: T0, expiresAt: T0 })
+        .values({
+          project: "linked",
+          formula: "dev",
+          path: join(root, "linked", "dev-1"),
+          state: "preserved",
+          instanceId: "inst-a",
+          preservedAt: T0,
+          expiresAt: T0,
+        })
         .returning();
 
       clock = new Date(T0.getTime() + 2 * HOUR);
@@ -442,7 +493,9 @@ describe.each(testBackends())("worktrees on %s", (kind) => {
       expect(await linked(repo)).toEqual([row.path]); // still registered until pruned
       clock = new Date(T0.getTime() + 2 * HOUR);
       const { purged } = await manager.purge({ expiredOnly: true, by: "housekeeping", projects: [project] });
-      expect(purged.map((p) => [p.id, p.reason])).toEqual([[row.id, `expired at ${new Date(T0.getTime() + HOUR).toISOString()}; directory already gone`]]);
+      expect(purged.map((p) => [p.id, p.reason])).toEqual([
+        [row.id, `expired at ${new Date(T0.getTime() + HOUR).toISOString()}; directory already gone`],
+      ]);
       expect(await manager.get(row.id)).toMatchObject({ state: "removed", removedBy: "housekeeping" });
       expect(await linked(repo)).toEqual([]);
     });
@@ -459,7 +512,11 @@ describe.each(testBackends())("worktrees on %s", (kind) => {
       const active = await manager.create({ runId: await insertRun(), project, formula: "dev" });
       const gone = await preserved(HOUR);
       await manager.remove(gone, "api", project);
-      const { purged, kept } = await manager.purge({ ids: [active.id, gone.id, 999_999], by: "api", projects: [project] });
+      const { purged, kept } = await manager.purge({
+        ids: [active.id, gone.id, 999_999],
+        by: "api",
+        projects: [project],
+      });
       expect(purged).toEqual([]);
       expect(kept.map((k) => [k.id, k.reason.replace(/ at .*/, "")])).toEqual([
         [active.id, `worktree is active (run ${active.runId})`],
@@ -477,7 +534,9 @@ describe.each(testBackends())("worktrees on %s", (kind) => {
       expect(purged.map((p) => p.id)).toEqual(rows.map((r) => r.id).sort((a, b) => a - b));
       expect(kept).toEqual([]);
       expect(await linked(repo)).toEqual([survivor.path]);
-      const states = await t.database.rows<{ state: string; n: number }>(sql`select state, count(*)::int as n from worktrees group by state order by state`);
+      const states = await t.database.rows<{ state: string; n: number }>(
+        sql`select state, count(*)::int as n from worktrees group by state order by state`,
+      );
       expect(states).toEqual([
         { state: "preserved", n: 1 },
         { state: "removed", n: 12 },
@@ -500,7 +559,11 @@ describe.each(testBackends())("worktrees on %s", (kind) => {
       const leaked = await manager.create({ runId: leakedRun, project, formula: "dev" });
       await setRunStatus(leakedRun, "failed");
       const live = await manager.create({ runId: await insertRun("running"), project, formula: "dev" });
-      const otherInstance = await newManager("inst-b").create({ runId: await insertRun("running"), project, formula: "dev" });
+      const otherInstance = await newManager("inst-b").create({
+        runId: await insertRun("running"),
+        project,
+        formula: "dev",
+      });
       await setRunStatus(otherInstance.runId as number, "done");
 
       clock = new Date(T0.getTime() + HOUR);
@@ -508,10 +571,24 @@ describe.each(testBackends())("worktrees on %s", (kind) => {
       const expiresAt = new Date(clock.getTime() + 24 * HOUR);
       const byPath = new Map(adopted.map((r) => [r.path, r]));
       expect([...byPath.keys()].sort()).toEqual([leaked.path, noSuchRun, odd, unrecorded].sort());
-      expect(byPath.get(unrecorded)).toMatchObject({ runId, project: "demo", formula: "dev", state: "preserved", reason: "adopted", instanceId: "inst-a", preservedAt: clock, expiresAt });
+      expect(byPath.get(unrecorded)).toMatchObject({
+        runId,
+        project: "demo",
+        formula: "dev",
+        state: "preserved",
+        reason: "adopted",
+        instanceId: "inst-a",
+        preservedAt: clock,
+        expiresAt,
+      });
       expect(byPath.get(unrecorded)?.sizeBytes).toBeGreaterThan(0);
       expect(byPath.get(noSuchRun)).toMatchObject({ runId: null, formula: "dev", reason: "adopted" });
-      expect(byPath.get(odd)).toMatchObject({ runId: null, project: "retired-project", formula: "scratchpad", reason: "adopted" });
+      expect(byPath.get(odd)).toMatchObject({
+        runId: null,
+        project: "retired-project",
+        formula: "scratchpad",
+        reason: "adopted",
+      });
       expect(byPath.get(leaked.path)).toMatchObject({ id: leaked.id, state: "preserved", reason: "leaked", expiresAt });
       expect(await manager.get(live.id)).toMatchObject({ state: "active" });
       expect(await manager.get(otherInstance.id)).toMatchObject({ state: "active" });
@@ -531,9 +608,18 @@ describe.each(testBackends())("worktrees on %s", (kind) => {
 
     it("brings back a row marked removed whose directory is still there", async () => {
       const row = await preserved(HOUR);
-      await t.database.db.update(worktrees).set({ state: "removed", removedBy: "api", removedAt: T0 }).where(eq(worktrees.id, row.id));
+      await t.database.db
+        .update(worktrees)
+        .set({ state: "removed", removedBy: "api", removedAt: T0 })
+        .where(eq(worktrees.id, row.id));
       const [adopted] = await manager.adoptOrphans([project], HOUR);
-      expect(adopted).toMatchObject({ id: row.id, state: "preserved", reason: "adopted", removedAt: null, removedBy: null });
+      expect(adopted).toMatchObject({
+        id: row.id,
+        state: "preserved",
+        reason: "adopted",
+        removedAt: null,
+        removedBy: null,
+      });
     });
 
     it("leaves a directory alone while create is between git worktree add and the insert", async () => {

@@ -54,20 +54,30 @@ describe("force-push to the primary branch", () => {
     expect(reason).toContain("open a pull request");
   });
 
-  it.each(["git push -f", "git push --force origin", "git push --force-with-lease", "sudo git push -f"])("refuses a force-push that names no branch: %s", (command) => {
-    const reason = reasonOf(command);
-    expect(reason).toContain("without naming the branch");
-    expect(reason).toContain("HEAD:refs/heads/<your-branch>");
-  });
-
-  it.each(["git push -f origin HEAD", "git push -f origin @", 'git push --force origin "$BRANCH"', "git push -f origin $(git branch --show-current)"])(
-    "refuses a force-push whose branch is only known at run time: %s",
+  it.each(["git push -f", "git push --force origin", "git push --force-with-lease", "sudo git push -f"])(
+    "refuses a force-push that names no branch: %s",
     (command) => {
-      expect(reasonOf(command)).toContain('could be the primary branch "main"');
+      const reason = reasonOf(command);
+      expect(reason).toContain("without naming the branch");
+      expect(reason).toContain("HEAD:refs/heads/<your-branch>");
     },
   );
 
-  it.each(["git push origin --delete main", "git push -d origin main", "git push origin :main", "git push origin :refs/heads/main"])("refuses deleting the primary branch: %s", (command) => {
+  it.each([
+    "git push -f origin HEAD",
+    "git push -f origin @",
+    'git push --force origin "$BRANCH"',
+    "git push -f origin $(git branch --show-current)",
+  ])("refuses a force-push whose branch is only known at run time: %s", (command) => {
+    expect(reasonOf(command)).toContain('could be the primary branch "main"');
+  });
+
+  it.each([
+    "git push origin --delete main",
+    "git push -d origin main",
+    "git push origin :main",
+    "git push origin :refs/heads/main",
+  ])("refuses deleting the primary branch: %s", (command) => {
     expect(reasonOf(command)).toContain('deletes the primary branch "main"');
   });
 
@@ -115,9 +125,12 @@ describe("checkout of the primary branch", () => {
     expect(reason).toContain("git switch -c <your-branch> origin/main");
   });
 
-  it.each(["git checkout -B main origin/main", "git switch -C main", "git switch -c main", "git checkout -bmain"])("refuses creating or resetting the primary branch: %s", (command) => {
-    expect(reasonOf(command)).toContain('creates or resets the primary branch "main"');
-  });
+  it.each(["git checkout -B main origin/main", "git switch -C main", "git switch -c main", "git checkout -bmain"])(
+    "refuses creating or resetting the primary branch: %s",
+    (command) => {
+      expect(reasonOf(command)).toContain('creates or resets the primary branch "main"');
+    },
+  );
 
   it.each([
     "git checkout -b feature origin/main",
@@ -197,11 +210,14 @@ describe("rm -rf outside the worktree", () => {
     expect(reason).toContain(`Stay inside the worktree ${WT}`);
   });
 
-  it.each([".", "./", WT, `${WT}/`, `${WT}/.`, "$WORKTREE", '"$WORKTREE"', "${PWD}", "build/..", "x{a,b{c,..}}/.."])("refuses deleting the worktree itself: rm -rf %s", (operand) => {
-    const reason = reasonOf(`rm -rf ${operand}`);
-    expect(reason).toContain(`would delete the worktree itself (${WT})`);
-    expect(reason).toContain("Stay inside the worktree");
-  });
+  it.each([".", "./", WT, `${WT}/`, `${WT}/.`, "$WORKTREE", '"$WORKTREE"', "${PWD}", "build/..", "x{a,b{c,..}}/.."])(
+    "refuses deleting the worktree itself: rm -rf %s",
+    (operand) => {
+      const reason = reasonOf(`rm -rf ${operand}`);
+      expect(reason).toContain(`would delete the worktree itself (${WT})`);
+      expect(reason).toContain("Stay inside the worktree");
+    },
+  );
 
   it.each([
     ["rm -rf .*", 'the glob .* can match "." and ".."'],
@@ -246,7 +262,7 @@ describe("rm -rf outside the worktree", () => {
     "rm -rf build/../dist",
     "rm -rf *",
     "rm -rf build/*",
-    "rm -rf \"$WORKTREE\"/*",
+    'rm -rf "$WORKTREE"/*',
     "rm -rf .[!.]*",
     "rm -rf .cache*",
     "rm -rf {build,dist}",
@@ -270,7 +286,10 @@ describe("rm -rf outside the worktree", () => {
   it("resolves relative paths against the Bash tool's cwd", () => {
     const sub = `${WT}/packages/api`;
     expect(check("rm -rf ../web/dist", { cwd: sub })).toEqual({ allowed: true });
-    expect(check("rm -rf ../..", { cwd: sub })).toMatchObject({ allowed: false, reason: expect.stringContaining("would delete the worktree itself") });
+    expect(check("rm -rf ../..", { cwd: sub })).toMatchObject({
+      allowed: false,
+      reason: expect.stringContaining("would delete the worktree itself"),
+    });
     expect(reasonOf("rm -rf ../../../x", { cwd: sub })).toContain("deletes /srv/fr/worktrees/x recursively");
     expect(reasonOf("rm -rf build", { cwd: "/tmp" })).toContain("deletes /tmp/build recursively");
     // A relative cwd is taken relative to the worktree.
@@ -330,12 +349,17 @@ describe("cd tracking", () => {
     expect(check(command)).toEqual({ allowed: true });
   });
 
-  it.each(["cd $SOMEWHERE && rm -rf x", "cd - && rm -rf x", "cd build* && rm -rf x", "popd && rm -rf x"])("refuses relative paths after a cd it cannot follow: %j", (command) => {
-    expect(reasonOf(command)).toContain("the directory it runs in is not known");
-  });
+  it.each(["cd $SOMEWHERE && rm -rf x", "cd - && rm -rf x", "cd build* && rm -rf x", "popd && rm -rf x"])(
+    "refuses relative paths after a cd it cannot follow: %j",
+    (command) => {
+      expect(reasonOf(command)).toContain("the directory it runs in is not known");
+    },
+  );
 
   it("says when a cd before the command may not have happened", () => {
-    expect(reasonOf("cd src; rm -rf ../build")).toContain(`a cd before it may have failed, so it may run in ${WT}/src or ${WT}; join the cd to it with &&`);
+    expect(reasonOf("cd src; rm -rf ../build")).toContain(
+      `a cd before it may have failed, so it may run in ${WT}/src or ${WT}; join the cd to it with &&`,
+    );
     expect(reasonOf("cd /tmp || true; rm -rf x")).toContain(`so it may run in /tmp or ${WT};`);
     expect(reasonOf("cd /tmp && rm -rf x")).not.toContain("may have failed");
   });
@@ -420,11 +444,22 @@ describe("properties", () => {
 
   it("allows rm -rf of any path below the worktree, however it is written", () => {
     fc.assert(
-      fc.property(fc.array(segment, { minLength: 1, maxLength: 6 }), fc.constantFrom("relative", "dot", "worktree-var", "absolute"), (segments, form) => {
-        const path = segments.join("/");
-        const operand = form === "relative" ? sq(path) : form === "dot" ? sq(`./${path}`) : form === "worktree-var" ? `"$WORKTREE"/${sq(path)}` : sq(`${WT}/${path}`);
-        expect(check(`rm -rf ${operand}`)).toEqual({ allowed: true });
-      }),
+      fc.property(
+        fc.array(segment, { minLength: 1, maxLength: 6 }),
+        fc.constantFrom("relative", "dot", "worktree-var", "absolute"),
+        (segments, form) => {
+          const path = segments.join("/");
+          const operand =
+            form === "relative"
+              ? sq(path)
+              : form === "dot"
+                ? sq(`./${path}`)
+                : form === "worktree-var"
+                  ? `"$WORKTREE"/${sq(path)}`
+                  : sq(`${WT}/${path}`);
+          expect(check(`rm -rf ${operand}`)).toEqual({ allowed: true });
+        },
+      ),
     );
   });
 
@@ -441,28 +476,38 @@ describe("properties", () => {
 
   it("agrees with lexical normalisation for relative paths with . and ..", () => {
     fc.assert(
-      fc.property(fc.array(fc.constantFrom("a", "b c", ".", "..", "d.e"), { minLength: 1, maxLength: 8 }), (segments) => {
-        const path = segments.join("/");
-        const resolved = posix.normalize(posix.join(WT, path)).replace(/(.)\/$/, "$1");
-        const inside = resolved.startsWith(`${WT}/`);
-        expect(check(`rm -rf ${sq(path)}`).allowed).toBe(inside);
-      }),
+      fc.property(
+        fc.array(fc.constantFrom("a", "b c", ".", "..", "d.e"), { minLength: 1, maxLength: 8 }),
+        (segments) => {
+          const path = segments.join("/");
+          const resolved = posix.normalize(posix.join(WT, path)).replace(/(.)\/$/, "$1");
+          const inside = resolved.startsWith(`${WT}/`);
+          expect(check(`rm -rf ${sq(path)}`).allowed).toBe(inside);
+        },
+      ),
     );
   });
 
   it("does not care how a word is quoted", () => {
     fc.assert(
-      fc.property(fc.constantFrom("main", "feature", "/tmp/x", "build", "../x"), fc.constantFrom("git push -f origin", "git checkout", "rm -rf"), (word, prefix) => {
-        const plain = check(`${prefix} ${word}`).allowed;
-        expect(check(`${prefix} '${word}'`).allowed).toBe(plain);
-        expect(check(`${prefix} "${word}"`).allowed).toBe(plain);
-        expect(check(`${prefix} ${word.replace(/^(.)/, "\\$1")}`).allowed).toBe(plain);
-      }),
+      fc.property(
+        fc.constantFrom("main", "feature", "/tmp/x", "build", "../x"),
+        fc.constantFrom("git push -f origin", "git checkout", "rm -rf"),
+        (word, prefix) => {
+          const plain = check(`${prefix} ${word}`).allowed;
+          expect(check(`${prefix} '${word}'`).allowed).toBe(plain);
+          expect(check(`${prefix} "${word}"`).allowed).toBe(plain);
+          expect(check(`${prefix} ${word.replace(/^(.)/, "\\$1")}`).allowed).toBe(plain);
+        },
+      ),
     );
   });
 
   it("never throws, whatever the input", () => {
-    const shellish = fc.string({ unit: fc.constantFrom(..."ab /.-~$(){}[]*?'\"`\\;&|<>#\n\t=,!rmgitpushcd"), maxLength: 80 });
+    const shellish = fc.string({
+      unit: fc.constantFrom(..."ab /.-~$(){}[]*?'\"`\\;&|<>#\n\t=,!rmgitpushcd"),
+      maxLength: 80,
+    });
     fc.assert(
       fc.property(fc.oneof(fc.string(), shellish), (command) => {
         const verdict = check(command);

@@ -19,7 +19,8 @@ import {
 import { cleanupTempDirs, makeTempDir, pendingTempDirs } from "../helpers/tmp.js";
 
 /** Quotes, dollars, backticks, backslashes, unicode, no final newline: `cat` must print it untouched. */
-const PROTOCOL = "## Phase protocol\nWrite `PHASE:done` to \"$PHASE_FILE\" when you're done.\n\\n is not a newline; 'single' $(not run) ünïcode\n\n  trailing spaces  ";
+const PROTOCOL =
+  "## Phase protocol\nWrite `PHASE:done` to \"$PHASE_FILE\" when you're done.\n\\n is not a newline; 'single' $(not run) ünïcode\n\n  trailing spaces  ";
 
 let root: string;
 let runDir: string;
@@ -51,7 +52,13 @@ function hookCommand(settings: ClaudeSettings, event: "SessionStart" | "PreToolU
 
 /** Runs a hook command as Claude Code does: through bash, in the worktree, input on stdin. */
 function runHook(command: string, input: string) {
-  return execa("bash", ["-c", command], { cwd: worktree, input, reject: false, timeout: 20_000, stripFinalNewline: false });
+  return execa("bash", ["-c", command], {
+    cwd: worktree,
+    input,
+    reject: false,
+    timeout: 20_000,
+    stripFinalNewline: false,
+  });
 }
 
 function bashCall(command: string, cwd = worktree): string {
@@ -87,7 +94,10 @@ describe("writeClaudeSettings", () => {
   it("SessionStart prints the phase protocol exactly", async () => {
     const { settings } = await written();
 
-    const result = await runHook(hookCommand(settings, "SessionStart"), JSON.stringify({ hook_event_name: "SessionStart", source: "compact" }));
+    const result = await runHook(
+      hookCommand(settings, "SessionStart"),
+      JSON.stringify({ hook_event_name: "SessionStart", source: "compact" }),
+    );
 
     expect(result.exitCode, result.stderr).toBe(0);
     expect(result.stdout).toBe(PROTOCOL);
@@ -151,7 +161,12 @@ describe("the PreToolUse Bash guard hook", () => {
     const allowed = await runHook(command, bashCall("echo ok > out.txt && git push origin HEAD:refs/heads/feature"));
     expect([allowed.exitCode, allowed.stdout, allowed.stderr]).toEqual([0, "", ""]);
 
-    const write = JSON.stringify({ hook_event_name: "PreToolUse", cwd: worktree, tool_name: "Write", tool_input: { file_path: "/etc/passwd", content: "rm -rf /" } });
+    const write = JSON.stringify({
+      hook_event_name: "PreToolUse",
+      cwd: worktree,
+      tool_name: "Write",
+      tool_input: { file_path: "/etc/passwd", content: "rm -rf /" },
+    });
     const other = await runHook(command, write);
     expect([other.exitCode, other.stdout, other.stderr]).toEqual([0, "", ""]);
   });
@@ -159,7 +174,11 @@ describe("the PreToolUse Bash guard hook", () => {
   it.each([
     ["not JSON", "{not json", "not valid JSON"],
     ["not an object", "[1,2]", "not a JSON object"],
-    ["a Bash call without a command", JSON.stringify({ hook_event_name: "PreToolUse", tool_name: "Bash", tool_input: {} }), "no command string"],
+    [
+      "a Bash call without a command",
+      JSON.stringify({ hook_event_name: "PreToolUse", tool_name: "Bash", tool_input: {} }),
+      "no command string",
+    ],
     ["no tool_name", JSON.stringify({ hook_event_name: "PreToolUse" }), "no tool_name"],
   ])("lets the command go ahead, with a note, on input it cannot read: %s", async (_name, input, note) => {
     const { settings } = await written();
@@ -194,8 +213,18 @@ describe("bashGuardHookArgv", () => {
   });
 
   it("runs the compiled hook with plain node next to compiled code", () => {
-    const argv = bashGuardHookArgv({ worktree: "/w", primaryBranch: "main" }, "file:///opt/formula-runner/dist/src/sessions/claude-settings.js");
-    expect(argv).toEqual([process.execPath, "/opt/formula-runner/dist/src/sessions/bash-guard-hook.js", "--worktree", "/w", "--primary", "main"]);
+    const argv = bashGuardHookArgv(
+      { worktree: "/w", primaryBranch: "main" },
+      "file:///opt/formula-runner/dist/src/sessions/claude-settings.js",
+    );
+    expect(argv).toEqual([
+      process.execPath,
+      "/opt/formula-runner/dist/src/sessions/bash-guard-hook.js",
+      "--worktree",
+      "/w",
+      "--primary",
+      "main",
+    ]);
   });
 });
 
@@ -211,11 +240,20 @@ describe("shellQuote", () => {
 
   it("gives bash back every string as one word, unchanged", async () => {
     await fc.assert(
-      fc.asyncProperty(fc.array(fc.string({ unit: "binary" }).filter((s) => !s.includes("\0")), { minLength: 1, maxLength: 8 }), async (values) => {
-        // printf '%s\0' prints each word bash received, NUL-terminated.
-        const result = await execa("bash", ["-c", `printf '%s\\0' ${values.map(shellQuote).join(" ")}`], { stripFinalNewline: false, encoding: "utf8" });
-        expect(result.stdout.split("\0").slice(0, -1)).toEqual(values);
-      }),
+      fc.asyncProperty(
+        fc.array(
+          fc.string({ unit: "binary" }).filter((s) => !s.includes("\0")),
+          { minLength: 1, maxLength: 8 },
+        ),
+        async (values) => {
+          // printf '%s\0' prints each word bash received, NUL-terminated.
+          const result = await execa("bash", ["-c", `printf '%s\\0' ${values.map(shellQuote).join(" ")}`], {
+            stripFinalNewline: false,
+            encoding: "utf8",
+          });
+          expect(result.stdout.split("\0").slice(0, -1)).toEqual(values);
+        },
+      ),
       { numRuns: 40 },
     );
   });

@@ -69,7 +69,12 @@ describe("loadSettings", () => {
   });
 
   it("lists every bad variable at once", () => {
-    const { problems } = loadSettings({ PORT: "eighty", MAX_SESSIONS: "0", SHUTDOWN_GRACE: "soon", DATABASE_URL: "mysql://x" });
+    const { problems } = loadSettings({
+      PORT: "eighty",
+      MAX_SESSIONS: "0",
+      SHUTDOWN_GRACE: "soon",
+      DATABASE_URL: "mysql://x",
+    });
     expect(problems).toHaveLength(4);
     expect(problems.join("\n")).toMatch(/^environment: PORT: expected an integer/m);
     expect(problems.join("\n")).toMatch(/MAX_SESSIONS/);
@@ -93,7 +98,9 @@ describe("parseConfigFile", () => {
     });
     expect(demo?.token?.reveal()).toBe("ghp_secret_value");
     expect(String(demo?.token)).toBe("[redacted]");
-    expect(result.warnings).toEqual(["/etc/fr/formula-runner.toml: projects[0].webhook_secret_env: environment variable DEMO_SECRET is not set"]);
+    expect(result.warnings).toEqual([
+      "/etc/fr/formula-runner.toml: projects[0].webhook_secret_env: environment variable DEMO_SECRET is not set",
+    ]);
     expect(tea).toMatchObject({ forge: "gitea", forgeUrl: "https://git.example.com/api/v1", primaryBranch: "trunk" });
     expect(result.agents.claude).toEqual(DEFAULT_AGENTS.claude);
     expect(result.agents.script?.command).toEqual(["bash", "agent.sh"]);
@@ -169,7 +176,12 @@ describe("agent profiles", () => {
   it("reads Claude Code's JSON lines and gives it the runner's settings by default, for the built-in profile and any `claude` command", () => {
     expect(DEFAULT_AGENTS.claude).toMatchObject({ output: "stream-json", claudeSettings: true });
     const result = agents(
-      ['[agents.mine]', 'command = ["/opt/bin/claude", "-p", "--output-format=stream-json", "--verbose"]', '[agents.plain]', 'command = ["bash", "agent.sh"]'].join("\n"),
+      [
+        "[agents.mine]",
+        'command = ["/opt/bin/claude", "-p", "--output-format=stream-json", "--verbose"]',
+        "[agents.plain]",
+        'command = ["bash", "agent.sh"]',
+      ].join("\n"),
     );
     expect(result.problems).toEqual([]);
     expect(result.agents.mine).toMatchObject({ output: "stream-json", claudeSettings: true });
@@ -177,10 +189,17 @@ describe("agent profiles", () => {
   });
 
   it("lets a profile say how its output is read and whether it gets the settings", () => {
-    const result = agents(['[agents.wrapped]', 'command = ["bash", "-c", "claude \\"$@\\"", "x"]', 'output = "stream-json"', "claude_settings = true"].join("\n"));
+    const result = agents(
+      [
+        "[agents.wrapped]",
+        'command = ["bash", "-c", "claude \\"$@\\"", "x"]',
+        'output = "stream-json"',
+        "claude_settings = true",
+      ].join("\n"),
+    );
     expect(result.problems).toEqual([]);
     expect(result.agents.wrapped).toMatchObject({ output: "stream-json", claudeSettings: true });
-    const bad = agents(['[agents.x]', 'command = ["x"]', 'output = "json"', 'claude_settings = "yes"'].join("\n"));
+    const bad = agents(["[agents.x]", 'command = ["x"]', 'output = "json"', 'claude_settings = "yes"'].join("\n"));
     expect(bad.problems).toHaveLength(2);
     expect(bad.problems.join("\n")).toContain("agents.x.output");
     expect(bad.problems.join("\n")).toContain("agents.x.claude_settings");
@@ -205,7 +224,9 @@ describe("loadConfig", () => {
   });
 
   it("fails when FORMULA_RUNNER_CONFIG names a file that does not exist", async () => {
-    await expect(loadConfig({ FORMULA_RUNNER_CONFIG: "missing.toml" }, dir)).rejects.toThrow(/missing\.toml: \(file\): file not found/);
+    await expect(loadConfig({ FORMULA_RUNNER_CONFIG: "missing.toml" }, dir)).rejects.toThrow(
+      /missing\.toml: \(file\): file not found/,
+    );
   });
 
   it("collects environment and file problems in one ConfigError", async () => {

@@ -72,13 +72,20 @@ describe("[env]", () => {
     ]);
   });
 
-  it.each(["PHASE_FILE", "RUN_ID", "FORMULA", "PROJECT", "PROJECT_REPO_ROOT", "WORKTREE", "PRIMARY_BRANCH", "ISSUE", "ESCALATION_REPLY"])(
-    "refuses the reserved name %s",
-    (name) => {
-      const [problem] = problemsOf(withTables(`[env]\n${name} = "x"`));
-      expect(problem).toMatch(new RegExp(`^env\\.${name}: "${name}" is set by the server for every run`));
-    },
-  );
+  it.each([
+    "PHASE_FILE",
+    "RUN_ID",
+    "FORMULA",
+    "PROJECT",
+    "PROJECT_REPO_ROOT",
+    "WORKTREE",
+    "PRIMARY_BRANCH",
+    "ISSUE",
+    "ESCALATION_REPLY",
+  ])("refuses the reserved name %s", (name) => {
+    const [problem] = problemsOf(withTables(`[env]\n${name} = "x"`));
+    expect(problem).toMatch(new RegExp(`^env\\.${name}: "${name}" is set by the server for every run`));
+  });
 
   it("refuses values that are not strings", () => {
     expect(problemsOf(withTables("[env]\nRETRIES = 3\nDEBUG = true"))).toEqual([
@@ -138,7 +145,7 @@ describe("[on] schedule", () => {
   });
 
   it("reads strings as UTC and tables in their zone", () => {
-    const text = withTables('', "").replace(
+    const text = withTables("", "").replace(
       "[on]\ndispatch = true",
       '[on]\nschedule = ["0 6 * * *", { cron = "0 7 * * *", timezone = "Europe/Berlin" }, { cron = "@hourly" }]',
     );
@@ -185,7 +192,9 @@ describe("[on] events", () => {
   });
 
   it("keeps branches and labels", () => {
-    const text = withTables('[on.pull_request]\nbranches = ["main"]\n[on.issues]\ntypes = ["opened", "labeled"]\nlabels = ["bug"]');
+    const text = withTables(
+      '[on.pull_request]\nbranches = ["main"]\n[on.issues]\ntypes = ["opened", "labeled"]\nlabels = ["bug"]',
+    );
     const { formula, problems } = parseFormula("t.toml", text);
     expect(problems).toEqual([]);
     expect(formula?.on.pullRequest).toEqual({ types: ["opened", "synchronize", "reopened"], branches: ["main"] });
@@ -212,7 +221,9 @@ describe("[guards] and top-level values", () => {
   });
 
   it("names TOML types: floats, tables, arrays, dates", () => {
-    expect(problemsOf(withTables("[guards]\nmin_memory_mb = 1.5"))).toEqual(["guards.min_memory_mb: expected an integer, found float 1.5"]);
+    expect(problemsOf(withTables("[guards]\nmin_memory_mb = 1.5"))).toEqual([
+      "guards.min_memory_mb: expected an integer, found float 1.5",
+    ]);
     expect(problemsOf(withTables("", "report = [1]\nretention = 1979-05-27\nagent = { x = 1 }"))).toEqual([
       "report: expected one of issue, always, never; found an array",
       "retention: expected a string, found a date",
@@ -222,9 +233,15 @@ describe("[guards] and top-level values", () => {
 
   it("suggests a key for typos and prefixes, and lists the keys otherwise", () => {
     expect(problemsOf(withTables("", 'desc = "x"'))[0]).toBe("desc: unknown key `desc`; did you mean `description`?");
-    expect(problemsOf(withTables("[gaurds]\nmin_memory_mb = 1"))[0]).toBe("gaurds: unknown key `gaurds`; did you mean `guards`?");
-    expect(problemsOf(withTables('[context]\nfile = ["a"]'))[0]).toBe("context.file: unknown key `file`; did you mean `files`?");
-    expect(problemsOf(withTables('[context]\nzzz = ["a"]'))[0]).toBe("context.zzz: unknown key `zzz`; known keys: files, commands");
+    expect(problemsOf(withTables("[gaurds]\nmin_memory_mb = 1"))[0]).toBe(
+      "gaurds: unknown key `gaurds`; did you mean `guards`?",
+    );
+    expect(problemsOf(withTables('[context]\nfile = ["a"]'))[0]).toBe(
+      "context.file: unknown key `file`; did you mean `files`?",
+    );
+    expect(problemsOf(withTables('[context]\nzzz = ["a"]'))[0]).toBe(
+      "context.zzz: unknown key `zzz`; known keys: files, commands",
+    );
   });
 });
 
@@ -234,7 +251,10 @@ describe("[[steps]]", () => {
     bodies.map((body) => `[[steps]]\ntitle = "T"\ndescription = "D"\n${body}\n`).join("");
 
   it("accepts needs on earlier steps", () => {
-    const { formula, problems } = parseFormula("t.toml", steps('id = "a"', 'id = "b"\nneeds = ["a"]', 'id = "c"\nneeds = ["a", "b"]'));
+    const { formula, problems } = parseFormula(
+      "t.toml",
+      steps('id = "a"', 'id = "b"\nneeds = ["a"]', 'id = "c"\nneeds = ["a", "b"]'),
+    );
     expect(problems).toEqual([]);
     expect(formula?.steps.map((s) => s.needs)).toEqual([[], ["a"], ["a", "b"]]);
   });

@@ -101,7 +101,12 @@ describe("locateField", () => {
 
 describe("paths", () => {
   it("formats and parses the same paths", () => {
-    const paths: (string | number)[][] = [["steps", 1, "needs", 0], ["env", "a b"], ["context", "commands", 0, 2], ["on"]];
+    const paths: (string | number)[][] = [
+      ["steps", 1, "needs", 0],
+      ["env", "a b"],
+      ["context", "commands", 0, 2],
+      ["on"],
+    ];
     for (const p of paths) expect(parsePath(formatPath(p))).toEqual(p);
     expect(formatPath(["steps", 1, "needs"])).toBe("steps[1].needs");
     expect(formatPath(["env", "a.b"])).toBe('env."a.b"');

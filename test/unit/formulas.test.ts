@@ -29,7 +29,14 @@ const errorsOf = (problems: readonly { severity: string }[]) => problems.filter(
 describe("shipped formulas", () => {
   it("are the six documented ones, each starting with the schema directive", async () => {
     const names = (await readdir(shippedDir)).filter((name) => name.endsWith(".toml")).sort();
-    expect(names).toEqual(["dev.toml", "gardener.toml", "planner.toml", "predictor.toml", "review.toml", "supervisor.toml"]);
+    expect(names).toEqual([
+      "dev.toml",
+      "gardener.toml",
+      "planner.toml",
+      "predictor.toml",
+      "review.toml",
+      "supervisor.toml",
+    ]);
     for (const name of names) {
       const text = await readFile(path.join(shippedDir, name), "utf8");
       expect(text.split("\n")[0], name).toBe("#:schema ./formula.schema.json");
@@ -50,8 +57,14 @@ describe("shipped formulas", () => {
       expect(formula.context.files.length, formula.name).toBeGreaterThan(0);
       expect(formula.guards.minMemoryMb, formula.name).toBeGreaterThan(0);
       expect(formula.steps.length, formula.name).toBeGreaterThan(2);
-      expect(formula.steps.some((step) => step.needs.length > 0), formula.name).toBe(true);
-      expect(formula.steps.some((step) => step.description.includes("PHASE:done")), formula.name).toBe(true);
+      expect(
+        formula.steps.some((step) => step.needs.length > 0),
+        formula.name,
+      ).toBe(true);
+      expect(
+        formula.steps.some((step) => step.description.includes("PHASE:done")),
+        formula.name,
+      ).toBe(true);
     }
   });
 
@@ -160,7 +173,10 @@ describe("parseFormula", () => {
   });
 
   it("fills in the defaults of event tables", () => {
-    const text = source("events", "").replace("[on]\ndispatch = true", "[on.issues]\n[on.issue_comment]\n[on.pull_request]");
+    const text = source("events", "").replace(
+      "[on]\ndispatch = true",
+      "[on.issues]\n[on.issue_comment]\n[on.pull_request]",
+    );
     const { formula, problems } = parseFormula("events.toml", text);
     expect(problems).toEqual([]);
     expect(formula?.on).toEqual({
@@ -197,7 +213,10 @@ describe("parseFormula", () => {
   });
 
   it("warns when the idle timeout can never fire before max_duration", () => {
-    const { formula, problems } = parseFormula("slow.toml", source("slow").replace("\n\n[on]", '\ntimeout = "3h"\n\n[on]'));
+    const { formula, problems } = parseFormula(
+      "slow.toml",
+      source("slow").replace("\n\n[on]", '\ntimeout = "3h"\n\n[on]'),
+    );
     expect(formula).toBeDefined();
     expect(problems.map(formatProblem)).toEqual([
       "slow.toml:3: timeout: the idle timeout (3h) is not shorter than max_duration (2h), so it can never end a session",
@@ -229,7 +248,10 @@ describe("parseFormula", () => {
   });
 
   it("says which agents exist when the formula names another", () => {
-    const text = source("agentless", "").replace('description = "A test formula"', 'description = "x"\nagent = "claud"');
+    const text = source("agentless", "").replace(
+      'description = "A test formula"',
+      'description = "x"\nagent = "claud"',
+    );
     const { formula, problems } = parseFormula("agentless.toml", text, { agents: ["claude", "script"] });
     expect(formula).toBeUndefined();
     expect(problems.map(formatProblem)).toEqual([
@@ -250,7 +272,9 @@ describe("formatProblem", () => {
     expect(formatProblem({ file: "a.toml", line: 7, field: "guards", message: "m", severity: "error" })).toBe(
       "a.toml:7: guards: m",
     );
-    expect(formatProblem({ file: "a.toml", field: "(file)", message: "m", severity: "error" })).toBe("a.toml: (file): m");
+    expect(formatProblem({ file: "a.toml", field: "(file)", message: "m", severity: "error" })).toBe(
+      "a.toml: (file): m",
+    );
   });
 });
 

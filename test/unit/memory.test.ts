@@ -11,7 +11,10 @@ describe("readAvailableMemoryMb", () => {
 
   it("reads MemAvailable from a meminfo file, in MiB", async () => {
     const file = path.join(await makeTempDir("fr-meminfo-"), "meminfo");
-    await writeFile(file, "MemTotal:       24576000 kB\nMemFree:          512000 kB\nMemAvailable:    2048000 kB\nCached:          1000000 kB\n");
+    await writeFile(
+      file,
+      "MemTotal:       24576000 kB\nMemFree:          512000 kB\nMemAvailable:    2048000 kB\nCached:          1000000 kB\n",
+    );
     expect(await readAvailableMemoryMb(file)).toBe(2000);
   });
 

@@ -33,7 +33,12 @@ describe("normalizeEvent: GitHub fixtures", () => {
 
   it("issues.labeled names the one label added", () => {
     const event = normalizeEvent("github", "issues", ID, loadFixture("github/issues.labeled.json"));
-    expect(event).toMatchObject({ kind: "issues", action: "labeled", label: "bug", issue: { number: 1, labels: ["bug"] } });
+    expect(event).toMatchObject({
+      kind: "issues",
+      action: "labeled",
+      label: "bug",
+      issue: { number: 1, labels: ["bug"] },
+    });
     expect(event.labels).toBeUndefined();
   });
 
@@ -97,12 +102,23 @@ describe("normalizeEvent: GitHub fixtures", () => {
 
   it("pull_request.synchronize", () => {
     const event = normalizeEvent("github", "pull_request", ID, loadFixture("github/pull_request.synchronize.json"));
-    expect(event).toMatchObject({ kind: "pull_request", action: "synchronize", pullRequest: { number: 2, head: "changes" } });
+    expect(event).toMatchObject({
+      kind: "pull_request",
+      action: "synchronize",
+      pullRequest: { number: 2, head: "changes" },
+    });
   });
 
   it("pull_request.labeled names the label", () => {
-    const payload = { ...loadFixture("github/pull_request.opened.json"), action: "labeled", label: { name: "agent:review" } };
-    expect(normalizeEvent("github", "pull_request", ID, payload)).toMatchObject({ action: "labeled", label: "agent:review" });
+    const payload = {
+      ...loadFixture("github/pull_request.opened.json"),
+      action: "labeled",
+      label: { name: "agent:review" },
+    };
+    expect(normalizeEvent("github", "pull_request", ID, payload)).toMatchObject({
+      action: "labeled",
+      label: "agent:review",
+    });
   });
 
   it("push", () => {
@@ -172,7 +188,12 @@ describe("normalizeEvent: Gitea and Forgejo fixtures", () => {
 
   it("forgejo issues.label_updated likewise", () => {
     const event = normalizeEvent("forgejo", "issues", ID, loadFixture("forgejo/issues.label_updated.json"));
-    expect(event).toMatchObject({ forge: "forgejo", action: "labeled", labels: ["agent:fix"], repository: "acme/demo" });
+    expect(event).toMatchObject({
+      forge: "forgejo",
+      action: "labeled",
+      labels: ["agent:fix"],
+      repository: "acme/demo",
+    });
     expect(event.label).toBeUndefined();
   });
 
@@ -198,7 +219,12 @@ describe("normalizeEvent: Gitea and Forgejo fixtures", () => {
       action: "created",
       repository: "acme/demo",
       sender: { login: "alice" },
-      comment: { id: 57, body: "/fix please", author: "alice", url: "https://gitea.example.com/acme/demo/issues/12#issuecomment-57" },
+      comment: {
+        id: 57,
+        body: "/fix please",
+        author: "alice",
+        url: "https://gitea.example.com/acme/demo/issues/12#issuecomment-57",
+      },
       issue: { number: 12, isPullRequest: false },
     });
   });
@@ -245,7 +271,12 @@ describe("normalizeEvent: Gitea and Forgejo fixtures", () => {
 
   it("gitea pull_request.synchronized becomes synchronize", () => {
     const event = normalizeEvent("gitea", "pull_request", ID, loadFixture("gitea/pull_request.synchronized.json"));
-    expect(event).toMatchObject({ event: "pull_request", kind: "pull_request", action: "synchronize", pullRequest: { number: 14 } });
+    expect(event).toMatchObject({
+      event: "pull_request",
+      kind: "pull_request",
+      action: "synchronize",
+      pullRequest: { number: 14 },
+    });
   });
 
   it("gitea pull_request label_updated becomes labeled with the pull request's labels", () => {
@@ -286,10 +317,15 @@ describe("normalizeEvent: Gitea and Forgejo fixtures", () => {
 });
 
 describe("normalizeEvent: senders", () => {
-  const withSender = (sender: unknown) => normalizeEvent("github", "issues", ID, { ...loadFixture("github/issues.opened.json"), sender });
+  const withSender = (sender: unknown) =>
+    normalizeEvent("github", "issues", ID, { ...loadFixture("github/issues.opened.json"), sender });
 
   it("a Bot type is a bot", () => {
-    expect(withSender({ login: "renovate", type: "Bot" }).sender).toEqual({ login: "renovate", type: "Bot", bot: true });
+    expect(withSender({ login: "renovate", type: "Bot" }).sender).toEqual({
+      login: "renovate",
+      type: "Bot",
+      bot: true,
+    });
   });
 
   it("a login ending in [bot] is a bot whatever its type", () => {
@@ -303,7 +339,11 @@ describe("normalizeEvent: senders", () => {
   it("Gitea: login or username; a recent Gitea's type Bot", () => {
     const payload = loadFixture("gitea/issues.opened.json");
     payload.sender = { id: 9, username: "ci-runner" };
-    expect(normalizeEvent("gitea", "issues", ID, payload).sender).toEqual({ login: "ci-runner", type: "User", bot: false });
+    expect(normalizeEvent("gitea", "issues", ID, payload).sender).toEqual({
+      login: "ci-runner",
+      type: "User",
+      bot: false,
+    });
     payload.sender = { id: 9, login: "ci-runner", username: "ci-runner", type: "Bot" };
     expect(normalizeEvent("gitea", "issues", ID, payload).sender?.bot).toBe(true);
   });
@@ -429,7 +469,9 @@ const FIXTURES: { forge: Forge; event: string; file: string }[] = [
 /** Every path to a value inside `value` (objects and arrays), up to `depth` levels. */
 function paths(value: unknown, depth = 4, prefix: (string | number)[] = []): (string | number)[][] {
   if (depth === 0 || typeof value !== "object" || value === null) return [];
-  const entries: [string | number, unknown][] = Array.isArray(value) ? value.map((v, i) => [i, v]) : Object.entries(value);
+  const entries: [string | number, unknown][] = Array.isArray(value)
+    ? value.map((v, i) => [i, v])
+    : Object.entries(value);
   return entries.flatMap(([key, child]) => [[...prefix, key], ...paths(child, depth - 1, [...prefix, key])]);
 }
 

@@ -10,9 +10,15 @@ describe("parsePhaseFile", () => {
     ["  PHASE:done  \n", { phase: "done", detail: undefined, body: "" }],
     ["PHASE:done  \r\nReason: with CRLF  \r\n", { phase: "done", detail: "with CRLF", body: "Reason: with CRLF" }],
     ["PHASE:failed\nReason: x", { phase: "failed", detail: "x", body: "Reason: x" }],
-    ["PHASE:failed\nreason:   tests are red  \n", { phase: "failed", detail: "tests are red", body: "reason:   tests are red" }],
+    [
+      "PHASE:failed\nreason:   tests are red  \n",
+      { phase: "failed", detail: "tests are red", body: "reason:   tests are red" },
+    ],
     ["PHASE:failed\nthe build broke\n", { phase: "failed", detail: "the build broke", body: "the build broke" }],
-    ["PHASE:failed\n\nReason: after a blank line\n", { phase: "failed", detail: "after a blank line", body: "Reason: after a blank line" }],
+    [
+      "PHASE:failed\n\nReason: after a blank line\n",
+      { phase: "failed", detail: "after a blank line", body: "Reason: after a blank line" },
+    ],
     ["PHASE:failed\nReason:\n", { phase: "failed", detail: undefined, body: "Reason:" }],
     ["PHASE:DONE", { phase: "done", detail: undefined, body: "" }],
     ["phase:Merged", { phase: "merged", detail: undefined, body: "" }],
@@ -21,7 +27,11 @@ describe("parsePhaseFile", () => {
     ["\tPHASE:working\r\n", { phase: "working", detail: undefined, body: "" }],
     [
       "PHASE:escalate\nShould I drop the legacy API?\r\nIt has no callers left.\n\n",
-      { phase: "escalate", detail: "Should I drop the legacy API?", body: "Should I drop the legacy API?\nIt has no callers left." },
+      {
+        phase: "escalate",
+        detail: "Should I drop the legacy API?",
+        body: "Should I drop the legacy API?\nIt has no callers left.",
+      },
     ],
   ])("reads %j", (text, expected) => {
     expect(parsePhaseFile(text)).toEqual(expected);

@@ -35,7 +35,8 @@ function run(overrides: Partial<Run> = {}): Run {
   } as Run;
 }
 
-const phase = (name: string, seconds: number, detail: string | null = null): Phase => ({ id: seconds, runId: 42, sessionId: 1, phase: name, detail, at: at(seconds) }) as Phase;
+const phase = (name: string, seconds: number, detail: string | null = null): Phase =>
+  ({ id: seconds, runId: 42, sessionId: 1, phase: name, detail, at: at(seconds) }) as Phase;
 
 function session(overrides: Partial<Session> = {}): Session {
   return {
@@ -84,10 +85,22 @@ describe("renderStatus", () => {
   it("shows the outcome, the preserved worktree and the last output of a crashed run, in a fence its text cannot close", () => {
     const tail = `${Array.from({ length: 30 }, (_, i) => `line ${i + 1}`).join("\n")}\n\`\`\`\nstill inside`;
     const text = renderStatus({
-      run: run({ status: "crashed", finishedAt: at(3_700), detail: "the agent crashed twice (last: exit code 3)\nmore" }),
+      run: run({
+        status: "crashed",
+        finishedAt: at(3_700),
+        detail: "the agent crashed twice (last: exit code 3)\nmore",
+      }),
       phases: [],
-      sessions: [session({ outcome: "crashed", outputTail: tail, numTurns: 4, costUsd: 0.1234 }), session({ id: 2, seq: 2, kind: "recovery", outcome: "crashed", numTurns: 3, costUsd: 0.05 })],
-      worktree: { path: "/wt/demo/dev-42", state: "preserved", instanceId: "host-a", expiresAt: new Date("2026-12-01T11:00:00Z") } as Worktree,
+      sessions: [
+        session({ outcome: "crashed", outputTail: tail, numTurns: 4, costUsd: 0.1234 }),
+        session({ id: 2, seq: 2, kind: "recovery", outcome: "crashed", numTurns: 3, costUsd: 0.05 }),
+      ],
+      worktree: {
+        path: "/wt/demo/dev-42",
+        state: "preserved",
+        instanceId: "host-a",
+        expiresAt: new Date("2026-12-01T11:00:00Z"),
+      } as Worktree,
       escalations: [],
       now: at(4_000),
     });
@@ -97,7 +110,9 @@ describe("renderStatus", () => {
     expect(text).toContain("**Sessions:** 1 initial (crashed), 2 recovery (crashed)");
     expect(text).toContain("**Outcome:** crashed");
     expect(text).toContain("**Why:** the agent crashed twice (last: exit code 3)\n");
-    expect(text).toContain("**Worktree kept for debugging:** `/wt/demo/dev-42` (on host-a) until 2026-12-01T11:00:00.000Z");
+    expect(text).toContain(
+      "**Worktree kept for debugging:** `/wt/demo/dev-42` (on host-a) until 2026-12-01T11:00:00.000Z",
+    );
     expect(text).not.toContain("line 12\n");
     expect(text).toContain("line 13\n");
     expect(text).toContain("````\nline 13");

@@ -2,14 +2,24 @@ import { readdirSync, readFileSync } from "node:fs";
 import { StringDecoder } from "node:string_decoder";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { type ApiErrorKind, type AgentResult, classifyApiError, DEFAULT_MAX_LINE_LENGTH, type StreamSummary, StreamJsonReader } from "../../src/sessions/stream-json.js";
+import {
+  type AgentResult,
+  type ApiErrorKind,
+  classifyApiError,
+  DEFAULT_MAX_LINE_LENGTH,
+  StreamJsonReader,
+  type StreamSummary,
+} from "../../src/sessions/stream-json.js";
 
 /** Real stdout of `claude -p --output-format stream-json --verbose` 2.1.197 against test/helpers/fake-anthropic (see docs/agents.md). */
 const FIXTURES = new URL("../fixtures/claude/", import.meta.url);
 const fixture = (name: string) => readFileSync(new URL(name, FIXTURES), "utf8");
 const FIXTURE_NAMES = readdirSync(FIXTURES).filter((name) => name.endsWith(".jsonl"));
 
-function read(chunks: Iterable<string>, options?: ConstructorParameters<typeof StreamJsonReader>[0]): { summary: StreamSummary; results: AgentResult[]; notes: string[] } {
+function read(
+  chunks: Iterable<string>,
+  options?: ConstructorParameters<typeof StreamJsonReader>[0],
+): { summary: StreamSummary; results: AgentResult[]; notes: string[] } {
   const reader = new StreamJsonReader(options);
   const results: AgentResult[] = [];
   const notes: string[] = [];
@@ -34,10 +44,35 @@ interface Expected {
 }
 
 const EXPECTED: Record<string, Expected> = {
-  "bash-tool-success.jsonl": { sessionId: "3a88cfba-9d0c-4062-816e-63430ac0d2c4", turns: 2, toolCalls: 1, subtype: "success", isError: false },
-  "resume.jsonl": { sessionId: "3a88cfba-9d0c-4062-816e-63430ac0d2c4", turns: 1, toolCalls: 0, subtype: "success", isError: false },
-  "multi-block-turn.jsonl": { sessionId: "d407b52f-05c3-4c3a-b8a4-9984dc81b725", turns: 3, toolCalls: 2, subtype: "success", isError: false },
-  "rate-limit-429-recovered.jsonl": { sessionId: "92fa7364-60a8-4e0f-abba-73cea2da70ec", turns: 1, toolCalls: 0, subtype: "success", isError: false, apiRetries: 1 },
+  "bash-tool-success.jsonl": {
+    sessionId: "3a88cfba-9d0c-4062-816e-63430ac0d2c4",
+    turns: 2,
+    toolCalls: 1,
+    subtype: "success",
+    isError: false,
+  },
+  "resume.jsonl": {
+    sessionId: "3a88cfba-9d0c-4062-816e-63430ac0d2c4",
+    turns: 1,
+    toolCalls: 0,
+    subtype: "success",
+    isError: false,
+  },
+  "multi-block-turn.jsonl": {
+    sessionId: "d407b52f-05c3-4c3a-b8a4-9984dc81b725",
+    turns: 3,
+    toolCalls: 2,
+    subtype: "success",
+    isError: false,
+  },
+  "rate-limit-429-recovered.jsonl": {
+    sessionId: "92fa7364-60a8-4e0f-abba-73cea2da70ec",
+    turns: 1,
+    toolCalls: 0,
+    subtype: "success",
+    isError: false,
+    apiRetries: 1,
+  },
   "overloaded-529-retried.jsonl": {
     sessionId: "90c04188-9fc0-4d57-8ff1-0e0d529894ec",
     turns: 1,
@@ -105,12 +140,21 @@ const EXPECTED: Record<string, Expected> = {
     isError: true,
     apiError: { kind: "server_error", message: "API Error: Unable to connect to API (ConnectionRefused)" },
   },
-  "resume-not-found.jsonl": { sessionId: "00000000-0000-4000-8000-000000000000", turns: 0, toolCalls: 0, subtype: "error_during_execution", isError: true },
+  "resume-not-found.jsonl": {
+    sessionId: "00000000-0000-4000-8000-000000000000",
+    turns: 0,
+    toolCalls: 0,
+    subtype: "error_during_execution",
+    isError: true,
+  },
 };
 
 /** The session id of a fixture, as the CLI printed it in the init line (or the result, when there is none). */
 function printedSessionId(text: string): string {
-  const lines = text.trim().split("\n").map((line) => JSON.parse(line));
+  const lines = text
+    .trim()
+    .split("\n")
+    .map((line) => JSON.parse(line));
   return (lines.find((l) => l.type === "system" && l.subtype === "init") ?? lines.at(-1)).session_id;
 }
 
@@ -158,12 +202,21 @@ describe("StreamJsonReader on recorded Claude Code 2.1.197 output", () => {
       errors: [],
       usage: { input_tokens: 20, output_tokens: 10 },
     });
-    expect(result?.raw).toMatchObject({ type: "result", stop_reason: "end_turn", terminal_reason: "completed", permission_denials: [] });
+    expect(result?.raw).toMatchObject({
+      type: "result",
+      stop_reason: "end_turn",
+      terminal_reason: "completed",
+      permission_denials: [],
+    });
   });
 
   it("reads an error_during_execution result (resume of an unknown session): not an API error", () => {
     const summary = summaryOf(fixture("resume-not-found.jsonl"));
-    expect(summary.result).toMatchObject({ numTurns: 0, result: undefined, errors: ["No conversation found with session ID: 00000000-0000-4000-8000-000000000000"] });
+    expect(summary.result).toMatchObject({
+      numTurns: 0,
+      result: undefined,
+      errors: ["No conversation found with session ID: 00000000-0000-4000-8000-000000000000"],
+    });
     expect(summary.apiError).toBeUndefined();
   });
 
@@ -182,8 +235,17 @@ describe("StreamJsonReader on recorded Claude Code 2.1.197 output", () => {
 
     it("counts turns as assistant messages (the blocks of one message are one turn) and keeps the init session id", () => {
       const multi = summaryOf(withoutResult("multi-block-turn.jsonl"));
-      expect(multi).toMatchObject({ sessionId: "d407b52f-05c3-4c3a-b8a4-9984dc81b725", turns: 2, toolCalls: 2, result: undefined });
-      expect(summaryOf(withoutResult("bash-tool-success.jsonl"))).toMatchObject({ turns: 2, toolCalls: 1, result: undefined });
+      expect(multi).toMatchObject({
+        sessionId: "d407b52f-05c3-4c3a-b8a4-9984dc81b725",
+        turns: 2,
+        toolCalls: 2,
+        result: undefined,
+      });
+      expect(summaryOf(withoutResult("bash-tool-success.jsonl"))).toMatchObject({
+        turns: 2,
+        toolCalls: 1,
+        result: undefined,
+      });
     });
 
     it.each<[string, ApiErrorKind]>([
@@ -220,7 +282,9 @@ describe("StreamJsonReader chunking", () => {
 
   it("gives the same summary whatever the byte chunks, decoded as agent-process does (fast-check)", () => {
     // All fixtures end to end, with a character split across chunks now and then ("·", "—").
-    const text = FIXTURE_NAMES.filter((n) => !n.includes("not-found")).map(fixture).join("");
+    const text = FIXTURE_NAMES.filter((n) => !n.includes("not-found"))
+      .map(fixture)
+      .join("");
     const bytes = Buffer.from(text);
     const whole = read([text]);
     // onResult fires for the first result only; the summary keeps the last one.
@@ -281,7 +345,10 @@ describe("StreamJsonReader chunking", () => {
     reader.end();
     expect(ids).toEqual([reader.summary.sessionId]);
     // A result naming another id (a forked conversation) is reported too; a throwing callback changes nothing.
-    const other = (lines.at(-1) as string).replace(/"session_id":"[^"]+"/, '"session_id":"11111111-2222-4333-8444-555555555555"');
+    const other = (lines.at(-1) as string).replace(
+      /"session_id":"[^"]+"/,
+      '"session_id":"11111111-2222-4333-8444-555555555555"',
+    );
     reader.onSessionId = (id) => {
       ids.push(id);
       throw new Error("recording failed");
@@ -300,8 +367,35 @@ describe("StreamJsonReader chunking", () => {
 describe("StreamJsonReader on bad input", () => {
   it("skips and counts lines that are not JSON objects, and parses the rest", () => {
     const good = fixture("bash-tool-success.jsonl").trimEnd().split("\n");
-    const garbage = ["Error: something on stdout", "{not json", "[1,2,3]", "null", '"a string"', "42", "{}}", "\u0000\u0001binary", "{\"type\":"];
-    const mixed = [garbage[0], good[0], garbage[1], garbage[2], good[1], "", "   ", good[2], garbage[3], garbage[4], garbage[5], good[3], garbage[6], garbage[7], garbage[8], good[4]].join("\n");
+    const garbage = [
+      "Error: something on stdout",
+      "{not json",
+      "[1,2,3]",
+      "null",
+      '"a string"',
+      "42",
+      "{}}",
+      "\u0000\u0001binary",
+      '{"type":',
+    ];
+    const mixed = [
+      garbage[0],
+      good[0],
+      garbage[1],
+      garbage[2],
+      good[1],
+      "",
+      "   ",
+      good[2],
+      garbage[3],
+      garbage[4],
+      garbage[5],
+      good[3],
+      garbage[6],
+      garbage[7],
+      garbage[8],
+      good[4],
+    ].join("\n");
     const { summary, notes } = read([mixed]);
     expect(summary).toEqual({ ...summaryOf(good.join("\n")), invalidLines: garbage.length });
     expect(notes).toHaveLength(garbage.length);
@@ -315,14 +409,44 @@ describe("StreamJsonReader on bad input", () => {
       { no_type: true },
       { type: "system", subtype: "init", session_id: 42 },
       { type: "assistant", message: "not an object" },
-      { type: "assistant", message: { id: "m1", content: [null, 7, { type: "tool_use" }, { type: "text", text: "hi" }] } },
+      {
+        type: "assistant",
+        message: { id: "m1", content: [null, 7, { type: "tool_use" }, { type: "text", text: "hi" }] },
+      },
       { type: "system", subtype: "api_retry", attempt: "one", error_status: null },
-      { type: "result", subtype: 3, is_error: "yes", num_turns: "2", total_cost_usd: Number.NaN, session_id: "s1", errors: ["e", 5] },
+      {
+        type: "result",
+        subtype: 3,
+        is_error: "yes",
+        num_turns: "2",
+        total_cost_usd: Number.NaN,
+        session_id: "s1",
+        errors: ["e", 5],
+      },
     ];
     const { summary } = read([`${lines.map((l) => JSON.stringify(l)).join("\n")}\n`]);
-    expect(summary).toMatchObject({ sessionId: "s1", turns: 1, toolCalls: 1, apiRetries: 1, apiError: undefined, invalidLines: 0 });
-    expect(summary.lastApiRetry).toEqual({ attempt: undefined, maxRetries: undefined, status: undefined, error: undefined, delayMs: undefined });
-    expect(summary.result).toMatchObject({ subtype: "unknown", isError: false, numTurns: undefined, totalCostUsd: undefined, errors: ["e"] });
+    expect(summary).toMatchObject({
+      sessionId: "s1",
+      turns: 1,
+      toolCalls: 1,
+      apiRetries: 1,
+      apiError: undefined,
+      invalidLines: 0,
+    });
+    expect(summary.lastApiRetry).toEqual({
+      attempt: undefined,
+      maxRetries: undefined,
+      status: undefined,
+      error: undefined,
+      delayMs: undefined,
+    });
+    expect(summary.result).toMatchObject({
+      subtype: "unknown",
+      isError: false,
+      numTurns: undefined,
+      totalCostUsd: undefined,
+      errors: ["e"],
+    });
   });
 
   it("takes the session id of the result over the init line's", () => {
@@ -346,7 +470,9 @@ describe("StreamJsonReader on bad input", () => {
     const { summary, notes } = read(chunks);
     expect(summary).toEqual({ ...summaryOf(good), droppedLines: 1 });
     expect(notes).toHaveLength(1);
-    expect(notes[0]).toMatch(/^stream-json: dropped a line longer than 1048576 characters \(\d+\+ so far, starting "\{\\"type\\":\\"user\\"/);
+    expect(notes[0]).toMatch(
+      /^stream-json: dropped a line longer than 1048576 characters \(\d+\+ so far, starting "\{\\"type\\":\\"user\\"/,
+    );
   });
 
   it("drops an oversized line that arrives in one chunk, and one cut off at the end", () => {
@@ -397,7 +523,10 @@ describe("StreamJsonReader on bad input", () => {
 describe("classifyApiError", () => {
   it.each<[Parameters<typeof classifyApiError>[0], ApiErrorKind]>([
     [{ status: 429 }, "rate_limit"],
-    [{ status: 529, code: "server_error", text: "API Error: 529 Overloaded. This is a server-side issue" }, "overloaded"],
+    [
+      { status: 529, code: "server_error", text: "API Error: 529 Overloaded. This is a server-side issue" },
+      "overloaded",
+    ],
     [{ status: 401 }, "authentication"],
     [{ status: 403 }, "authentication"],
     [{ status: 402, code: "unknown" }, "billing"],

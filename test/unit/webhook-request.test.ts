@@ -49,7 +49,13 @@ describe("readWebhookHeaders", () => {
   const payload = { zen: "Keep it logically awesome." };
 
   it("reads a GitHub delivery and strips the sha256= prefix", () => {
-    const { headers, body } = signedWebhook({ forge: "github", event: "ping", payload, secret: SECRET, deliveryId: "d-1" });
+    const { headers, body } = signedWebhook({
+      forge: "github",
+      event: "ping",
+      payload,
+      secret: SECRET,
+      deliveryId: "d-1",
+    });
     const read = readWebhookHeaders(getter(headers));
     expect(read).toEqual({
       ok: true,
@@ -58,7 +64,13 @@ describe("readWebhookHeaders", () => {
   });
 
   it("reads a Gitea delivery, not the GitHub compatibility headers it also sends", () => {
-    const { headers, body } = signedWebhook({ forge: "gitea", event: "issues", payload, secret: SECRET, deliveryId: "g-1" });
+    const { headers, body } = signedWebhook({
+      forge: "gitea",
+      event: "issues",
+      payload,
+      secret: SECRET,
+      deliveryId: "g-1",
+    });
     expect(headers["X-GitHub-Event"]).toBe("issues");
     expect(headers["X-Hub-Signature-256"]).toBe(`sha256=${hmacHex(SECRET, body)}`);
     const read = readWebhookHeaders(getter(headers));
@@ -69,7 +81,13 @@ describe("readWebhookHeaders", () => {
   });
 
   it("reads a Forgejo delivery, not the Gitea and GitHub headers it also sends", () => {
-    const { headers, body } = signedWebhook({ forge: "forgejo", event: "push", payload, secret: SECRET, deliveryId: "f-1" });
+    const { headers, body } = signedWebhook({
+      forge: "forgejo",
+      event: "push",
+      payload,
+      secret: SECRET,
+      deliveryId: "f-1",
+    });
     expect(headers["X-Gitea-Event"]).toBe("push");
     expect(headers["X-GitHub-Event"]).toBe("push");
     const read = readWebhookHeaders(getter(headers));
@@ -81,15 +99,24 @@ describe("readWebhookHeaders", () => {
 
   it("takes a request with X-Gitea-* and X-GitHub-* but no X-Forgejo-* for Gitea", () => {
     const { headers } = signedWebhook({ forge: "forgejo", event: "push", payload, secret: SECRET });
-    const read = readWebhookHeaders(getter(without(headers, "X-Forgejo-Event", "X-Forgejo-Delivery", "X-Forgejo-Signature")));
+    const read = readWebhookHeaders(
+      getter(without(headers, "X-Forgejo-Event", "X-Forgejo-Delivery", "X-Forgejo-Signature")),
+    );
     expect(read.ok && read.headers.forge).toBe("gitea");
   });
 
   it("finds the headers whatever their case", () => {
     const read = readWebhookHeaders(
-      getter({ "x-github-event": "push", "X-GITHUB-DELIVERY": "abc", "x-hub-signature-256": `sha256=${"a".repeat(64)}` }),
+      getter({
+        "x-github-event": "push",
+        "X-GITHUB-DELIVERY": "abc",
+        "x-hub-signature-256": `sha256=${"a".repeat(64)}`,
+      }),
     );
-    expect(read).toMatchObject({ ok: true, headers: { forge: "github", deliveryId: "abc", signature: "a".repeat(64) } });
+    expect(read).toMatchObject({
+      ok: true,
+      headers: { forge: "github", deliveryId: "abc", signature: "a".repeat(64) },
+    });
   });
 
   it("answers 400 when no forge's event header is present", () => {
@@ -185,7 +212,14 @@ describe("verifySignature", () => {
   it("refuses malformed signatures without throwing", () => {
     // Buffer.from(hex, "hex") stops at the first non-hex digit and drops an odd last digit,
     // so `${good}z` and `${good}0` would decode to the right bytes: they must still fail.
-    const malformed = [good.slice(0, 63), good.slice(0, 62), `${good}00`, `${good}0`, `${good}z`, `${good.slice(0, 62)}zz`];
+    const malformed = [
+      good.slice(0, 63),
+      good.slice(0, 62),
+      `${good}00`,
+      `${good}0`,
+      `${good}z`,
+      `${good.slice(0, 62)}zz`,
+    ];
     for (const bad of [...malformed, "", `sha256=${good}`, " ".repeat(64), ` ${good}`]) {
       expect(verifySignature(bytes(body), SECRET, bad), bad).toBe(false);
     }
@@ -199,7 +233,12 @@ describe("verifySignature", () => {
 
   it("agrees with @octokit/webhooks-methods verify on GitHub's format", async () => {
     for (const file of ["github/push.json", "github/pull_request.opened.json", "github/ping.json"]) {
-      const { headers, body: raw } = signedWebhook({ forge: "github", event: "push", payload: loadFixture(file), secret: SECRET });
+      const { headers, body: raw } = signedWebhook({
+        forge: "github",
+        event: "push",
+        payload: loadFixture(file),
+        secret: SECRET,
+      });
       const header = headers["X-Hub-Signature-256"] as string;
       expect(await octokitVerify(SECRET, raw, header)).toBe(true);
       const read = readWebhookHeaders(getter(headers));
@@ -239,14 +278,20 @@ describe("signature properties", () => {
 
   it("a signature made with a different secret or over a different body never verifies", () => {
     fc.assert(
-      fc.property(fc.uint8Array({ maxLength: 512 }), fc.uint8Array({ maxLength: 512 }), secret, secret, (body, other, s1, s2) => {
-        const sig = hmacHex(s1, body);
-        expect(verifySignature(body, s1, sig)).toBe(true);
-        if (s1 !== s2) expect(verifySignature(body, s2, sig)).toBe(false);
-        if (Buffer.compare(Buffer.from(body), Buffer.from(other)) !== 0) {
-          expect(verifySignature(other, s1, sig)).toBe(false);
-        }
-      }),
+      fc.property(
+        fc.uint8Array({ maxLength: 512 }),
+        fc.uint8Array({ maxLength: 512 }),
+        secret,
+        secret,
+        (body, other, s1, s2) => {
+          const sig = hmacHex(s1, body);
+          expect(verifySignature(body, s1, sig)).toBe(true);
+          if (s1 !== s2) expect(verifySignature(body, s2, sig)).toBe(false);
+          if (Buffer.compare(Buffer.from(body), Buffer.from(other)) !== 0) {
+            expect(verifySignature(other, s1, sig)).toBe(false);
+          }
+        },
+      ),
     );
   });
 
@@ -293,7 +338,9 @@ describe("projectsSigning", () => {
     expect(projectsSigning(body, headersFor("github", "guess"), projects)).toEqual([]);
     expect(projectsSigning(body, headersFor("github", ""), projects)).toEqual([]);
     expect(projectsSigning(body, { ...headersFor("github", "secret-alpha"), signature: "zz" }, projects)).toEqual([]);
-    expect(projectsSigning(body, headersFor("github", "secret-alpha"), [project("gamma", "github", undefined)])).toEqual([]);
+    expect(
+      projectsSigning(body, headersFor("github", "secret-alpha"), [project("gamma", "github", undefined)]),
+    ).toEqual([]);
   });
 
   it("keeps GitHub apart from Gitea and Forgejo even with the same secret", () => {
@@ -311,7 +358,11 @@ describe("projectsSigning", () => {
   });
 
   it("returns every project that shares the secret", () => {
-    const shared = [project("one", "github", "org-secret"), project("two", "github", "org-secret"), project("three", "github", "x")];
+    const shared = [
+      project("one", "github", "org-secret"),
+      project("two", "github", "org-secret"),
+      project("three", "github", "x"),
+    ];
     expect(names(projectsSigning(body, headersFor("github", "org-secret"), shared))).toEqual(["one", "two"]);
   });
 });
