@@ -76,7 +76,7 @@ async function benchCreate(
   root: string,
 ): Promise<Record<string, string | number>[]> {
   const project = projectOf(repo);
-  const manager = new WorktreeManager({ database, root, instanceId: "bench", log: silentLogger() });
+  const manager = new WorktreeManager({ env: process.env, database, root, instanceId: "bench", log: silentLogger() });
   const plainRoot = path.join(root, "plain");
   const runIds = await insertRuns(database, CREATE_ROUNDS + BURST * CREATE_ROUNDS);
   const create: number[] = [];
@@ -176,7 +176,7 @@ async function benchPurge(
   root: string,
 ): Promise<Record<string, string | number>[]> {
   const project = projectOf(repo);
-  const manager = new WorktreeManager({ database, root, instanceId: "bench", log: silentLogger() });
+  const manager = new WorktreeManager({ env: process.env, database, root, instanceId: "bench", log: silentLogger() });
   // Two identical sets, made with plain git (set-up is not what is measured).
   const managed: string[] = [];
   const looped: string[] = [];
@@ -235,7 +235,7 @@ async function benchPurge(
 }
 
 async function benchList(database: Database, root: string): Promise<Record<string, string | number>[]> {
-  const manager = new WorktreeManager({ database, root, instanceId: "bench", log: silentLogger() });
+  const manager = new WorktreeManager({ env: process.env, database, root, instanceId: "bench", log: silentLogger() });
   const now = new Date();
   for (let i = 0; i < LIST_ROWS; i += 1_000) {
     await database.db.insert(worktrees).values(

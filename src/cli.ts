@@ -209,7 +209,7 @@ async function serve(io: CliIo): Promise<number> {
 async function migrateCommand(io: CliIo): Promise<number> {
   try {
     const config = await loadConfig(io.env, io.cwd);
-    const log = createLogger({ level: config.settings.logLevel, secrets: collectSecrets(config, process.env) });
+    const log = createLogger({ level: config.settings.logLevel, secrets: collectSecrets(config, io.env) });
     const database = await openAndMigrate(config, log);
     await database.close();
     return 0;

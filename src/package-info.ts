@@ -15,7 +15,7 @@ function findPackageRoot(): string {
       if (pkg.name === "formula-runner") return dir;
     }
     const parent = path.dirname(dir);
-    if (parent === dir) throw new Error("formula-runner: package.json not found above " + import.meta.url);
+    if (parent === dir) throw new Error(`formula-runner: package.json not found above ${import.meta.url}`);
     dir = parent;
   }
 }

@@ -38,8 +38,9 @@ export interface Component {
 }
 
 export interface StartOptions {
-  env?: Readonly<Record<string, string | undefined>>;
-  cwd?: string;
+  /** The process environment (main.ts passes process.env; tests pass their own). */
+  env: Readonly<Record<string, string | undefined>>;
+  cwd: string;
   /** Where log lines go (tests collect them); stdout by default. */
   logDestination?: LoggerOptions["destination"];
   /** Available memory probe (tests simulate a host under pressure). */
@@ -114,10 +115,10 @@ export async function openAndMigrate(config: Config, log: Logger): Promise<Datab
  * The composition root: config -> logger -> database -> migrations -> components -> HTTP.
  * Throws `ConfigError` for a bad configuration before anything is started.
  */
-export async function startServer(options: StartOptions = {}): Promise<RunningServer> {
-  const config = await loadConfig(options.env ?? process.env, options.cwd ?? process.cwd());
+export async function startServer(options: StartOptions): Promise<RunningServer> {
+  const config = await loadConfig(options.env, options.cwd);
   const { settings } = config;
-  const secrets = collectSecrets(config, options.env ?? process.env);
+  const secrets = collectSecrets(config, options.env);
   const log = createLogger({ level: settings.logLevel, secrets, destination: options.logDestination });
 
   await mkdir(settings.dataDir, { recursive: true, mode: 0o700 });
@@ -140,19 +141,29 @@ export async function startServer(options: StartOptions = {}): Promise<RunningSe
   }
   for (const profile of Object.values(config.agents)) {
     // Said at start, not only when a run fails: the fix is how the server is started.
-    const refusal = rootRefusal(profile.command, { IS_SANDBOX: (options.env ?? process.env).IS_SANDBOX ?? "" });
+    const refusal = rootRefusal(profile.command, { IS_SANDBOX: options.env.IS_SANDBOX ?? "" });
     if (refusal) instanceLog.warn({ agent: profile.name }, `agent "${profile.name}": ${refusal}; its runs will fail`);
   }
 
   const database = options.database ?? (await openAndMigrate(config, instanceLog));
   const formulas = new FormulaStore(settings.formulasDir, instanceLog);
   const now = options.now ?? (() => new Date());
-  const worktrees = new WorktreeManager({ database, root: settings.worktreeRoot, instanceId, log: instanceLog, now });
+  const worktrees = new WorktreeManager({
+    database,
+    root: settings.worktreeRoot,
+    instanceId,
+    log: instanceLog,
+    now,
+    env: options.env,
+  });
   let serverUrl: string | undefined;
   const forgeClients = new Map<string, ForgeClient>();
   const forgeClient = (project: ProjectConfig) => {
     let client = forgeClients.get(project.name);
-    if (!client) forgeClients.set(project.name, (client = new ForgeClient(project)));
+    if (!client) {
+      client = new ForgeClient(project);
+      forgeClients.set(project.name, client);
+    }
     return client;
   };
   const permissions = new PermissionCache(forgeClient);
@@ -197,7 +208,7 @@ export async function startServer(options: StartOptions = {}): Promise<RunningSe
       instanceId,
       secrets,
       apiToken,
-      serverEnv: options.env ?? process.env,
+      serverEnv: options.env,
       serverUrl: () => serverUrl,
       observers: [reporter, metrics, ...(options.observers ?? [])],
       escalations: escalationService,

@@ -1,5 +1,5 @@
 import type { RunJson } from "../runs/run-service.js";
-import { ApiClient } from "./api-client.js";
+import type { ApiClient } from "./api-client.js";
 import { bytes, duration, relative, table } from "./format.js";
 
 /** Where CLI commands write; `isTTY` turns on live progress lines. */

@@ -4,7 +4,7 @@ import { type Escalation, escalationReplies, escalations, type Run, runs } from 
 import type { ProjectConfig } from "../config.js";
 import { AppError, errorMessage } from "../errors.js";
 import type { ForgeEvent } from "../forge/event-types.js";
-import { hasAtLeast, type PermissionCache } from "../forge/forge-client.js";
+import { type AccessLevel, hasAtLeast, type PermissionCache } from "../forge/forge-client.js";
 import { enqueueOutbox } from "../forge/outbox.js";
 import type { Logger } from "../logger.js";
 
@@ -71,7 +71,7 @@ export class EscalationService {
     };
     if (project.botLogin && author.toLowerCase() === project.botLogin.toLowerCase()) return "none";
     if (event.sender?.bot || author.endsWith("[bot]")) return refuse("bot");
-    let level;
+    let level: AccessLevel;
     try {
       level = await this.deps.permissions.level(project, author);
     } catch (error) {

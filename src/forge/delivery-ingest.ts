@@ -73,7 +73,7 @@ export class DeliveryIngest {
       const results = items.some((item) => item.runs.length > 0)
         ? await this.database.db.transaction((tx) => this.#insert(tx, items))
         : await this.#insert(this.database.db, items);
-      batch.forEach((pending, i) => pending.resolve(results[i] as IngestResult));
+      for (const [i, pending] of batch.entries()) pending.resolve(results[i] as IngestResult);
     } catch (error) {
       if (batch.length === 1) {
         (batch[0] as Pending).reject(error);

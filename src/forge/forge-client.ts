@@ -194,7 +194,7 @@ export class ForgeClient {
     for (let n = last; n >= lowest; n--) {
       const comments = (n === 1 ? first.data : (await page(n)).data) as ListedComment[];
       for (let i = comments.length - 1; i >= 0; i--) {
-        const comment = comments[i]!;
+        const comment = comments[i] as ListedComment;
         if (typeof comment.body === "string" && comment.body.includes(marker)) return { id: comment.id };
       }
     }

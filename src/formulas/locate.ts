@@ -10,7 +10,7 @@
  * throws, and a path it cannot place gets its nearest located parent instead.
  */
 
-import { BARE_KEY, formatPath, type PathSegment } from "../validation.js";
+import { formatPath, type PathSegment } from "../validation.js";
 
 export { formatPath, type PathSegment };
 

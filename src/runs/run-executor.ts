@@ -96,7 +96,7 @@ export async function settleWorktree(
   worktree: Worktree | undefined,
   log: Logger,
 ): Promise<Worktree | undefined> {
-  if (!worktree || worktree.state !== "active") return worktree;
+  if (worktree?.state !== "active") return worktree;
   const formula = deps.formulas.get(run.formula);
   const project = deps.config.projects.find((p) => p.name === run.project);
   try {

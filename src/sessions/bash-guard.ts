@@ -300,8 +300,7 @@ function tokenize(source: string): Token[] {
       i = end;
     } else if (c === "<" || c === ">" || (c === "&" && next === ">")) {
       // A word of digits right before the operator is its file descriptor, not an argument.
-      if (word !== undefined && word.parts.every((p) => p.kind === "text" && !p.quoted && /^\d+$/.test(p.text)))
-        word = undefined;
+      if (word?.parts.every((p) => p.kind === "text" && !p.quoted && /^\d+$/.test(p.text))) word = undefined;
       else endWord();
       const op =
         c === "&"
@@ -478,7 +477,7 @@ function braceExpand(word: Expanded, limit = 64): Expanded[] | string {
 }
 
 /** The word's value when it is statically known (globs left as they are); undefined otherwise. */
-function valueOf(word: Word | undefined, lookup: Lookup): string | undefined {
+function wordValue(word: Word | undefined, lookup: Lookup): string | undefined {
   if (word === undefined) return undefined;
   const expansion = expand(word, lookup);
   return expansion.ok ? expansion.text : undefined;
@@ -767,7 +766,7 @@ function checkSimpleCommand(
     case "read":
       // The words after these name variables (`export HOME=/x`, `unset WORKTREE`, `read PWD`).
       forgetAssigned(
-        args.map((w) => valueOf(w, lookup)?.split("=")[0]),
+        args.map((w) => wordValue(w, lookup)?.split("=")[0]),
         state,
       );
       return undefined;
@@ -821,7 +820,7 @@ function unwrap(argv: Word[], lookup: Lookup): Invocation | undefined {
   let args = argv;
   let chdir: Word | undefined;
   for (let round = 0; round < 8; round++) {
-    const program = valueOf(args[0], lookup);
+    const program = wordValue(args[0], lookup);
     if (program === undefined) return undefined;
     const name = posix.basename(program);
     const wrapper = WRAPPERS[name];
@@ -852,7 +851,7 @@ function parseOptions(args: Word[], lookup: Lookup, short: string, long: string[
   let k = 0;
   while (k < args.length) {
     const word = args[k] as Word;
-    const value = valueOf(word, lookup);
+    const value = wordValue(word, lookup);
     if (value === "--") {
       k++;
       break;
@@ -942,11 +941,11 @@ const GIT_VALUE_OPTIONS = new Set([
 function checkGit(args: Word[], command: SimpleCommand, guard: Guard, lookup: Lookup): string | undefined {
   let k = 0;
   while (k < args.length) {
-    const value = valueOf(args[k], lookup);
+    const value = wordValue(args[k], lookup);
     if (value === undefined || !value.startsWith("-")) break;
     k += GIT_VALUE_OPTIONS.has(value) ? 2 : 1;
   }
-  const subcommand = valueOf(args[k], lookup);
+  const subcommand = wordValue(args[k], lookup);
   const rest = args.slice(k + 1);
   if (subcommand === "push") return checkPush(rest, command, guard, lookup);
   if (subcommand === "checkout" || subcommand === "switch")
@@ -982,12 +981,12 @@ function checkPush(args: Word[], command: SimpleCommand, guard: Guard, lookup: L
   const positionals: (string | undefined)[] = [];
   let options = true;
   for (let k = 0; k < args.length; k++) {
-    const value = valueOf(args[k], lookup);
+    const value = wordValue(args[k], lookup);
     if (options && value === "--") {
       options = false;
       continue;
     }
-    if (options && value !== undefined && value.startsWith("-") && value !== "-") {
+    if (options && value?.startsWith("-") && value !== "-") {
       if (value.startsWith("--")) {
         const [name = "", inline] = splitOnce(value.slice(2), "=");
         if (["force", "force-with-lease", "force-if-includes"].some((full) => abbreviates(name, full))) force = true;
@@ -1064,19 +1063,19 @@ function checkCheckout(
   const newBranches: (string | undefined)[] = [];
   const positionals: (string | undefined)[] = [];
   for (let k = 0; k < args.length; k++) {
-    const value = valueOf(args[k], lookup);
+    const value = wordValue(args[k], lookup);
     if (value === "--") {
       // What follows are paths: a checkout of files, not of a branch.
       paths = k + 1 < args.length;
       break;
     }
-    if (value !== undefined && value.startsWith("-") && value !== "-") {
+    if (value?.startsWith("-") && value !== "-") {
       if (value.startsWith("--")) {
         const [name = "", inline] = splitOnce(value.slice(2), "=");
         if (name === "detach") detach = true;
         else if (name === "track") track = true;
         else if (name === "patch" || name === "pathspec-from-file") paths = true;
-        else if (createsLong.includes(name)) newBranches.push(inline ?? valueOf(args[++k], lookup));
+        else if (createsLong.includes(name)) newBranches.push(inline ?? wordValue(args[++k], lookup));
         continue;
       }
       for (let c = 1; c < value.length; c++) {
@@ -1085,7 +1084,7 @@ function checkCheckout(
         else if (letter === "t") track = true;
         else if (letter === "p" && subcommand === "checkout") paths = true;
         else if (creates.includes(letter)) {
-          newBranches.push(c + 1 < value.length ? value.slice(c + 1) : valueOf(args[++k], lookup));
+          newBranches.push(c + 1 < value.length ? value.slice(c + 1) : wordValue(args[++k], lookup));
           break;
         }
       }
@@ -1127,10 +1126,10 @@ function checkRm(
   let options = true;
   const plain = lookupIn(state, guard, null);
   for (const word of args) {
-    const value = valueOf(word, plain);
+    const value = wordValue(word, plain);
     if (options && value === "--") {
       options = false;
-    } else if (options && value !== undefined && value.startsWith("-") && value !== "-") {
+    } else if (options && value?.startsWith("-") && value !== "-") {
       // GNU rm takes options anywhere before `--`, and long ones abbreviated.
       if (value.startsWith("--")) {
         const name = value.slice(2);

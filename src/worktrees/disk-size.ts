@@ -1,3 +1,4 @@
+import type { Dirent, Stats } from "node:fs";
 import { lstat, readdir } from "node:fs/promises";
 import path from "node:path";
 
@@ -10,7 +11,7 @@ const CONCURRENCY = 16;
  * Undefined when the directory does not exist. Entries that vanish while walking are skipped.
  */
 export async function diskUsage(dir: string): Promise<number | undefined> {
-  let rootStat;
+  let rootStat: Stats;
   try {
     rootStat = await lstat(dir);
   } catch (error) {
@@ -33,7 +34,7 @@ export async function diskUsage(dir: string): Promise<number | undefined> {
 
   const pending: string[] = [dir];
   const walkOne = async (current: string) => {
-    let entries;
+    let entries: Dirent[];
     try {
       entries = await readdir(current, { withFileTypes: true });
     } catch (error) {
@@ -42,7 +43,7 @@ export async function diskUsage(dir: string): Promise<number | undefined> {
     }
     for (const entry of entries) {
       const full = path.join(current, entry.name);
-      let stat;
+      let stat: Stats;
       try {
         stat = await lstat(full);
       } catch (error) {

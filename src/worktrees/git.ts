@@ -46,9 +46,9 @@ const REPOSITORY_ENV = new Set([
   "GIT_CEILING_DIRECTORIES",
 ]);
 
-function gitEnv(repo: string): NodeJS.ProcessEnv {
+function gitEnv(repo: string, base: Readonly<Record<string, string | undefined>>): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {};
-  for (const [key, value] of Object.entries(process.env)) {
+  for (const [key, value] of Object.entries(base)) {
     if (!REPOSITORY_ENV.has(key) && !/^GIT_CONFIG_(KEY|VALUE)_\d+$/.test(key)) env[key] = value;
   }
   // Never wait for a password on a terminal nobody watches.
@@ -63,12 +63,14 @@ export interface GitOptions {
   timeoutMs: number;
   /** What the caller was doing, for the error message ("fetch origin/main for run 12"). */
   doing: string;
+  /** The server's environment, which git inherits (less the variables that redirect it). */
+  env: Readonly<Record<string, string | undefined>>;
 }
 
 /** Runs `git -C <repo> <args>` and returns trimmed stdout; any failure throws WorktreeError with git's stderr. */
 export async function git(repo: string, args: readonly string[], options: GitOptions): Promise<string> {
   const result = await execa("git", ["-C", repo, ...args], {
-    env: gitEnv(repo),
+    env: gitEnv(repo, options.env),
     extendEnv: false,
     stdin: "ignore",
     reject: false,

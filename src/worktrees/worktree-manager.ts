@@ -37,6 +37,8 @@ export interface WorktreeManagerDeps {
   instanceId: string;
   log: Logger;
   now?: () => Date;
+  /** The server's environment, inherited by git (PATH, HOME, GIT_SSH_COMMAND...). */
+  env: Readonly<Record<string, string | undefined>>;
   /** Kill a `git fetch` that has not finished after this long (default 5 min). */
   fetchTimeoutMs?: number;
   /** Kill any other git command after this long (default 1 min). */
@@ -147,6 +149,7 @@ export class WorktreeManager {
   private readonly now: () => Date;
   private readonly fetchTimeoutMs: number;
   private readonly gitTimeoutMs: number;
+  private readonly env: Readonly<Record<string, string | undefined>>;
   private readonly queue = new KeyedQueue();
   /** Paths whose `create` is between `git worktree add` and the insert: not orphans. */
   private readonly creating = new Set<string>();
@@ -166,6 +169,7 @@ export class WorktreeManager {
     this.now = deps.now ?? (() => new Date());
     this.fetchTimeoutMs = deps.fetchTimeoutMs ?? 5 * 60_000;
     this.gitTimeoutMs = deps.gitTimeoutMs ?? 60_000;
+    this.env = deps.env;
   }
 
   /**
@@ -216,6 +220,7 @@ export class WorktreeManager {
         const fetched = await this.fetchPrimary(project, arrival, runId);
         await git(repo, ["worktree", "add", "--quiet", "--detach", dir, fetched], {
           timeoutMs: this.gitTimeoutMs,
+          env: this.env,
           doing: `add the worktree ${dir} for run ${runId}`,
         });
         added = true;
@@ -641,6 +646,7 @@ export class WorktreeManager {
     // An explicit refspec: the tracking ref moves even in a clone whose configured refspec would not move it.
     await git(repo, ["fetch", "--quiet", "--no-tags", "origin", `+refs/heads/${branch}:${tracking}`], {
       timeoutMs: this.fetchTimeoutMs,
+      env: this.env,
       doing: `fetch origin/${branch} for run ${runId}`,
     });
     // The sha the fetch just wrote to FETCH_HEAD (a file read) rather than a third git process.
@@ -648,6 +654,7 @@ export class WorktreeManager {
       (await fetchedSha(fetchHead, branch)) ??
       (await git(repo, ["rev-parse", "--verify", `${tracking}^{commit}`], {
         timeoutMs: this.gitTimeoutMs,
+        env: this.env,
         doing: `resolve origin/${branch} for run ${runId}`,
       }));
     this.fetches.set(key, { startedAt, sha });
@@ -660,6 +667,7 @@ export class WorktreeManager {
     if (gitDir === undefined) {
       gitDir = await git(repo, ["rev-parse", "--absolute-git-dir"], {
         timeoutMs: this.gitTimeoutMs,
+        env: this.env,
         doing: `locate the git directory for run ${runId}`,
       });
       this.gitDirs.set(repo, gitDir);
@@ -722,7 +730,11 @@ export class WorktreeManager {
         if (!(await exists(target.repo))) return;
         try {
           await this.queue.run(target.key, () =>
-            git(target.repo, ["worktree", "prune"], { timeoutMs: this.gitTimeoutMs, doing: "prune deleted worktrees" }),
+            git(target.repo, ["worktree", "prune"], {
+              timeoutMs: this.gitTimeoutMs,
+              env: this.env,
+              doing: "prune deleted worktrees",
+            }),
           );
         } catch (error) {
           log.error(

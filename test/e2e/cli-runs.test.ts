@@ -50,7 +50,10 @@ describe("CLI against a running server (real processes)", () => {
     );
     expect(code).toBe(0);
     const text = written.join("");
-    expect(text).toMatch(/\r\x1b\[K[⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏] run \d+ (queued|running) · phase \S+ · \S+/);
+    // ESC [ K clears the line before each progress frame.
+    expect(text).toMatch(
+      new RegExp(`\r${String.fromCharCode(27)}\\[K[⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏] run \\d+ (queued|running) · phase \\S+ · \\S+`),
+    );
     expect(text).toContain("PHASE:done");
   });
 
@@ -68,7 +71,7 @@ describe("CLI against a running server (real processes)", () => {
     expect(json.runs.every((r) => r.status === "done")).toBe(true);
     const show = await runBin(["runs", "show", String(json.runs[0]?.id)], { env });
     expect(show.code).toBe(0);
-    expect(show.stdout).toMatch(/^run \d+: hello on demo\nstatus:   done/);
+    expect(show.stdout).toMatch(/^run \d+: hello on demo\nstatus: {3}done/);
     expect(show.stdout).toContain("phases:");
     expect(show.stdout).toMatch(/sessions:\n\s+#\s+KIND/);
     const missing = await runBin(["runs", "show", "424242"], { env });

@@ -127,19 +127,30 @@ export async function startFakeForge(opts: FakeForgeOptions = {}): Promise<FakeF
   let origin = "";
 
   let last = 0;
-  const now = opts.now ?? (() => new Date((last = Math.max(Date.now(), last + 1))));
+  const now =
+    opts.now ??
+    (() => {
+      last = Math.max(Date.now(), last + 1);
+      return new Date(last);
+    });
   const rateLimitReset = String(Math.floor(Date.now() / 1000) + 3600);
 
   const repoState = (repo: string): RepoState => {
     const key = repo.toLowerCase();
     let state = repos.get(key);
-    if (!state) repos.set(key, (state = { labels: new Map(), issues: new Map(), roles: new Map() }));
+    if (!state) {
+      state = { labels: new Map(), issues: new Map(), roles: new Map() };
+      repos.set(key, state);
+    }
     return state;
   };
   const issueState = (repo: string, number: number): IssueState => {
     const issues = repoState(repo).issues;
     let issue = issues.get(number);
-    if (!issue) issues.set(number, (issue = { comments: [], labels: [] }));
+    if (!issue) {
+      issue = { comments: [], labels: [] };
+      issues.set(number, issue);
+    }
     return issue;
   };
   const issueLabels = (repo: string, issue: IssueState): FakeLabel[] =>
@@ -147,7 +158,10 @@ export async function startFakeForge(opts: FakeForgeOptions = {}): Promise<FakeF
   const labelByName = (repo: string, name: string, color = "ededed"): FakeLabel => {
     const labels = repoState(repo).labels;
     let label = labels.get(name.toLowerCase());
-    if (!label) labels.set(name.toLowerCase(), (label = { id: nextId++, name, color }));
+    if (!label) {
+      label = { id: nextId++, name, color };
+      labels.set(name.toLowerCase(), label);
+    }
     return label;
   };
   const findComment = (repo: string, id: number) => {
@@ -378,7 +392,9 @@ export async function startFakeForge(opts: FakeForgeOptions = {}): Promise<FakeF
     },
     addComment: (repo, number, { login, body, at }) => createComment(repo, number, login, body, at),
     failNext: (fault = {}) => void faults.push({ ...fault, left: fault.count ?? 1 }),
-    setDown: (value) => void (down = value),
+    setDown: (value) => {
+      down = value;
+    },
     reset() {
       requests.length = 0;
       repos = new Map();

@@ -54,6 +54,7 @@ export function testServices(options: TestServicesOptions): Services {
     onQueued: () => {},
   });
   const worktrees = new WorktreeManager({
+    env: process.env,
     database: options.database,
     root: settings.worktreeRoot,
     instanceId: "test-instance",

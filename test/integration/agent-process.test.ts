@@ -348,7 +348,7 @@ describe("process group", () => {
     expect(groupAlive(pid)).toBe(true);
     const members = await waitFor("both members", () => {
       const m = liveGroupMembers(pid);
-      return m && m.includes(grandchild) && m;
+      return m?.includes(grandchild) && m;
     });
     expect(members).toContain(pid);
     expect(members).toContain(grandchild);

@@ -39,7 +39,7 @@ function samples(text: string, name: string): Sample[] {
 }
 
 /** The value of the sample with exactly these labels, or undefined when there is none. */
-function valueOf(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
+function metricValue(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
   return samples(text, name).find(
     (s) => JSON.stringify(Object.entries(s.labels).sort()) === JSON.stringify(Object.entries(labels).sort()),
   )?.value;
@@ -86,7 +86,7 @@ describe.each(testBackends())("GET /metrics on %s", (backend) => {
     const { status, contentType, text } = await scrape();
     expect(status).toBe(200);
     expect(contentType).toMatch(/^text\/plain; version=0\.0\.4/);
-    expect(valueOf(text, "formula_runner_runs", { status: "queued" })).toBe(0);
+    expect(metricValue(text, "formula_runner_runs", { status: "queued" })).toBe(0);
     // Every status DESIGN lists is there, at zero when no run has it.
     for (const s of [
       "queued",
@@ -99,13 +99,13 @@ describe.each(testBackends())("GET /metrics on %s", (backend) => {
       "cancelled",
       "skipped",
     ]) {
-      expect(valueOf(text, "formula_runner_runs", { status: s }), s).toBe(0);
+      expect(metricValue(text, "formula_runner_runs", { status: s }), s).toBe(0);
     }
-    expect(valueOf(text, "formula_runner_outbox_pending")).toBe(0);
-    expect(valueOf(text, "formula_runner_escalations_open")).toBe(0);
+    expect(metricValue(text, "formula_runner_outbox_pending")).toBe(0);
+    expect(metricValue(text, "formula_runner_escalations_open")).toBe(0);
     // Node.js process metrics, under the same prefix.
-    expect(valueOf(text, "formula_runner_process_cpu_user_seconds_total")).toBeGreaterThan(0);
-    expect(valueOf(text, "formula_runner_process_resident_memory_bytes")).toBeGreaterThan(0);
+    expect(metricValue(text, "formula_runner_process_cpu_user_seconds_total")).toBeGreaterThan(0);
+    expect(metricValue(text, "formula_runner_process_resident_memory_bytes")).toBeGreaterThan(0);
     expect(text).toContain("# TYPE formula_runner_nodejs_heap_size_used_bytes gauge");
     // The token-guarded API is still guarded: /metrics is the exception, not a hole.
     expect((await createApp(services).request("/api/runs")).status).toBe(401);
@@ -148,10 +148,10 @@ describe.each(testBackends())("GET /metrics on %s", (backend) => {
 
     const { text } = await scrape();
     const dev = { formula: "dev", project: "demo" };
-    expect(valueOf(text, "formula_runner_sessions_total", { ...dev, kind: "initial", outcome: "crashed" })).toBe(1);
-    expect(valueOf(text, "formula_runner_sessions_total", { ...dev, kind: "recovery", outcome: "done" })).toBe(1);
+    expect(metricValue(text, "formula_runner_sessions_total", { ...dev, kind: "initial", outcome: "crashed" })).toBe(1);
+    expect(metricValue(text, "formula_runner_sessions_total", { ...dev, kind: "recovery", outcome: "done" })).toBe(1);
     expect(
-      valueOf(text, "formula_runner_sessions_total", {
+      metricValue(text, "formula_runner_sessions_total", {
         formula: "gardener",
         project: "demo",
         kind: "initial",
@@ -160,32 +160,48 @@ describe.each(testBackends())("GET /metrics on %s", (backend) => {
     ).toBe(1);
     expect(samples(text, "formula_runner_sessions_total")).toHaveLength(5);
 
-    expect(valueOf(text, "formula_runner_agent_cost_usd_total", dev)).toBe(0.75);
-    expect(valueOf(text, "formula_runner_agent_cost_usd_total", { formula: "review", project: "demo" })).toBe(1.125);
-    expect(valueOf(text, "formula_runner_agent_cost_usd_total", { formula: "dev", project: "other" })).toBe(2);
+    expect(metricValue(text, "formula_runner_agent_cost_usd_total", dev)).toBe(0.75);
+    expect(metricValue(text, "formula_runner_agent_cost_usd_total", { formula: "review", project: "demo" })).toBe(
+      1.125,
+    );
+    expect(metricValue(text, "formula_runner_agent_cost_usd_total", { formula: "dev", project: "other" })).toBe(2);
     expect(
-      valueOf(text, "formula_runner_agent_cost_usd_total", { formula: "gardener", project: "demo" }),
+      metricValue(text, "formula_runner_agent_cost_usd_total", { formula: "gardener", project: "demo" }),
     ).toBeUndefined();
-    expect(valueOf(text, "formula_runner_agent_turns_total", dev)).toBe(7);
-    expect(valueOf(text, "formula_runner_agent_tool_calls_total", dev)).toBe(11);
-    expect(valueOf(text, "formula_runner_agent_tool_calls_total", { formula: "review", project: "demo" })).toBe(0);
+    expect(metricValue(text, "formula_runner_agent_turns_total", dev)).toBe(7);
+    expect(metricValue(text, "formula_runner_agent_tool_calls_total", dev)).toBe(11);
+    expect(metricValue(text, "formula_runner_agent_tool_calls_total", { formula: "review", project: "demo" })).toBe(0);
 
     // 2 min crashed, 10 min done.
-    expect(valueOf(text, "formula_runner_session_duration_seconds_count", { formula: "dev", outcome: "crashed" })).toBe(
-      1,
-    );
-    expect(valueOf(text, "formula_runner_session_duration_seconds_sum", { formula: "dev", outcome: "crashed" })).toBe(
-      120,
-    );
-    expect(valueOf(text, "formula_runner_session_duration_seconds_sum", { formula: "dev", outcome: "done" })).toBe(600);
     expect(
-      valueOf(text, "formula_runner_session_duration_seconds_bucket", { formula: "dev", outcome: "done", le: "300" }),
-    ).toBe(0);
-    expect(
-      valueOf(text, "formula_runner_session_duration_seconds_bucket", { formula: "dev", outcome: "done", le: "600" }),
+      metricValue(text, "formula_runner_session_duration_seconds_count", { formula: "dev", outcome: "crashed" }),
     ).toBe(1);
     expect(
-      valueOf(text, "formula_runner_session_duration_seconds_bucket", { formula: "dev", outcome: "done", le: "28800" }),
+      metricValue(text, "formula_runner_session_duration_seconds_sum", { formula: "dev", outcome: "crashed" }),
+    ).toBe(120);
+    expect(metricValue(text, "formula_runner_session_duration_seconds_sum", { formula: "dev", outcome: "done" })).toBe(
+      600,
+    );
+    expect(
+      metricValue(text, "formula_runner_session_duration_seconds_bucket", {
+        formula: "dev",
+        outcome: "done",
+        le: "300",
+      }),
+    ).toBe(0);
+    expect(
+      metricValue(text, "formula_runner_session_duration_seconds_bucket", {
+        formula: "dev",
+        outcome: "done",
+        le: "600",
+      }),
+    ).toBe(1);
+    expect(
+      metricValue(text, "formula_runner_session_duration_seconds_bucket", {
+        formula: "dev",
+        outcome: "done",
+        le: "28800",
+      }),
     ).toBe(1);
 
     // No issue numbers, run ids or logins in labels: only these label names exist.
@@ -234,13 +250,17 @@ describe.each(testBackends())("GET /metrics on %s", (backend) => {
 
     const { text } = await scrape();
     const dev = { formula: "dev", project: "demo" };
-    expect(valueOf(text, "formula_runner_runs_finished_total", { ...dev, status: "done", skip_reason: "" })).toBe(2);
-    expect(valueOf(text, "formula_runner_runs_finished_total", { ...dev, status: "failed", skip_reason: "" })).toBe(1);
+    expect(metricValue(text, "formula_runner_runs_finished_total", { ...dev, status: "done", skip_reason: "" })).toBe(
+      2,
+    );
+    expect(metricValue(text, "formula_runner_runs_finished_total", { ...dev, status: "failed", skip_reason: "" })).toBe(
+      1,
+    );
     expect(
-      valueOf(text, "formula_runner_runs_finished_total", { ...dev, status: "skipped", skip_reason: "busy" }),
+      metricValue(text, "formula_runner_runs_finished_total", { ...dev, status: "skipped", skip_reason: "busy" }),
     ).toBe(2);
     expect(
-      valueOf(text, "formula_runner_runs_finished_total", {
+      metricValue(text, "formula_runner_runs_finished_total", {
         formula: "dev",
         project: "other",
         status: "skipped",
@@ -248,17 +268,17 @@ describe.each(testBackends())("GET /metrics on %s", (backend) => {
       }),
     ).toBe(1);
 
-    expect(valueOf(text, "formula_runner_run_duration_seconds_count", { formula: "dev", status: "done" })).toBe(2);
-    expect(valueOf(text, "formula_runner_run_duration_seconds_sum", { formula: "dev", status: "done" })).toBe(
+    expect(metricValue(text, "formula_runner_run_duration_seconds_count", { formula: "dev", status: "done" })).toBe(2);
+    expect(metricValue(text, "formula_runner_run_duration_seconds_sum", { formula: "dev", status: "done" })).toBe(
       90 + 7200,
     );
     expect(
-      valueOf(text, "formula_runner_run_duration_seconds_bucket", { formula: "dev", status: "done", le: "300" }),
+      metricValue(text, "formula_runner_run_duration_seconds_bucket", { formula: "dev", status: "done", le: "300" }),
     ).toBe(1);
-    expect(valueOf(text, "formula_runner_run_duration_seconds_sum", { formula: "dev", status: "failed" })).toBe(10);
+    expect(metricValue(text, "formula_runner_run_duration_seconds_sum", { formula: "dev", status: "failed" })).toBe(10);
     // A skipped run never started: no duration.
     expect(
-      valueOf(text, "formula_runner_run_duration_seconds_count", { formula: "dev", status: "skipped" }),
+      metricValue(text, "formula_runner_run_duration_seconds_count", { formula: "dev", status: "skipped" }),
     ).toBeUndefined();
   });
 
@@ -284,18 +304,18 @@ describe.each(testBackends())("GET /metrics on %s", (backend) => {
     }
 
     let { text } = await scrape();
-    expect(valueOf(text, "formula_runner_runs", { status: "queued" })).toBe(2);
-    expect(valueOf(text, "formula_runner_runs", { status: "running" })).toBe(1);
-    expect(valueOf(text, "formula_runner_runs", { status: "escalated" })).toBe(1);
-    expect(valueOf(text, "formula_runner_runs", { status: "done" })).toBe(3);
-    expect(valueOf(text, "formula_runner_runs", { status: "skipped" })).toBe(1);
-    expect(valueOf(text, "formula_runner_runs", { status: "crashed" })).toBe(0);
+    expect(metricValue(text, "formula_runner_runs", { status: "queued" })).toBe(2);
+    expect(metricValue(text, "formula_runner_runs", { status: "running" })).toBe(1);
+    expect(metricValue(text, "formula_runner_runs", { status: "escalated" })).toBe(1);
+    expect(metricValue(text, "formula_runner_runs", { status: "done" })).toBe(3);
+    expect(metricValue(text, "formula_runner_runs", { status: "skipped" })).toBe(1);
+    expect(metricValue(text, "formula_runner_runs", { status: "crashed" })).toBe(0);
     expect(samples(text, "formula_runner_runs")).toHaveLength(9);
-    expect(valueOf(text, "formula_runner_worktrees", { state: "active" })).toBe(1);
-    expect(valueOf(text, "formula_runner_worktrees", { state: "preserved" })).toBe(2);
+    expect(metricValue(text, "formula_runner_worktrees", { state: "active" })).toBe(1);
+    expect(metricValue(text, "formula_runner_worktrees", { state: "preserved" })).toBe(2);
     expect(samples(text, "formula_runner_worktrees")).toHaveLength(2);
-    expect(valueOf(text, "formula_runner_outbox_pending")).toBe(2);
-    expect(valueOf(text, "formula_runner_escalations_open")).toBe(1);
+    expect(metricValue(text, "formula_runner_outbox_pending")).toBe(2);
+    expect(metricValue(text, "formula_runner_escalations_open")).toBe(1);
 
     // Read again at the next scrape, not cached.
     await t.database.db.update(runs).set({ status: "done" }).where(sql`${runs.status} = 'running'`);
@@ -303,14 +323,14 @@ describe.each(testBackends())("GET /metrics on %s", (backend) => {
       .insert(outbox)
       .values({ project: "demo", kind: "label", issue: 1, payload: { labels: ["blocked"] } });
     ({ text } = await scrape());
-    expect(valueOf(text, "formula_runner_runs", { status: "running" })).toBe(0);
-    expect(valueOf(text, "formula_runner_runs", { status: "done" })).toBe(4);
-    expect(valueOf(text, "formula_runner_outbox_pending")).toBe(3);
+    expect(metricValue(text, "formula_runner_runs", { status: "running" })).toBe(0);
+    expect(metricValue(text, "formula_runner_runs", { status: "done" })).toBe(4);
+    expect(metricValue(text, "formula_runner_outbox_pending")).toBe(3);
   });
 
   it("still answers when the database is gone: the gauges are left out and the error logged once per scrape", async () => {
     services.metrics.runFinished(await insertRun({ status: "failed" }));
-    expect(valueOf((await scrape()).text, "formula_runner_runs", { status: "failed" })).toBe(1);
+    expect(metricValue((await scrape()).text, "formula_runner_runs", { status: "failed" })).toBe(1);
     await t.database.close();
 
     for (const n of [1, 2]) {
@@ -326,14 +346,14 @@ describe.each(testBackends())("GET /metrics on %s", (backend) => {
       }
       // Everything else is still there.
       expect(
-        valueOf(text, "formula_runner_runs_finished_total", {
+        metricValue(text, "formula_runner_runs_finished_total", {
           formula: "dev",
           project: "demo",
           status: "failed",
           skip_reason: "",
         }),
       ).toBe(1);
-      expect(valueOf(text, "formula_runner_process_cpu_user_seconds_total")).toBeGreaterThan(0);
+      expect(metricValue(text, "formula_runner_process_cpu_user_seconds_total")).toBeGreaterThan(0);
       const logged = logLines.filter((l) => l.includes("could not read the database gauges"));
       expect(logged).toHaveLength(n);
       expect(JSON.parse(logged[0] as string)).toMatchObject({ level: 40, err: { message: expect.any(String) } });
@@ -365,7 +385,7 @@ describe.each(testBackends())("GET /metrics on %s", (backend) => {
       await holder;
     }
     // Once the database answers again, so do the gauges.
-    expect(valueOf(await metrics.text(), "formula_runner_runs", { status: "queued" })).toBe(0);
+    expect(metricValue(await metrics.text(), "formula_runner_runs", { status: "queued" })).toBe(0);
   });
 
   it("keeps each server's metrics to itself", async () => {
@@ -374,7 +394,7 @@ describe.each(testBackends())("GET /metrics on %s", (backend) => {
     const b = new Metrics({ database: t.database, log: quiet });
     a.runFinished(await insertRun({ status: "cancelled" }));
     expect(
-      valueOf(await a.text(), "formula_runner_runs_finished_total", {
+      metricValue(await a.text(), "formula_runner_runs_finished_total", {
         formula: "dev",
         project: "demo",
         status: "cancelled",
@@ -403,13 +423,17 @@ describe.each(testBackends())("metrics of a running server on %s", (backend) => 
     expect(res.status).toBe(200);
     const text = await res.text();
     const labels = { formula: "hello", project: "demo" };
-    expect(valueOf(text, "formula_runner_runs_finished_total", { ...labels, status: "done", skip_reason: "" })).toBe(1);
-    expect(valueOf(text, "formula_runner_run_duration_seconds_count", { formula: "hello", status: "done" })).toBe(1);
-    expect(valueOf(text, "formula_runner_sessions_total", { ...labels, kind: "initial", outcome: "done" })).toBe(1);
-    expect(valueOf(text, "formula_runner_session_duration_seconds_count", { formula: "hello", outcome: "done" })).toBe(
+    expect(
+      metricValue(text, "formula_runner_runs_finished_total", { ...labels, status: "done", skip_reason: "" }),
+    ).toBe(1);
+    expect(metricValue(text, "formula_runner_run_duration_seconds_count", { formula: "hello", status: "done" })).toBe(
       1,
     );
-    expect(valueOf(text, "formula_runner_runs", { status: "done" })).toBe(1);
-    expect(valueOf(text, "formula_runner_worktrees", { state: "active" })).toBe(0);
+    expect(metricValue(text, "formula_runner_sessions_total", { ...labels, kind: "initial", outcome: "done" })).toBe(1);
+    expect(
+      metricValue(text, "formula_runner_session_duration_seconds_count", { formula: "hello", outcome: "done" }),
+    ).toBe(1);
+    expect(metricValue(text, "formula_runner_runs", { status: "done" })).toBe(1);
+    expect(metricValue(text, "formula_runner_worktrees", { state: "active" })).toBe(0);
   });
 });

@@ -1,5 +1,5 @@
 import { createHook } from "node:async_hooks";
-import { asc, eq, sql } from "drizzle-orm";
+import { asc, eq } from "drizzle-orm";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { escalations, type OutboxEntry, outbox, runs } from "../../db/schema/index.js";
 import type { ProjectConfig } from "../../src/config.js";
@@ -105,7 +105,9 @@ describe.each(testBackends())("outbox on %s", (backend) => {
 
   /** The test clock: the real one, moved forward by advance(). */
   const now = () => new Date(Date.now() + offset);
-  const advance = (ms: number) => void (offset += ms);
+  const advance = (ms: number) => {
+    offset += ms;
+  };
 
   beforeEach(async () => {
     t = await openTestDatabase(backend);
@@ -136,7 +138,10 @@ describe.each(testBackends())("outbox on %s", (backend) => {
       projects,
       clientFor: (p) => {
         let client = clients.get(p.name);
-        if (!client) clients.set(p.name, (client = new ForgeClient(p, { timeoutMs: 5_000 })));
+        if (!client) {
+          client = new ForgeClient(p, { timeoutMs: 5_000 });
+          clients.set(p.name, client);
+        }
         return client;
       },
       renderStatus: async (runId) => {

@@ -48,7 +48,14 @@ describe.each(testBackends())("worktrees on %s", (kind) => {
   let manager: WorktreeManager;
 
   const newManager = (instanceId = "inst-a") =>
-    new WorktreeManager({ database: t.database, root, instanceId, log: silentLogger(), now: () => clock });
+    new WorktreeManager({
+      env: process.env,
+      database: t.database,
+      root,
+      instanceId,
+      log: silentLogger(),
+      now: () => clock,
+    });
 
   async function insertRun(status: RunStatus = "running", formula = "dev", projectName = "demo"): Promise<number> {
     const [run] = await t.database.db
