@@ -10,6 +10,7 @@ import {
   phaseProtocol,
 } from "../../src/formulas/prompt.js";
 import { agentCommand, agentEnv, rootRefusal } from "../../src/runs/agent-env.js";
+import { runPaths } from "../../src/runs/run-paths.js";
 import { Secret } from "../../src/secrets.js";
 
 const { formula } = parseFormula(
@@ -182,8 +183,8 @@ describe("agentEnv and agentCommand", () => {
     expect(rootRefusal(["bash", "agent.sh"], {}, 0)).toBeUndefined();
   });
 
-  it("passes only what the design lists, the forge token under its name, and the server's variables last", () => {
-    const env = agentEnv({
+  const envInput = (overrides: Record<string, unknown> = {}) =>
+    agentEnv({
       serverEnv: {
         PATH: "/bin",
         HOME: "/home/r",
@@ -191,31 +192,51 @@ describe("agentEnv and agentCommand", () => {
         DATABASE_URL: "postgres://x",
         ANTHROPIC_API_KEY: "k",
         LC_ALL: "C",
+        SSH_AUTH_SOCK: "/run/agent.sock",
+        TMPDIR: "/tmp/server",
       },
       profile: DEFAULT_AGENTS.claude as never,
       formula: { ...formula, env: { CI: "1", RUN_ID: "spoofed" } } as never,
       project,
       runId: 7,
       issue: 12,
-      phaseFile: "/p",
-      scratchFile: "/s",
+      paths: runPaths("/data", 7),
       worktree: "/w",
+      commonDir: "/repo/.git",
       serverUrl: "http://127.0.0.1:8080",
-      apiToken: undefined,
+      runToken: "frr_7_AAAAAAAAAAAAAAAAAAAAAA",
+      ...overrides,
     });
+
+  it("passes only what the design lists, a run token, the run's own dirs, and the server's variables last", () => {
+    const env = envInput();
     expect(env).toMatchObject({
       PATH: "/bin",
       HOME: "/home/r",
       ANTHROPIC_API_KEY: "k",
       LC_ALL: "C",
       CI: "1",
-      FORGE_TOKEN: "ghp_0123456789abcdef",
       RUN_ID: "7",
       ISSUE: "12",
+      FORMULA_RUNNER_TOKEN: "frr_7_AAAAAAAAAAAAAAAAAAAAAA",
+      PHASE_FILE: "/data/runs/7/agent/phase",
+      OUTPUTS_FILE: "/data/runs/7/agent/outputs.jsonl",
+      TMPDIR: "/data/runs/7/agent/tmp",
+      CLAUDE_CONFIG_DIR: "/data/runs/7/agent/claude",
+      GIT_OBJECT_DIRECTORY: "/data/runs/7/agent/objects",
+      GIT_ALTERNATE_OBJECT_DIRECTORIES: "/repo/.git/objects",
     });
     expect(env.CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC).toBe("1");
     expect(env.API_TOKEN).toBeUndefined();
     expect(env.DATABASE_URL).toBeUndefined();
+    expect(env.SSH_AUTH_SOCK).toBeUndefined();
+    // No forge token unless the formula insists.
+    expect(Object.values(env)).not.toContain("ghp_0123456789abcdef");
+  });
+
+  it("hands the raw forge token over only with [sandbox] forge_token = true", () => {
+    const formulaWithToken = { ...formula, env: {}, sandbox: { allowHosts: [], forgeToken: true } };
+    expect(envInput({ formula: formulaWithToken }).FORGE_TOKEN).toBe("ghp_0123456789abcdef");
   });
 
   it("fills in the model and resume arguments", () => {
