@@ -541,7 +541,9 @@ export const formulaFileSchema = z
       .enum(REPORT_MODES)
       .default(FORMULA_DEFAULTS.report)
       .describe("Status comments: issue (runs with an issue), always (else on the project's escalation issue), never."),
-    sandbox: sandboxTable.prefault({}),
+    sandbox: sandboxTable
+      .prefault({})
+      .describe("How the agent is contained: sandbox mode, hosts it may reach, the raw forge token (dangerous)."),
     untrusted_text: z
       .enum(UNTRUSTED_TEXT_MODES)
       .default("fence")

@@ -6,6 +6,8 @@
  * the server user's credential stores and whatever `[sandbox] deny_read` lists; network
  * only to the formula's `allow_hosts` and the profile's model API hosts.
  */
+import { constants } from "node:fs";
+import { access, stat } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import type { AgentProfile, Config, ProjectConfig } from "../config.js";
@@ -81,9 +83,39 @@ export function sandboxPolicy(input: PolicyInput): SandboxPolicy {
   };
 }
 
+/**
+ * Where `program` is, as the agent's PATH finds it; a reason when it cannot be run. Checked
+ * before wrapping: inside the sandbox a missing program is only a shell's exit 127.
+ */
+export async function findProgram(
+  program: string,
+  pathVar: string | undefined,
+): Promise<{ ok: true; file: string } | { ok: false; reason: string }> {
+  const prefix = `cannot start ${JSON.stringify(program)}`;
+  const candidates = program.includes("/")
+    ? [program]
+    : (pathVar ?? "")
+        .split(":")
+        .filter((dir) => dir !== "")
+        .map((dir) => path.join(dir, program));
+  for (const file of candidates) {
+    try {
+      await access(file, constants.X_OK);
+      if ((await stat(file)).isFile()) return { ok: true, file };
+    } catch {}
+  }
+  return {
+    ok: false,
+    reason: program.includes("/")
+      ? `${prefix}: no such executable file`
+      : `${prefix}: program not found on the PATH given to the agent`,
+  };
+}
+
 /** How a session's agent process is started, and what the run record says about it. */
 export type Contained =
-  | { kind: "refused"; reason: string }
+  /** `bySandbox`: refused for want of a sandbox (`required`), not for a missing program. */
+  | { kind: "refused"; reason: string; bySandbox: boolean }
   | {
       kind: "ready";
       sandboxed: boolean;
@@ -115,9 +147,13 @@ export async function contain(
     close() {},
   });
   if (mode === "off") return plain('[sandbox] mode = "off": the agent runs unsandboxed');
+  const program = await findProgram(command[0] ?? "", env.PATH);
+  if (!program.ok) return { kind: "refused", reason: program.reason, bySandbox: false };
   const probe = await host.probe();
   if (!probe.ok) {
-    if (mode === "required") return { kind: "refused", reason: `[sandbox] mode = "required" but ${probe.reason}` };
+    if (mode === "required") {
+      return { kind: "refused", reason: `[sandbox] mode = "required" but ${probe.reason}`, bySandbox: true };
+    }
     return plain(`no sandbox on this host (${probe.reason}); the agent runs unsandboxed`);
   }
   const wrap = await host.wrap(command, {

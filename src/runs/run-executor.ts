@@ -28,7 +28,7 @@ import type { SandboxHost } from "../sessions/sandbox.js";
 import { worktreeAdminDir, worktreeCommonDir } from "../worktrees/git.js";
 import { WorktreeError, type WorktreeManager } from "../worktrees/worktree-manager.js";
 import { agentCommand, agentEnv, rootRefusal } from "./agent-env.js";
-import { contain, sandboxModeFor } from "./containment.js";
+import { allowedHosts, contain, sandboxModeFor } from "./containment.js";
 import { readContextFiles, runContextCommands, worktreeState } from "./prompt-inputs.js";
 import type { RunEvent } from "./run-event.js";
 import { makeRunDirs, type RunPaths, runPaths } from "./run-paths.js";
@@ -374,6 +374,8 @@ export class RunExecution {
       runToken: runToken.token,
       ...(answer ? { escalationReply: answer.body } : {}),
     });
+    const mode = sandboxModeFor(formula, profile, config);
+    const willSandbox = mode !== "off" && (await this.#deps.sandbox.probe()).ok;
     const [contextFiles, contextOutputs, scratch] = await Promise.all([
       readContextFiles(formula, worktree.path, project.repoPath),
       runContextCommands(
@@ -408,6 +410,7 @@ export class RunExecution {
         ? { escalationReply: { author: answer.author, body: answer.body, question: answer.escalation.question } }
         : {}),
       envNames: Object.keys(env).sort(),
+      sandboxHosts: willSandbox ? allowedHosts(formula, profile, env) : undefined,
     };
     const prompt = resumeId === undefined ? buildPrompt(promptInput) : buildContinuationPrompt(promptInput);
     const refusal = rootRefusal(profile.command, env);
@@ -423,12 +426,12 @@ export class RunExecution {
       });
       command.push(...claudeSettingsArgs(settings));
     }
-    const mode = sandboxModeFor(formula, profile, config);
     const contained =
       adminDir === undefined
         ? {
             kind: "refused" as const,
             reason: `${worktree.path} is not a linked worktree (no .git file naming its admin directory)`,
+            bySandbox: false,
           }
         : await contain(this.#deps.sandbox, mode, command, env, {
             config,
@@ -441,7 +444,7 @@ export class RunExecution {
             env,
           });
     const sandboxed = contained.kind === "ready" && contained.sandboxed;
-    const note = contained.kind === "ready" ? contained.note : contained.reason;
+    const note = contained.kind === "ready" ? contained.note : contained.bySandbox ? contained.reason : undefined;
     await this.#deps.database.db
       .update(runs)
       .set({ sandboxed, sandboxNote: note ?? null, updatedAt: sql`now()` })
