@@ -362,13 +362,18 @@ export class OutputsService {
     return scrubCredentialPatterns(this.#deps.secrets.scrub(text));
   }
 
-  /** The request with every text the forge would show scrubbed (label names come from the formula's list). */
+  /** The request with every text the forge would show, or the record would keep, scrubbed. */
   #scrubbed(output: OutputRequest): OutputRequest {
     switch (output.type) {
       case "comment":
         return { ...output, body: this.#scrub(output.body) };
       case "label":
-        return output;
+        // Names outside the formula's list are refused, but still kept on the record: scrubbed.
+        return {
+          ...output,
+          add: output.add.map((n) => this.#scrub(n)),
+          remove: output.remove.map((n) => this.#scrub(n)),
+        };
       case "pull_request":
       case "issue":
         return { ...output, title: this.#scrub(output.title), body: this.#scrub(output.body) };
