@@ -1,5 +1,5 @@
 import type { Database } from "../../db/client.js";
-import { type Config, DEFAULT_AGENTS, loadSettings, type ProjectConfig } from "../../src/config.js";
+import { type Config, DEFAULT_AGENTS, DEFAULT_SANDBOX, loadSettings, type ProjectConfig } from "../../src/config.js";
 import { EscalationService } from "../../src/escalations/escalation-service.js";
 import { DeliveryIngest } from "../../src/forge/delivery-ingest.js";
 import { ForgeClient, PermissionCache } from "../../src/forge/forge-client.js";
@@ -33,6 +33,7 @@ export function testServices(options: TestServicesOptions): Services {
     settings,
     projects: options.projects ?? [],
     agents: DEFAULT_AGENTS,
+    sandbox: DEFAULT_SANDBOX,
     configFileFound: options.projects !== undefined,
     warnings: [],
   };

@@ -168,6 +168,8 @@ describe("parseFormula", () => {
       context: { files: [], commands: [] },
       env: {},
       outputs: { comment: true, labels: [], pullRequest: false, issues: false, max: 5 },
+      sandbox: { allowHosts: [], forgeToken: false },
+      untrustedText: "fence",
       steps: [{ id: "only", title: "Do it", description: "Do the thing.", needs: [] }],
     });
     expect(formula).not.toHaveProperty("model");
