@@ -20,6 +20,7 @@ import { InstanceHeartbeat, resolveInstanceId } from "./instance.js";
 import { createLogger, type Logger, type LoggerOptions } from "./logger.js";
 import { type MemoryProbe, readAvailableMemoryMb } from "./memory.js";
 import { Metrics } from "./metrics.js";
+import { OutputsService } from "./outputs/outputs-service.js";
 import { VERSION } from "./package-info.js";
 import { rootRefusal } from "./runs/agent-env.js";
 import type { RunObserver } from "./runs/run-executor.js";
@@ -192,6 +193,16 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     log: instanceLog,
     now,
   });
+  // The executor calls outputs.collect(...) after each session; the API appends to the same path.
+  const outputs = new OutputsService({
+    database,
+    secrets,
+    log: instanceLog,
+    env: options.env,
+    onOutbox: () => outbox.notify(),
+    config,
+    formulas,
+  });
   const reporter = new ForgeReporter({
     database,
     projects: config.projects,
@@ -284,6 +295,7 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     escalations: escalationService,
     outbox,
     scheduler,
+    outputs,
     metrics,
     reloadFormulas,
     intake: { accepting: true },

@@ -124,6 +124,8 @@ export const FORMULA_DEFAULTS = Object.freeze({
   min_permission: "write" as Permission,
   concurrency: "{formula}-{project}",
   on_busy: "skip" as OnBusyPolicy,
+  outputs_comment: true,
+  outputs_max: 5,
 });
 
 // ---------------------------------------------------------------------------------------
@@ -421,6 +423,44 @@ const envTable = z
   .default({})
   .describe("Extra environment variables for the agent. Never put secrets here; name the variable that holds one.");
 
+const outputsPullRequest = z
+  .union([
+    z.literal(false),
+    z
+      .object({
+        base: nonEmptyString("Branch the pull request targets. Default: the project's primary branch.").optional(),
+        draft: z.boolean().default(false).describe('Open it as a draft (Gitea/Forgejo: a "WIP: " title).'),
+      })
+      .strict(),
+  ])
+  .default(false)
+  .describe("Whether the agent may ask for a pull request of its commits (false, or { base, draft }).");
+
+const outputsTable = z
+  .object({
+    comment: z
+      .boolean()
+      .default(FORMULA_DEFAULTS.outputs_comment)
+      .describe("May the agent comment on the run's issue (runs without an issue never can)."),
+    labels: z
+      .array(nonEmptyString("A label name."))
+      .max(100, { error: "at most 100 labels" })
+      .superRefine(uniqueItems)
+      .meta({ uniqueItems: true })
+      .default([])
+      .describe("Labels the agent may add to or remove from the run's issue."),
+    pull_request: outputsPullRequest,
+    issues: z.boolean().default(false).describe("May the agent open new issues."),
+    max: z
+      .int()
+      .min(1, { error: "must be 1 or more" })
+      .max(100, { error: "must be 100 or less" })
+      .default(FORMULA_DEFAULTS.outputs_max)
+      .describe("How many outputs one run may send (refused ones do not count)."),
+  })
+  .strict()
+  .describe("What the agent may ask the server to write to the forge (lines of $OUTPUTS_FILE).");
+
 const stepTable = z
   .object({
     id: slug("step id").describe("Identifies the step; unique in the formula."),
@@ -554,6 +594,7 @@ export const formulaFileSchema = z
     guards: guardsTable.prefault({}),
     context: contextTable.prefault({}),
     env: envTable,
+    outputs: outputsTable.prefault({}),
     steps: stepsArray,
   })
   .strict()
@@ -636,6 +677,20 @@ export interface FormulaContext {
   readonly commands: readonly (readonly string[])[];
 }
 
+/** `[outputs]`: the forge writes the agent may ask for. */
+export interface FormulaOutputs {
+  /** A comment on the run's issue (only runs with an issue). */
+  readonly comment: boolean;
+  /** Labels it may add or remove on the run's issue. */
+  readonly labels: readonly string[];
+  /** A pull request of its commits; `base` unset means the project's primary branch. */
+  readonly pullRequest: false | { readonly base?: string; readonly draft: boolean };
+  /** New issues. */
+  readonly issues: boolean;
+  /** Outputs sent per run at most. */
+  readonly max: number;
+}
+
 /** One `[[steps]]` entry. */
 export interface FormulaStep {
   readonly id: string;
@@ -672,6 +727,7 @@ export interface Formula {
   readonly guards: FormulaGuards;
   readonly context: FormulaContext;
   readonly env: Readonly<Record<string, string>>;
+  readonly outputs: FormulaOutputs;
   readonly steps: readonly FormulaStep[];
   readonly sandbox: FormulaSandbox;
   readonly untrustedText: UntrustedTextMode;
@@ -744,6 +800,19 @@ export function toFormula(file: FormulaFile, absolutePath: string): Formula {
     },
     context: { files: [...context.files], commands: context.commands.map((argv) => [...argv]) },
     env: { ...file.env },
+    outputs: {
+      comment: file.outputs.comment,
+      labels: [...file.outputs.labels],
+      pullRequest:
+        file.outputs.pull_request === false
+          ? false
+          : {
+              ...(file.outputs.pull_request.base !== undefined && { base: file.outputs.pull_request.base }),
+              draft: file.outputs.pull_request.draft,
+            },
+      issues: file.outputs.issues,
+      max: file.outputs.max,
+    },
     sandbox: {
       ...(file.sandbox.mode !== undefined && { mode: file.sandbox.mode }),
       allowHosts: [...file.sandbox.allow_hosts],
