@@ -281,10 +281,12 @@ describe.each(testBackends())("worktrees on %s", (kind) => {
       expect(await manager.remove(row, "api", project)).toEqual(removed);
     });
 
-    it("finds the clone to prune from the worktree's .git file when no project is given", async () => {
+    it("never runs git in a clone named by the worktree's .git file: without a project nothing is pruned", async () => {
       const row = await manager.create({ runId: await insertRun(), project, formula: "dev" });
       await manager.remove(row, "api");
       expect(existsSync(row.path)).toBe(false);
+      expect(await linked(repo)).toEqual([row.path]); // stale until the project's clone is pruned
+      await manager.remove(await manager.create({ runId: await insertRun(), project, formula: "dev" }), "api", project);
       expect(await linked(repo)).toEqual([]);
     });
 
@@ -475,8 +477,8 @@ describe.each(testBackends())("worktrees on %s", (kind) => {
       const { purged, kept } = await manager.purge({ expiredOnly: true, by: "housekeeping", projects: [project] });
       expect(purged).toEqual([]);
       expect(kept.map((k) => [k.id, k.reason])).toEqual([
-        [row.id, "symlink leads outside WORKTREE_ROOT"],
-        [viaProject?.id, "symlink leads outside WORKTREE_ROOT"],
+        [row.id, `demo/${basename(row.path)} is a symlink`],
+        [viaProject?.id, "linked is a symlink"],
       ]);
       expect(await readFile(join(outside, "precious.txt"), "utf8")).toBe("keep me\n");
       expect(existsSync(join(outside, "dev-1"))).toBe(true);
@@ -507,12 +509,34 @@ describe.each(testBackends())("worktrees on %s", (kind) => {
       expect(await linked(repo)).toEqual([]);
     });
 
-    it("prunes a clone found through the .git file when the project is no longer configured", async () => {
+    it("deletes the directory of a project no longer configured and runs git in no clone", async () => {
       const row = await preserved(HOUR);
       clock = new Date(T0.getTime() + 2 * HOUR);
       const { purged } = await manager.purge({ expiredOnly: true, by: "housekeeping", projects: [] });
       expect(purged.map((p) => p.id)).toEqual([row.id]);
-      expect(await linked(repo)).toEqual([]);
+      expect(existsSync(row.path)).toBe(false);
+      expect(await linked(repo)).toEqual([row.path]); // its clone is not configured: left to git's own gc
+    });
+
+    it("ignores a .git file redirected at another repository: that repository is never pruned", async () => {
+      const other = await createTestRepo();
+      try {
+        // A stale entry in the other clone that any `git worktree prune` there would delete.
+        const victim = join(await makeTempDir("fr-victim-"), "wt");
+        await runGit(other.clone, "worktree", "add", "--quiet", "--detach", victim, "origin/main");
+        await rm(victim, { recursive: true });
+        const admin = join(other.clone, ".git", "worktrees", basename(victim));
+        const row = await preserved(HOUR);
+        await writeFile(join(row.path, ".git"), `gitdir: ${admin}\n`);
+        clock = new Date(T0.getTime() + 2 * HOUR);
+        const { purged } = await manager.purge({ expiredOnly: true, by: "housekeeping", projects: [project] });
+        expect(purged.map((p) => p.id)).toEqual([row.id]);
+        expect(existsSync(row.path)).toBe(false);
+        expect(existsSync(join(admin, "gitdir"))).toBe(true);
+        expect(await linked(other)).toEqual([victim]);
+      } finally {
+        await other.cleanup();
+      }
     });
 
     it("explains each requested id it keeps", async () => {
