@@ -1,5 +1,5 @@
 import { existsSync } from "node:fs";
-import { mkdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
+import { mkdir, readFile, rename, rm, symlink, writeFile } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { eq, sql } from "drizzle-orm";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
@@ -536,6 +536,59 @@ describe.each(testBackends())("worktrees on %s", (kind) => {
         expect(await linked(other)).toEqual([victim]);
       } finally {
         await other.cleanup();
+      }
+    });
+
+    it("deletes nothing outside the root while the project directory is swapped for a symlink during purges", async () => {
+      const outside = await makeTempDir("fr-outside-");
+      const names = Array.from({ length: 12 }, (_, i) => `dev-${1000 + i}`);
+      for (const name of names) {
+        // The outside holds a tree shaped exactly like the project directory.
+        await mkdir(join(outside, name, "sub"), { recursive: true });
+        await writeFile(join(outside, name, "sub", "precious.txt"), "keep me\n");
+        await mkdir(join(root, "demo", name, "sub"), { recursive: true });
+        await writeFile(join(root, "demo", name, "sub", "file.txt"), "x\n");
+      }
+      const rows = await t.database.db
+        .insert(worktrees)
+        .values(
+          names.map((name) => ({
+            project: "demo",
+            formula: "dev",
+            path: join(root, "demo", name),
+            state: "preserved" as const,
+            instanceId: "inst-a",
+            preservedAt: T0,
+            expiresAt: T0,
+          })),
+        )
+        .returning();
+      let stop = false;
+      const swapper = (async () => {
+        while (!stop) {
+          await rename(join(root, "demo"), join(root, "demo.moved")).catch(() => undefined);
+          await symlink(outside, join(root, "demo")).catch(() => undefined);
+          await new Promise((r) => setImmediate(r));
+          await rm(join(root, "demo")).catch(() => undefined);
+          await rename(join(root, "demo.moved"), join(root, "demo")).catch(() => undefined);
+          await new Promise((r) => setImmediate(r));
+        }
+      })();
+      clock = new Date(T0.getTime() + 2 * HOUR);
+      for (let i = 0; i < 20; i++) {
+        await manager.purge({ expiredOnly: true, by: "housekeeping", projects: [project] });
+      }
+      stop = true;
+      await swapper;
+      for (const name of names) {
+        expect(await readFile(join(outside, name, "sub", "precious.txt"), "utf8")).toBe("keep me\n");
+      }
+      // A directory a swap hid (taken for gone) is back on record after adoption, so nothing leaks.
+      await manager.purge({ expiredOnly: true, by: "housekeeping", projects: [project] });
+      await manager.adoptOrphans([project], HOUR);
+      for (const row of rows) {
+        const current = await manager.get(row.id);
+        expect(current?.state).toBe(existsSync(row.path) ? "preserved" : "removed");
       }
     });
 
