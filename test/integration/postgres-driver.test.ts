@@ -10,8 +10,9 @@ const probe = join(import.meta.dirname, "..", "helpers", "probes", "postgres-cut
 const installed = dirname(dirname(dirname(createRequire(import.meta.url).resolve("postgres"))));
 const patchFile = join(import.meta.dirname, "..", "..", "patches", "postgres+3.4.9.patch");
 
-async function runProbe(packageDir: string, mode: "reserved" | "types") {
-  return execa("node", [probe, join(packageDir, "src", "index.js"), mode], { reject: false, timeout: 20_000 });
+async function runProbe(packageDir: string, mode: "reserved" | "types", guard = false) {
+  const args = [probe, join(packageDir, "src", "index.js"), mode, ...(guard ? ["guard"] : [])];
+  return execa("node", guard ? ["--import", "tsx", ...args] : args, { reject: false, timeout: 20_000 });
 }
 
 /**
@@ -23,7 +24,8 @@ async function runProbe(packageDir: string, mode: "reserved" | "types") {
 describe("postgres.js driver patch", () => {
   let unpatched: string;
   beforeAll(async () => {
-    unpatched = join(await makeTempDir("fr-pg-unpatched-"), "postgres");
+    // Under a node_modules directory, as installed: the process guard knows the driver by that path.
+    unpatched = join(await makeTempDir("fr-pg-unpatched-"), "node_modules", "postgres");
     await cp(installed, unpatched, { recursive: true });
     await execa("patch", ["--reverse", "--strip=3", "--directory", unpatched, "--input", patchFile]);
   });
@@ -52,5 +54,18 @@ describe("postgres.js driver patch", () => {
     const crash = await runProbe(unpatched, "types");
     expect(crash.exitCode).toBe(3);
     expect(crash.stderr).toContain("unhandledRejection: Error: read ECONNRESET");
+  });
+
+  it("the process guard keeps the process up through both faults of the unpatched driver", async () => {
+    const reserved = await runProbe(unpatched, "reserved", true);
+    expect(reserved.stderr).toContain(
+      "database driver fault outside any request; serving on: Cannot read properties of null (reading 'write')",
+    );
+    expect(reserved.stdout).toBe("outcome hung"); // the unpatched driver drops the write: why the patch matters
+    expect(reserved.exitCode).toBe(0);
+
+    const types = await runProbe(unpatched, "types", true);
+    expect(types.stderr).toContain("database driver fault outside any request; serving on: read ECONNRESET");
+    expect(types.exitCode).toBe(0);
   });
 });

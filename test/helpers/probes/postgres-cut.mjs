@@ -5,7 +5,10 @@
 // CONNECTION_CLOSED. Prints `outcome <code>` and exits 0 when the process survives.
 // Mode `types`: the connection is cut while postgres.js fetches the array types on
 // connect, a promise nobody awaits (unpatched: an unhandled rejection that ends the process).
-// Usage: node postgres-cut.mjs <path of postgres.js's src/index.js> [reserved|types]
+// With a third argument, the server's process guard (src/process-guard.ts, run with
+// `node --import tsx`) is installed instead of the exit-on-crash handler, and a query that
+// never settles counts as `hung` after 1 s.
+// Usage: node postgres-cut.mjs <path of postgres.js's src/index.js> [reserved|types] [guard]
 import net from "node:net";
 import { pathToFileURL } from "node:url";
 
@@ -73,10 +76,25 @@ const server = net.createServer((socket) => {
 });
 await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
 
-process.on("uncaughtException", (error, origin) => {
-  process.stderr.write(`${origin}: ${error.stack}\n`);
-  process.exit(3);
-});
+if (process.argv[4] === "guard") {
+  const { installProcessGuard } = await import("../../../src/process-guard.ts");
+  const log = { error: (fields, message) => process.stderr.write(`guard: ${message}: ${fields.err.message}\n`) };
+  log.fatal = log.error;
+  installProcessGuard(process, log, (code) => process.exit(code));
+} else {
+  process.on("uncaughtException", (error, origin) => {
+    process.stderr.write(`${origin}: ${error.stack}\n`);
+    process.exit(3);
+  });
+}
+const settled = (query) =>
+  Promise.race([
+    query.then(
+      () => "ok",
+      (error) => error.code ?? error.message,
+    ),
+    new Promise((resolve) => setTimeout(resolve, 1000, "hung")),
+  ]);
 
 const sql = postgres({
   host: "127.0.0.1",
@@ -99,9 +117,6 @@ const reserved = await sql.reserve();
 await reserved`select 1`;
 for (const socket of sockets) socket.destroy();
 await new Promise((resolve) => setTimeout(resolve, 100));
-const outcome = await reserved`select 2`.then(
-  () => "ok",
-  (error) => error.code ?? error.message,
-);
+const outcome = await settled(reserved`select 2`);
 process.stdout.write(`outcome ${outcome}\n`);
 process.exit(0);
