@@ -48,6 +48,11 @@ export interface ProjectConfig {
   webhookSecret: Secret | undefined;
   botLogin: string | undefined;
   escalationIssue: number | undefined;
+  /**
+   * The formulas this project's schedules and webhooks fire (`*`: all). Unset or empty:
+   * none, unless a formula lists the project in its own `projects`.
+   */
+  formulas?: readonly string[];
 }
 
 /** How to start one kind of agent. `{model}` and `{session_id}` are filled in per session. */
@@ -140,6 +145,7 @@ const projectSchema = z
     webhook_secret_env: z.string().regex(ENV_NAME, "must be an environment variable NAME").optional(),
     bot_login: z.string().min(1).optional(),
     escalation_issue: z.number().int().positive().optional(),
+    formulas: z.array(z.string().regex(/^(?:\*|[a-z0-9][a-z0-9-]*)$/, 'must be a formula name or "*"')).optional(),
   })
   .strict();
 
@@ -292,6 +298,7 @@ export function parseConfigFile(
       webhookSecret: secretFrom("webhook_secret_env", p.webhook_secret_env),
       botLogin: p.bot_login,
       escalationIssue: p.escalation_issue,
+      formulas: Object.freeze([...(p.formulas ?? [])]),
     });
   });
 

@@ -14,6 +14,7 @@ import { OutboxWorker } from "./forge/outbox.js";
 import { ForgeReporter } from "./forge/reporter.js";
 import { renderStatusFor } from "./forge/status-comment.js";
 import { WebhookService } from "./forge/webhook-service.js";
+import { logFiring } from "./formulas/projects.js";
 import { FormulaStore } from "./formulas/store.js";
 import { Housekeeping } from "./housekeeping.js";
 import { InstanceHeartbeat, resolveInstanceId } from "./instance.js";
@@ -249,6 +250,7 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
       .catch(() => {})
       .then(async () => {
         await formulas.reload();
+        logFiring(instanceLog, formulas.list(), config.projects);
         await scheduler.sync();
       });
     return reloadChain;
@@ -281,6 +283,7 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     name: "formulas",
     start: async () => {
       await formulas.reload();
+      logFiring(instanceLog, formulas.list(), config.projects);
     },
     stop: async () => {},
   });

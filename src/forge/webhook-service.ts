@@ -1,6 +1,7 @@
 import { isUtf8 } from "node:buffer";
 import type { ProjectConfig } from "../config.js";
 import { errorMessage } from "../errors.js";
+import { firesOn } from "../formulas/projects.js";
 import type { FormulaStore } from "../formulas/store.js";
 import { matchFormulas, runEventOf } from "../formulas/triggers.js";
 import type { Logger } from "../logger.js";
@@ -87,15 +88,19 @@ export class WebhookService {
         .handleComment(project, event)
         .catch((error: unknown) => log().error({ err: error }, `escalation reply: ${errorMessage(error)}`));
     }
-    const matches = matchFormulas(this.deps.formulas.list(), event);
+    const triggered = matchFormulas(this.deps.formulas.list(), event);
+    const matches = triggered.filter((m) => firesOn(m.formula, project));
     let ignored: string | undefined;
     let fired = matches;
     const sender = event.sender;
-    if (matches.length === 0) {
+    if (triggered.length === 0) {
       ignored =
         event.kind === undefined
           ? `event "${event.event}" is not one formulas react to`
           : `no formula matches ${event.event}${event.action ? `/${event.action}` : ""}`;
+    } else if (matches.length === 0) {
+      const names = triggered.map((m) => m.formula.name).join(", ");
+      ignored = `${names} would fire on ${event.event}${event.action ? `/${event.action}` : ""} but project ${project.name} does not run it (list it in the project's formulas = [...])`;
     } else if (!sender) {
       ignored = "the delivery names no sender";
       fired = [];

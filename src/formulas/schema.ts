@@ -83,6 +83,8 @@ export const RESERVED_ENV_NAMES = [
 
 /** Formula names and step ids. */
 export const SLUG_PATTERN = "^[a-z0-9][a-z0-9-]*$";
+/** A project name in a formula's `projects` list (as config.ts checks names), or `*`. */
+const PROJECT_PATTERN = "^(?:\\*|[a-z0-9][a-z0-9_-]*)$";
 /** POSIX environment variable names. */
 export const ENV_NAME_PATTERN = "^[A-Za-z_][A-Za-z0-9_]*$";
 
@@ -503,6 +505,19 @@ export const formulaFileSchema = z
       .enum(REPORT_MODES)
       .default(FORMULA_DEFAULTS.report)
       .describe("Status comments: issue (runs with an issue), always (else on the project's escalation issue), never."),
+    projects: z
+      .array(
+        z.string().regex(new RegExp(PROJECT_PATTERN), {
+          error: (issue) => `${quote(issue.input)} is not a project name (a slug) or "*"`,
+        }),
+      )
+      .superRefine(uniqueItems)
+      .meta({ uniqueItems: true })
+      .default([])
+      .describe(
+        'Projects whose schedules and webhooks fire this formula; "*" means all. A project can also list ' +
+          "the formula in its `formulas`. Listed on neither side, the formula fires on no project.",
+      ),
     on: onTable.prefault({}),
     guards: guardsTable.prefault({}),
     context: contextTable.prefault({}),
@@ -621,6 +636,8 @@ export interface Formula {
   /** How long an escalation waits for a reply. */
   readonly escalationTimeoutMs: number;
   readonly report: ReportMode;
+  /** Projects this formula fires on from its side (`*`: all); see `firesOn`. */
+  readonly projects: readonly string[];
   readonly on: FormulaTriggers;
   readonly guards: FormulaGuards;
   readonly context: FormulaContext;
@@ -658,6 +675,7 @@ export function toFormula(file: FormulaFile, absolutePath: string): Formula {
     retentionMs: milliseconds(file.retention),
     escalationTimeoutMs: milliseconds(file.escalation_timeout),
     report: file.report,
+    projects: [...file.projects],
     on: {
       schedule: on.schedule.map((entry) =>
         typeof entry === "string"

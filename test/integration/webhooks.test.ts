@@ -39,15 +39,26 @@ describe.each(testBackends())("POST /webhooks on %s", (backend) => {
         'name = "open"',
         'repo_path = "/nonexistent"',
         'repo = "acme/open"',
+        'formulas = ["*"]',
         "",
         "[[projects]]",
         'name = "tea"',
         'repo_path = "/nonexistent"',
         'repo = "acme/tea"',
+        'formulas = ["*"]',
         'forge = "gitea"',
         `forge_url = "${forge.giteaUrl}"`,
         'webhook_secret_env = "OTHER_SECRET"',
         'token_env = "DEMO_FORGE_TOKEN"',
+        "",
+        // Lists no formula: webhooks fire nothing on it.
+        "[[projects]]",
+        'name = "quiet"',
+        'repo_path = "/nonexistent"',
+        'repo = "acme/quiet"',
+        'webhook_secret_env = "DEMO_WEBHOOK_SECRET"',
+        'token_env = "DEMO_FORGE_TOKEN"',
+        `forge_url = "${forge.url}"`,
       ].join("\n"),
       formulas: {
         triage: testFormula("triage", { agent: "hang", timeout: "60s", on: {} }).replace(
@@ -71,6 +82,7 @@ describe.each(testBackends())("POST /webhooks on %s", (backend) => {
     });
     for (const login of ["Codertocat", "acme", "alice"]) forge.setPermission("acme/demo", login, "write");
     forge.setPermission("acme/tea", "acme", "write");
+    forge.setPermission("acme/quiet", "Codertocat", "admin");
     forge.setPermission("acme/tea", "alice", "admin");
   });
   afterAll(async () => {
@@ -125,6 +137,22 @@ describe.each(testBackends())("POST /webhooks on %s", (backend) => {
       sender: "Codertocat",
       runs: body.runs,
     });
+  });
+
+  it("fires nothing on a project that lists no formula, and records why", async () => {
+    const deliveryId = randomUUID();
+    const payload = fixture("github/issues.labeled.json", (p) => (p.repository.full_name = "acme/quiet"));
+    const res = await send({ event: "issues", payload, deliveryId });
+    expect(res.status).toBe(202);
+    const body = (await res.json()) as { runs: number[]; ignored: string; project: string };
+    expect(body).toMatchObject({ runs: [], project: "quiet" });
+    expect(body.ignored).toBe(
+      "triage would fire on issues/labeled but project quiet does not run it (list it in the project's formulas = [...])",
+    );
+    const stored = (await t.api("GET", "/api/deliveries?limit=5")).body.deliveries.find(
+      (d: { id: string }) => d.id === deliveryId,
+    );
+    expect(stored).toMatchObject({ outcome: "ignored", reason: body.ignored, runs: [] });
   });
 
   it("answers a redelivery 200 duplicate and creates nothing, even 50 copies at once", async () => {
