@@ -69,6 +69,7 @@ export function webhookRoutes(services: Services): Hono<AppEnv> {
         project: project.name,
         runs: outcome.runIds,
         ...(outcome.ignored !== undefined && { ignored: outcome.ignored }),
+        ...(outcome.answered !== undefined && { answered: outcome.answered }),
       },
       202,
     );

@@ -65,7 +65,15 @@ export function worktreeRoutes(services: Services): Hono<AppEnv> {
         message: `worktree ${id} is in use by run ${worktree.runId}; cancel the run first`,
       });
     }
-    if (worktree.state === "removed") return c.json({ worktree: worktreeJson(worktree) });
+    if (worktree.state === "removed") {
+      // Nothing was purged now: say so, as a purge by id lists it (docs/worktrees.md).
+      const when = worktree.removedAt ? ` at ${worktree.removedAt.toISOString()}` : "";
+      throw new AppError({
+        code: "conflict",
+        message: `worktree ${id} was not removed: already removed${when}${worktree.removedBy ? ` (by ${worktree.removedBy})` : ""}`,
+        details: { worktree: worktreeJson(worktree) },
+      });
+    }
     const result = await services.worktrees.purge({ ids: [id], by: "api", projects: services.config.projects });
     const kept = result.kept.find((k) => k.id === id);
     if (kept) throw new AppError({ code: "conflict", message: `worktree ${id} was not removed: ${kept.reason}` });

@@ -8,6 +8,8 @@ export class ApiError extends Error {
     message: string,
     readonly status: number | undefined,
     readonly code: string | undefined,
+    /** The rest of the server's error envelope (validation problems, the record concerned). */
+    readonly details: Readonly<Record<string, unknown>> = {},
   ) {
     super(message);
     this.name = "ApiError";
@@ -79,7 +81,8 @@ export class ApiClient {
     }
     if (!res.ok) {
       const envelope = (parsed as { error?: { code?: string; message?: string } } | undefined)?.error;
-      throw new ApiError(envelope?.message ?? `HTTP ${res.status} from ${route}`, res.status, envelope?.code);
+      const { code, message, ...details } = envelope ?? {};
+      throw new ApiError(message ?? `HTTP ${res.status} from ${route}`, res.status, code, details);
     }
     return parsed as T;
   }

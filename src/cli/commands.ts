@@ -1,5 +1,5 @@
 import type { RunJson } from "../runs/run-service.js";
-import type { ApiClient } from "./api-client.js";
+import { type ApiClient, ApiError } from "./api-client.js";
 import { bytes, duration, relative, table } from "./format.js";
 
 /** Where CLI commands write; `isTTY` turns on live progress lines. */
@@ -59,6 +59,14 @@ function elapsed(run: RunJson, now = Date.now()): string {
   return duration((run.finished_at ? Date.parse(run.finished_at) : now) - Date.parse(run.started_at));
 }
 
+/** How a run ended, in words: `done after 12s`, `skipped (busy): ...` (a run that never started took no time). */
+export function outcomeLine(run: RunJson): string {
+  const how = run.started_at
+    ? `${run.status} after ${elapsed(run)}`
+    : `${run.status}${run.skip_reason ? ` (${run.skip_reason.replaceAll("_", " ")})` : ""}`;
+  return `${how}${run.detail ? `: ${run.detail}` : ""}`;
+}
+
 /** `run FORMULA`: dispatch, and with `--wait` follow it to the end (exit 0 only if done). */
 export async function runCommand(
   client: ApiClient,
@@ -103,10 +111,7 @@ export async function runCommand(
     await new Promise((resolve) => setTimeout(resolve, args.pollMs ?? 500));
   }
   if (tty) out.write("\r\x1b[K");
-  println(
-    out,
-    `run ${run.id} ${current.status} after ${elapsed(current)}${current.detail ? `: ${current.detail}` : ""}`,
-  );
+  println(out, `run ${run.id} ${outcomeLine(current)}`);
   if (current.worktree?.state === "preserved") {
     println(
       out,
@@ -276,12 +281,23 @@ export async function worktreesPurge(
       purged = worktree.state === "preserved" ? [entry] : [];
       kept = worktree.state === "preserved" ? [] : [entry];
     } else {
-      const { worktree: removed } = await client.request<{ worktree: WorktreeJson }>(
-        "DELETE",
-        `/api/worktrees/${encodeURIComponent(args.id)}`,
-      );
-      purged = [{ ...removed, reason: "removed on request" }];
-      kept = [];
+      try {
+        const { worktree: removed } = await client.request<{ worktree: WorktreeJson }>(
+          "DELETE",
+          `/api/worktrees/${encodeURIComponent(args.id)}`,
+        );
+        purged = [{ ...removed, reason: "removed on request" }];
+        kept = [];
+      } catch (error) {
+        // Removed before: nothing purged now, listed as kept with the reason (as a purge by id does).
+        const worktree = error instanceof ApiError ? (error.details.worktree as WorktreeJson | undefined) : undefined;
+        if (error instanceof ApiError && error.status === 409 && worktree?.state === "removed") {
+          purged = [];
+          kept = [{ ...worktree, reason: error.message.replace(/^worktree \d+ was not removed: /, "") }];
+        } else {
+          throw error;
+        }
+      }
     }
   } else {
     ({ purged, kept } = await client.request<{ purged: PurgeEntry[]; kept: PurgeEntry[] }>(

@@ -1,6 +1,7 @@
 import { isUtf8 } from "node:buffer";
 import type { ProjectConfig } from "../config.js";
 import { errorMessage } from "../errors.js";
+import type { CommentReply } from "../escalations/escalation-service.js";
 import { firesOn } from "../formulas/projects.js";
 import type { FormulaStore } from "../formulas/store.js";
 import { matchFormulas, runEventOf } from "../formulas/triggers.js";
@@ -13,8 +14,10 @@ import { hasAtLeast, type PermissionCache } from "./forge-client.js";
 export interface WebhookOutcome {
   duplicate: boolean;
   runIds: number[];
-  /** Why nothing fired, when nothing did. */
+  /** Why nothing fired, when nothing did (and the delivery answered no question). */
   ignored: string | undefined;
+  /** The run whose open question this delivery's comment answered. */
+  answered: number | undefined;
 }
 
 /**
@@ -66,7 +69,7 @@ export class WebhookService {
       log: Logger;
       onQueued: () => void;
       /** Answers to agents' questions arrive as issue comments. */
-      escalations?: { handleComment(project: ProjectConfig, event: ForgeEvent): Promise<unknown> };
+      escalations?: { handleComment(project: ProjectConfig, event: ForgeEvent): Promise<CommentReply> };
     },
   ) {}
 
@@ -81,12 +84,14 @@ export class WebhookService {
         action: event.action,
         project: project.name,
       }));
+    let reply: CommentReply = { outcome: "none" };
     if (event.kind === "issue_comment" && event.action === "created" && this.deps.escalations) {
       // Before the delivery is recorded: if we die in between, the forge's redelivery is
       // not a duplicate yet and the answer is not lost. The claim itself is exactly-once.
-      await this.deps.escalations
-        .handleComment(project, event)
-        .catch((error: unknown) => log().error({ err: error }, `escalation reply: ${errorMessage(error)}`));
+      reply = await this.deps.escalations.handleComment(project, event).catch((error: unknown) => {
+        log().error({ err: error }, `escalation reply: ${errorMessage(error)}`);
+        return { outcome: "none" } as const;
+      });
     }
     const triggered = matchFormulas(this.deps.formulas.list(), event);
     const matches = triggered.filter((m) => firesOn(m.formula, project));
@@ -132,6 +137,16 @@ export class WebhookService {
       }
     }
 
+    // A comment that answered a question is recorded as that, not as an ignored event; one
+    // refused as an answer says why, so the record explains why the run did not resume.
+    let outcome: "queued" | "ignored" | "answered" = fired.length > 0 ? "queued" : "ignored";
+    if (reply.outcome === "delivered" && fired.length === 0) {
+      outcome = "answered";
+      ignored = `answered the question of run ${reply.runId}`;
+    } else if (reply.outcome === "ignored" && fired.length === 0) {
+      const refused = `not accepted as the answer to run ${reply.runId}'s question: ${reply.reason}`;
+      ignored = triggered.length > 0 && ignored !== undefined ? `${refused}; ${ignored}` : refused;
+    }
     const result = await this.deps.ingest.submit({
       delivery: {
         id: event.deliveryId,
@@ -142,7 +157,7 @@ export class WebhookService {
         repository: event.repository ?? null,
         sender: sender?.login ?? null,
         payload,
-        outcome: fired.length > 0 ? "queued" : "ignored",
+        outcome,
         reason: fired.length > 0 ? null : (ignored ?? null),
       },
       runs: fired.map((m) => ({
@@ -164,10 +179,12 @@ export class WebhookService {
     } else if (this.deps.log.isLevelEnabled("debug")) {
       log().debug({ reason: ignored }, "delivery fired nothing");
     }
+    const answered = reply.outcome === "delivered" && !result.duplicate ? reply.runId : undefined;
     return {
       duplicate: result.duplicate,
       runIds: result.runIds,
-      ignored: result.duplicate || result.runIds.length > 0 ? undefined : ignored,
+      ignored: result.duplicate || result.runIds.length > 0 || outcome === "answered" ? undefined : ignored,
+      answered,
     };
   }
 }

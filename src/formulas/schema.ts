@@ -71,6 +71,10 @@ export type OnBusyPolicy = (typeof ON_BUSY_POLICIES)[number];
 /** Environment variables the server sets for every agent; `[env]` may not override them. */
 export const RESERVED_ENV_NAMES = [
   "PHASE_FILE",
+  "SCRATCH_FILE",
+  "OUTPUTS_FILE",
+  "FORMULA_RUNNER_URL",
+  "FORMULA_RUNNER_TOKEN",
   "RUN_ID",
   "FORMULA",
   "PROJECT",

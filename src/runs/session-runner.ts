@@ -235,7 +235,7 @@ export class SessionRunner {
     const detail = plainDetail === null ? null : this.#deps.secrets.scrub(plainDetail);
     await appendFile(
       logFile,
-      `\n=== formula-runner: session ${spec.seq} ended: ${describeExit(exit)}; ${outcome.kind}${detail ? `: ${detail}` : ""} ===\n`,
+      `\n=== formula-runner: session ${spec.seq} ended: ${describeExit(exit)}; ${closingWords(outcome)}${detail ? `: ${detail}` : ""} ===\n`,
     );
     const [ended] = await this.#deps.database.db
       .update(sessions)
@@ -317,6 +317,11 @@ export class SessionRunner {
     if (exit.kind === "exited" && exit.code === 0) return { kind: "no_phase" };
     return { kind: "crash", exit };
   }
+}
+
+/** The log's closing line names the phase the agent wrote (`phase done`), not the outcome's kind. */
+function closingWords(outcome: SessionOutcome): string {
+  return outcome.kind === "phase" ? `phase ${outcome.phase}` : outcome.kind.replaceAll("_", " ");
 }
 
 function outcomeName(outcome: SessionOutcome): string {

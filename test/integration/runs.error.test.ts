@@ -42,6 +42,8 @@ describe.each(testBackends())("runs that fail, on %s", (backend) => {
         }),
         missing: testFormula("missing", { agent: "missing" }),
         cancel: testFormula("cancel", { agent: "hang", timeout: "60s", guards: { concurrency: "" } }),
+        // Fails to load: a dispatch must say what is wrong, not that it is unknown.
+        typo: testFormula("typo", { timeout: "20 minutes" }),
       },
       agents: {
         fail: "fail",
@@ -184,6 +186,12 @@ describe.each(testBackends())("runs that fail, on %s", (backend) => {
     const unknown = await t.api("POST", "/api/runs", { formula: "nope" });
     expect(unknown.status).toBe(404);
     expect(unknown.body.error.message).toMatch(/no formula "nope" \(known: .*fail/);
+    const broken = await t.api("POST", "/api/runs", { formula: "typo" });
+    expect(broken.status).toBe(409);
+    expect(broken.body.error.message).toMatch(
+      /^formula "typo" has errors: timeout: "20 minutes" is not a duration: .*\(fix the file, then `formula-runner formulas reload`\)$/,
+    );
+    expect(broken.body.error.problems).toEqual([expect.stringMatching(/typo\.toml:\d+: timeout: /)]);
     const project = await t.api("POST", "/api/runs", { formula: "fail", project: "other" });
     expect(project.status).toBe(404);
     const body = await t.api("POST", "/api/runs", { formula: 3, issue: -1, extra: true });
@@ -201,7 +209,13 @@ describe.each(testBackends())("runs that fail, on %s", (backend) => {
     expect(res.status).toBe(400);
     expect(((await res.json()) as { error: { code: string } }).error.code).toBe("invalid_json");
     expect((await t.api("GET", "/api/runs/999999")).status).toBe(404);
-    expect((await t.api("GET", "/api/runs/abc")).status).toBe(404);
+    const notAnId = await t.api("GET", "/api/runs/abc");
+    expect(notAnId.status).toBe(400);
+    expect(notAnId.body.error).toMatchObject({
+      code: "bad_request",
+      message: '"abc" is not an id: ids are positive whole numbers',
+    });
+    expect((await t.api("GET", "/api/runs/0")).status).toBe(400);
   });
 });
 

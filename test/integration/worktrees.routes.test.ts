@@ -94,6 +94,13 @@ describe.each(testBackends())("worktrees over REST, on %s", (backend) => {
     });
     await expect(readdir(run.worktree.path)).rejects.toThrow();
     expect(await runGit(t.repo.clone, "worktree", "list")).not.toContain(run.worktree.path);
+    // A second DELETE purges nothing, and says so instead of answering 200.
+    const again = await t.api("DELETE", `/api/worktrees/${id}`);
+    expect(again.status).toBe(409);
+    expect(again.body.error.message).toBe(
+      `worktree ${id} was not removed: already removed at ${res.body.worktree.removed_at} (by api)`,
+    );
+    expect(again.body.error.worktree).toMatchObject({ id, state: "removed" });
     expect((await t.api("DELETE", "/api/worktrees/987654")).status).toBe(404);
 
     const { body } = await t.api("POST", "/api/runs", { formula: "hold" });

@@ -74,6 +74,10 @@ describe("[env]", () => {
 
   it.each([
     "PHASE_FILE",
+    "SCRATCH_FILE",
+    "OUTPUTS_FILE",
+    "FORMULA_RUNNER_URL",
+    "FORMULA_RUNNER_TOKEN",
     "RUN_ID",
     "FORMULA",
     "PROJECT",
