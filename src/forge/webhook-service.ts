@@ -54,6 +54,24 @@ export function parsePayload(body: Uint8Array): unknown {
   return SUSPECT_ESCAPE.test(text) ? storable(value) : value;
 }
 
+/** Whether a Content-Type is HTML-form encoding (GitHub's default webhook content type). */
+export function isFormEncoded(contentType: string | undefined): boolean {
+  return /^\s*application\/x-www-form-urlencoded\s*(;|$)/i.test(contentType ?? "");
+}
+
+/**
+ * The JSON inside a form-encoded delivery: GitHub (and Gitea, when asked) send
+ * `payload=<url-encoded JSON>`. Call it only after the signature was checked on the body
+ * as sent. Throws a SyntaxError saying what is missing.
+ */
+export function formPayload(body: Uint8Array): Uint8Array {
+  const buffer = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+  if (!isUtf8(buffer)) throw new SyntaxError("the body is not UTF-8");
+  const payload = new URLSearchParams(buffer.toString("utf8")).get("payload");
+  if (payload === null) throw new SyntaxError("the form-encoded body has no payload field");
+  return Buffer.from(payload, "utf8");
+}
+
 /**
  * Decides what an accepted delivery fires (formula triggers, then sender rules: bots and
  * the runner's own login fire nothing, nor senders below a formula's `min_permission`)
