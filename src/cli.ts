@@ -4,17 +4,10 @@ import path from "node:path";
 import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import { RUN_STATUSES, WORKTREE_STATES } from "../db/schema/index.js";
 import { ApiClient, ApiError } from "./cli/api-client.js";
-import {
-  type Output,
-  parseAge,
-  runCommand,
-  runsList,
-  runsShow,
-  worktreesList,
-  worktreesPurge,
-} from "./cli/commands.js";
+import { type Output, runCommand, runsList, runsShow, worktreesList, worktreesPurge } from "./cli/commands.js";
 import { ConfigError, loadConfig, loadSettings } from "./config.js";
 import { errorMessage } from "./errors.js";
+import { durationProblem, parseDuration } from "./formulas/duration.js";
 import { formatProblem, validateFiles } from "./formulas/load.js";
 import { createLogger } from "./logger.js";
 import { VERSION } from "./package-info.js";
@@ -147,10 +140,9 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     .command("purge")
     .description("remove preserved worktrees: one by id, or all older than an age (default 24h)")
     .addOption(new Option("--id <id>", "remove this preserved worktree").conflicts("olderThan"))
-    .option("--older-than <age>", "age like 24h, 90m or 2d (default 24h)", (value: string) => {
-      const hours = parseAge(value);
-      if (hours === undefined) throw new InvalidArgumentError("expected an age like 24h, 90m or 2d");
-      return hours;
+    .option("--older-than <age>", "a duration like 24h, 90m, 1.5h or 2d (default 24h)", (value: string) => {
+      if (parseDuration(value) === undefined) throw new InvalidArgumentError(durationProblem(value));
+      return value;
     })
     .option("--dry-run", "say what would be removed, remove nothing", false)
     .option("--json", "print JSON", false)
@@ -158,13 +150,13 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
       "after",
       `\nNever removes a worktree whose run is still active, nor anything outside WORKTREE_ROOT.${apiHelp}`,
     )
-    .action((opts: { id?: string; olderThan?: number; dryRun: boolean; json: boolean }) =>
+    .action((opts: { id?: string; olderThan?: string; dryRun: boolean; json: boolean }) =>
       api((c) =>
         worktreesPurge(
           c,
           {
             ...(opts.id !== undefined && { id: opts.id }),
-            ...(opts.olderThan !== undefined && { olderThanHours: opts.olderThan }),
+            ...(opts.olderThan !== undefined && { olderThan: opts.olderThan }),
             dryRun: opts.dryRun,
             json: opts.json,
           },

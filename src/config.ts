@@ -2,7 +2,7 @@ import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { parse as parseToml, TomlError } from "smol-toml";
 import { z } from "zod";
-import { parseDuration } from "./formulas/duration.js";
+import { durationProblem, parseDuration } from "./formulas/duration.js";
 import { Secret } from "./secrets.js";
 import { fieldIssues, formatPath, schemaKeysAt } from "./validation.js";
 
@@ -192,9 +192,9 @@ export function loadSettings(env: Env = process.env, cwd = process.cwd()): { set
   const duration = (key: string, fallback: number) => {
     const raw = text(key);
     if (raw === undefined) return fallback;
-    const ms = /^\d+$/.test(raw) ? Number(raw) * 1000 : parseDuration(raw);
+    const ms = parseDuration(raw);
     if (ms === undefined) {
-      bad(key, `expected a duration like 30s, 2m or a number of seconds, found "${raw}"`);
+      bad(key, durationProblem(raw));
       return fallback;
     }
     return ms;

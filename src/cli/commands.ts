@@ -252,18 +252,9 @@ export async function worktreesList(
   return 0;
 }
 
-/** `--older-than 24h` / `90m` / `2d` in hours (the API's unit). */
-export function parseAge(text: string): number | undefined {
-  const match = /^(\d+(?:\.\d+)?)\s*(m|h|d)?$/.exec(text.trim());
-  if (!match) return undefined;
-  const value = Number(match[1]);
-  const unit = match[2] ?? "h";
-  return unit === "m" ? value / 60 : unit === "d" ? value * 24 : value;
-}
-
 export async function worktreesPurge(
   client: ApiClient,
-  args: { id?: string; olderThanHours?: number; dryRun: boolean; json: boolean },
+  args: { id?: string; olderThan?: string; dryRun: boolean; json: boolean },
   out: Output,
 ): Promise<number> {
   let purged: PurgeEntry[];
@@ -304,7 +295,7 @@ export async function worktreesPurge(
       "POST",
       "/api/worktrees/purge",
       {
-        older_than_hours: args.olderThanHours ?? 24,
+        older_than: args.olderThan ?? "24h",
         dry_run: args.dryRun,
       },
     ));

@@ -11,7 +11,7 @@ import path from "node:path";
 import { Cron } from "croner";
 import { z } from "zod";
 import { closestMatch, schemaKeysAt } from "../validation.js";
-import { DURATION_PATTERN, parseDuration } from "./duration.js";
+import { DURATION_PATTERN, durationProblem, parseDuration } from "./duration.js";
 import {
   COMMAND_PLACEHOLDERS,
   CONCURRENCY_PLACEHOLDERS,
@@ -203,9 +203,7 @@ const duration = (description: string, fallback: string) =>
   z
     .string()
     .regex(new RegExp(DURATION_PATTERN), {
-      error: (issue) =>
-        `${quote(issue.input)} is not a duration: write a whole number and a unit, largest first, ` +
-        "e.g. 30s, 20m, 2h, 1d, 1h30m, 500ms",
+      error: (issue) => durationProblem(String(issue.input)),
     })
     .refine((text) => parseDuration(text) !== 0, { error: "must be longer than zero" })
     .default(fallback)

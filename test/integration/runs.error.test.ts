@@ -102,14 +102,14 @@ describe.each(testBackends())("runs that fail, on %s", (backend) => {
 
   it("no output and no phase change for `timeout` -> timed_out", async () => {
     const idle = await run("idle");
-    expect(idle).toMatchObject({ status: "timed_out", detail: "no phase change and no output for 1000 ms" });
+    expect(idle).toMatchObject({ status: "timed_out", detail: "no phase change and no output for 1s (timeout)" });
     expect(idle.sessions[0].signal).toBe("SIGTERM");
     expect(idle.worktree.state).toBe("removed");
   });
 
   it("output without progress still ends at max_duration -> timed_out", async () => {
     const noisy = await run("noisy");
-    expect(noisy).toMatchObject({ status: "timed_out", detail: "max_duration of 2000 ms reached" });
+    expect(noisy).toMatchObject({ status: "timed_out", detail: "max_duration of 2s reached" });
     const took = Date.parse(noisy.sessions[0].ended_at) - Date.parse(noisy.sessions[0].started_at);
     expect(took).toBeGreaterThanOrEqual(2000);
   });
