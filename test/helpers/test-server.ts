@@ -47,7 +47,7 @@ export interface TestServerOptions {
    * project runs every formula (`formulas = ["*"]`) unless this sets `formulas`.
    */
   project?: Record<string, string | number | string[]>;
-  /** More TOML appended to formula-runner.toml (other [[projects]]). */
+  /** More TOML appended to formula-runner.toml (other [[projects]]); `{clone}` stands for the demo clone's path. */
   extraConfig?: string;
   readMemory?: MemoryProbe;
   now?: () => Date;
@@ -123,7 +123,7 @@ export async function startTestServer(options: TestServerOptions): Promise<TestS
         ([key, value]) => `${key} = ${JSON.stringify(value)}`,
       ),
       "",
-      options.extraConfig ?? "",
+      (options.extraConfig ?? "").replaceAll("{clone}", repo.clone),
       ...agentTables,
     ].join("\n"),
   );
