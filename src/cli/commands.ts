@@ -59,6 +59,16 @@ function elapsed(run: RunJson, now = Date.now()): string {
   return duration((run.finished_at ? Date.parse(run.finished_at) : now) - Date.parse(run.started_at));
 }
 
+/** What to type to answer a run's question. */
+export function replyHint(id: string | number): string {
+  return `answer with: formula-runner reply ${id} --body "..."  (or reply on the issue)`;
+}
+
+/** What to type to follow a run. */
+export function followHint(id: string | number): string {
+  return `follow it with: formula-runner logs ${id} --follow  (or formula-runner runs show ${id})`;
+}
+
 /** How a run ended, in words: `done after 12s`, `skipped (busy): ...` (a run that never started took no time). */
 export function outcomeLine(run: RunJson): string {
   const how = run.started_at
@@ -81,7 +91,10 @@ export async function runCommand(
     actor: args.actor,
   });
   println(out, `run ${run.id} queued: ${run.formula} on ${run.project}${run.issue ? ` (issue #${run.issue})` : ""}`);
-  if (!args.wait) return 0;
+  if (!args.wait) {
+    println(out, followHint(run.id));
+    return 0;
+  }
 
   const tty = out.isTTY === true;
   let lastLine = "";
@@ -121,6 +134,7 @@ export async function runCommand(
   if (current.status === "escalated") {
     const question = current.escalations?.find((e) => e.state === "open")?.question;
     if (question) println(err, `the agent asked:\n${question}`);
+    println(err, replyHint(run.id));
   }
   return current.status === "done" ? 0 : 1;
 }
