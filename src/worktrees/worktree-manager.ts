@@ -20,6 +20,7 @@ import {
 } from "../../db/schema/index.js";
 import type { ProjectConfig } from "../config.js";
 import { AppError, errorMessage } from "../errors.js";
+import { formatDuration } from "../formulas/duration.js";
 import type { Logger } from "../logger.js";
 import { chunks, KeyedQueue, mapLimit } from "./concurrency.js";
 import { type DeleteOutcome, deleteBelowRoot, isEntryName } from "./delete-below.js";
@@ -361,7 +362,7 @@ export class WorktreeManager {
         return keep(row.expiresAt === null ? "has no expiry" : `expires at ${row.expiresAt.toISOString()}`);
       }
       if (cutoff && (row.preservedAt === null || row.preservedAt > cutoff)) {
-        return keep(`preserved less than ${formatAge(olderThanMs as number)} ago`);
+        return keep(`preserved less than ${formatDuration(olderThanMs as number)} ago`);
       }
       if (row.instanceId !== this.instanceId) return keep(`lives on instance ${row.instanceId}`);
       const busy = inUse(row.runId, runStatus);
@@ -372,7 +373,7 @@ export class WorktreeManager {
         ? "requested"
         : opts.expiredOnly
           ? `expired at ${row.expiresAt?.toISOString()}`
-          : `preserved more than ${formatAge(olderThanMs as number)} ago`;
+          : `preserved more than ${formatDuration(olderThanMs as number)} ago`;
       removals.push({
         row,
         present: check.kind === "deleted",
@@ -832,17 +833,6 @@ function entry(row: WorktreeRow, reason: string): PurgeEntry {
 }
 
 /** "24h", "90m", "30s", "1500ms": for reasons people read (hours, like `--older-than 24h`). */
-function formatAge(ms: number): string {
-  for (const [unit, size] of [
-    ["h", 3_600_000],
-    ["m", 60_000],
-    ["s", 1_000],
-  ] as const) {
-    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
-  }
-  return `${ms}ms`;
-}
-
 async function exists(p: string): Promise<boolean> {
   try {
     await lstat(p);
