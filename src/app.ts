@@ -3,6 +3,7 @@ import { bodyLimit } from "hono/body-limit";
 import { HTTPException } from "hono/http-exception";
 import { requestId } from "hono/request-id";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
+import { dashboardRoutes } from "../routes/dashboard/index.js";
 import { deliveryRoutes } from "../routes/deliveries.js";
 import { formulaRoutes } from "../routes/formulas.js";
 import { healthRoutes } from "../routes/health.js";
@@ -106,6 +107,7 @@ export function createApp(services: Services): Hono<AppEnv> {
   app.route("/", worktreeRoutes(services));
   app.route("/", formulaRoutes(services));
   app.route("/", deliveryRoutes(services));
+  app.route("/", dashboardRoutes(services));
 
   return app;
 }
