@@ -24,6 +24,7 @@ export const Document: FC<{ title: string; children?: Child }> = ({ title, child
       <meta charset="utf-8" />
       <meta name="viewport" content="width=device-width, initial-scale=1" />
       <title>{`${title} · formula-runner`}</title>
+      <link rel="icon" href="data:," />
       <link rel="stylesheet" href="/assets/dashboard.css" />
       <script src="/assets/dashboard.js" defer />
     </head>
