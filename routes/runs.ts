@@ -8,7 +8,7 @@ import { runJson } from "../src/runs/run-service.js";
 import type { Services } from "../src/services.js";
 import { idParam, jsonBody, queryParams } from "./input.js";
 
-const dispatchBody = z
+export const dispatchBody = z
   .object({
     formula: z.string().min(1),
     project: z.string().min(1).optional(),
@@ -17,14 +17,14 @@ const dispatchBody = z
   })
   .strict();
 
-const replyBody = z
+export const replyBody = z
   .object({
     body: z.string().trim().min(1, "must not be empty").max(65_536),
     author: z.string().min(1).max(100).optional(),
   })
   .strict();
 
-const listQuery = z
+export const listQuery = z
   .object({
     status: z
       .string()

@@ -8,6 +8,7 @@ import { deliveryRoutes } from "../routes/deliveries.js";
 import { formulaRoutes } from "../routes/formulas.js";
 import { healthRoutes } from "../routes/health.js";
 import { metricsRoutes } from "../routes/metrics.js";
+import { openApiRoutes } from "../routes/openapi.js";
 import { runRoutes } from "../routes/runs.js";
 import { webhookRoutes } from "../routes/webhooks.js";
 import { worktreeRoutes } from "../routes/worktrees.js";
@@ -93,6 +94,7 @@ export function createApp(services: Services): Hono<AppEnv> {
   app.route("/", healthRoutes(services));
   app.route("/", metricsRoutes(services));
   app.route("/", webhookRoutes(services));
+  app.route("/", openApiRoutes(services));
   app.use("/api/*", requireBearerToken(services.apiToken));
   app.use(
     "/api/*",
