@@ -142,6 +142,9 @@ export async function benchDashboard(postgresUrl: string | undefined): Promise<v
       await admin.end({ timeout: 5 });
     }
   }
+  process.stdout.write(
+    `\nload average at the end: ${os.loadavg()[0]?.toFixed(1)} (2 cores shared: wall times include waiting for a core)\n`,
+  );
   printTable(
     `Dashboard runs page, ${RUNS.toLocaleString("en")} runs in the database (target p99 < 50 ms, < 100 KB)`,
     rows,
