@@ -251,6 +251,16 @@ export const API_OPERATIONS: readonly ApiOperation[] = [
   },
 ];
 
+/** The documented operation a request goes to: `GET /api/runs/12/log` -> `/api/runs/{id}/log`. */
+export function findOperation(method: string, pathname: string): ApiOperation | undefined {
+  const verb = method.toLowerCase();
+  const candidates = API_OPERATIONS.filter(
+    (op) => op.method === verb && new RegExp(`^${op.path.replace(/\{[^}]+\}/g, "[^/]+")}$`).test(pathname),
+  );
+  // A literal path (`/api/worktrees/purge`) wins over a template (`/api/worktrees/{id}`).
+  return candidates.find((op) => op.path === pathname) ?? candidates[0];
+}
+
 /** The OpenAPI 3.1 document of the API (built once; the schemas do not change at run time). */
 export function openApiDocument(version: string) {
   const api = new OpenAPIHono();

@@ -1,25 +1,11 @@
 import { Validator } from "@seriousme/openapi-schema-validator";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { API_OPERATIONS, type ApiOperation } from "../../routes/openapi.js";
+import { API_OPERATIONS, findOperation } from "../../routes/openapi.js";
 import { createApp } from "../../src/app.js";
 import { loadFixture, signedWebhook } from "../helpers/sign-webhook.js";
 import { startTestServer, TEST_TOKEN, type TestServer, testFormula } from "../helpers/test-server.js";
 
 const SECRET = "openapi-webhook-secret";
-
-/** The documented operation a request went to: `/api/runs/12/log` -> `/api/runs/{id}/log`. */
-function operationFor(method: string, pathname: string): ApiOperation | undefined {
-  return API_OPERATIONS.find(
-    (op) =>
-      op.method === method.toLowerCase() &&
-      new RegExp(`^${op.path.replace(/\{[^}]+\}/g, "[^/]+")}$`).test(pathname) &&
-      // `/api/worktrees/purge` is its own operation, not `/api/worktrees/{id}`.
-      !(
-        op.path.endsWith("{id}") &&
-        API_OPERATIONS.some((o) => o !== op && o.path === pathname && o.method === op.method)
-      ),
-  );
-}
 
 describe("the API described as OpenAPI 3.1", () => {
   let t: TestServer;
@@ -62,7 +48,7 @@ describe("the API described as OpenAPI 3.1", () => {
       body: options.raw ?? (options.body === undefined ? undefined : JSON.stringify(options.body)),
     });
     const pathname = new URL(route, t.url).pathname;
-    const op = operationFor(method, pathname);
+    const op = findOperation(method, pathname);
     expect(op, `${method} ${pathname} is documented`).toBeDefined();
     const documented = op?.responses[res.status];
     expect(documented, `${method} ${op?.path} documents status ${res.status}`).toBeDefined();
