@@ -166,6 +166,20 @@ describe("the dashboard in a real browser", () => {
     expect((await t.api("GET", `/api/runs/${body.id}`)).body.status).toBe("cancelled");
   });
 
+  it("renders the API reference at /docs from this server alone", async () => {
+    const foreign: string[] = [];
+    const onRequest = (request: { url(): string }) => {
+      if (!request.url().startsWith(t.url) && !request.url().startsWith("data:")) foreign.push(request.url());
+    };
+    page.on("request", onRequest);
+    await page.goto(`${t.url}/docs`);
+    await page.locator(".opblock-summary-path", { hasText: "/api/runs/{id}/reply" }).first().waitFor();
+    await expect(page.locator(".opblock").count()).resolves.toBeGreaterThanOrEqual(17);
+    await shot("docs");
+    page.off("request", onRequest);
+    expect(foreign).toEqual([]);
+  });
+
   it("shows deliveries, and no page broke its content security policy", async () => {
     await page.goto(`${t.url}/deliveries`);
     await accessible("deliveries");
