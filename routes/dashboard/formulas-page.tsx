@@ -50,6 +50,10 @@ export const FormulasPage: FC<FormulasPageProps> = (props) => (
   <Layout page={props.page} title="Formulas">
     <Notice text={props.notice} />
     <Notice text={props.error} kind="error" />
+    <form method="post" action="/formulas/reload" class="filters">
+      <CsrfField token={props.page.csrf} />
+      <button type="submit">Reload formulas from disk</button>
+    </form>
     {props.problems.length > 0 ? (
       <section aria-labelledby="problems" class="problems">
         <h2 id="problems">Load problems</h2>

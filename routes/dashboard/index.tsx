@@ -26,6 +26,7 @@ import { WorktreesPage } from "./worktrees-page.js";
 /** How much of a log the run page shows before following it live. */
 const LOG_TAIL_BYTES = 64 * 1024;
 const RUNS_PER_PAGE = 50;
+const WORKTREES_PER_PAGE = 500;
 const FORM_BODY_LIMIT = 256 * 1024;
 
 /** Pages only talk to this server: no inline script or style, no framing, forms post here only. */
@@ -67,6 +68,11 @@ const runsQuery = z.object({
   cursor: z.string().max(200).optional(),
 });
 
+/** `?state=` of the worktrees page: preserved unless another known state is asked for. */
+const worktreeState = (c: Context) => {
+  const state = c.req.query("state");
+  return state === "active" || state === "removed" ? state : "preserved";
+};
 const notice = (c: Context) => c.req.query("notice")?.slice(0, 300) || undefined;
 const errorText = (c: Context) => c.req.query("error")?.slice(0, 300) || undefined;
 const withNotice = (path: string, text: string) => `${path}?${new URLSearchParams({ notice: text })}`;
@@ -291,7 +297,8 @@ export function dashboardRoutes(services: Services): Hono<AppEnv> {
       await renderPage(
         <WorktreesPage
           page={page(c, "worktrees")}
-          worktrees={await services.worktrees.list({ state: "preserved" })}
+          worktrees={await services.worktrees.list({ state: worktreeState(c), limit: WORKTREES_PER_PAGE })}
+          state={worktreeState(c)}
           preview={extra.preview}
           purged={extra.purged}
           notice={extra.notice ?? notice(c)}
@@ -363,6 +370,19 @@ export function dashboardRoutes(services: Services): Hono<AppEnv> {
           error={errorText(c)}
         />,
       ),
+    );
+  });
+
+  /** What SIGHUP and POST /api/formulas/reload do. */
+  app.post("/formulas/reload", async (c) => {
+    await services.reloadFormulas();
+    const problems = services.formulas.problems().length;
+    return c.redirect(
+      withNotice(
+        "/formulas",
+        `Reloaded ${services.formulas.list().length} formula(s)${problems > 0 ? `; ${problems} problem(s)` : ""}.`,
+      ),
+      303,
     );
   });
 

@@ -7,6 +7,8 @@ import { CsrfField, Layout, Notice, type PageContext } from "./layout.js";
 export interface WorktreesPageProps {
   page: PageContext;
   worktrees: readonly Worktree[];
+  /** Which worktrees are listed. */
+  state: "preserved" | "active" | "removed";
   /** Present after a dry run: what a purge would do, with a form to do it. */
   preview: { olderThanHours: number; result: PurgeResult } | undefined;
   /** Present after a purge: what it did. */
@@ -55,7 +57,7 @@ export const WorktreesPage: FC<WorktreesPageProps> = (props) => {
   }
   const now = props.now.getTime();
   return (
-    <Layout page={props.page} title="Preserved worktrees">
+    <Layout page={props.page} title="Worktrees">
       <Notice text={props.notice} />
       <Notice text={props.error} kind="error" />
       {props.preview ? (
@@ -86,6 +88,20 @@ export const WorktreesPage: FC<WorktreesPageProps> = (props) => {
           <PurgeTable caption="Kept" entries={props.purged.kept} />
         </section>
       ) : null}
+
+      <form method="get" action="/worktrees" class="filters" aria-label="Which worktrees">
+        <label>
+          State{" "}
+          <select name="state">
+            {(["preserved", "active", "removed"] as const).map((s) => (
+              <option value={s} selected={s === props.state}>
+                {s}
+              </option>
+            ))}
+          </select>
+        </label>
+        <button type="submit">Show</button>
+      </form>
 
       <form method="post" action="/worktrees/purge" class="filters" aria-label="Purge old worktrees">
         <CsrfField token={props.page.csrf} />
@@ -119,11 +135,11 @@ export const WorktreesPage: FC<WorktreesPageProps> = (props) => {
       ) : null}
 
       {props.worktrees.length === 0 ? (
-        <p>No preserved worktrees.</p>
+        <p>No {props.state} worktrees.</p>
       ) : (
         <div class="scroll">
           <table>
-            <caption>Preserved worktrees, newest first</caption>
+            <caption>{`${props.state[0]?.toUpperCase()}${props.state.slice(1)} worktrees, newest first`}</caption>
             <thead>
               <tr>
                 <th scope="col">Worktree</th>
@@ -157,12 +173,16 @@ export const WorktreesPage: FC<WorktreesPageProps> = (props) => {
                     <code>{w.path}</code>
                   </td>
                   <td>
-                    <form method="post" action={`/worktrees/${w.id}/delete`} class="inline">
-                      <CsrfField token={props.page.csrf} />
-                      <button type="submit" class="danger" aria-label={`Delete worktree ${w.id}`}>
-                        Delete
-                      </button>
-                    </form>
+                    {w.state === "preserved" ? (
+                      <form method="post" action={`/worktrees/${w.id}/delete`} class="inline">
+                        <CsrfField token={props.page.csrf} />
+                        <button type="submit" class="danger" aria-label={`Delete worktree ${w.id}`}>
+                          Delete
+                        </button>
+                      </form>
+                    ) : (
+                      w.state
+                    )}
                   </td>
                 </tr>
               ))}

@@ -296,6 +296,9 @@ describe.each(testBackends())("dashboard pages, on %s", (backend) => {
       const [after] = await t.db.database.db.select().from(worktrees).where(eq(worktrees.id, run.worktree.id));
       expect(after?.state).toBe("removed");
       expect((await browser.post("/worktrees/purge", { older_than_hours: "-1" })).status).toBe(400);
+      const removed = await browser.get("/worktrees?state=removed");
+      expect(removed.text).toContain(run.worktree.path);
+      expect(removed.text).not.toContain(`action="/worktrees/${run.worktree.id}/delete"`);
     });
 
     it("deletes one worktree", async () => {
@@ -314,7 +317,10 @@ describe.each(testBackends())("dashboard pages, on %s", (backend) => {
   describe("formulas and deliveries", () => {
     it("shows triggers, next fire times, last run and load problems; dispatches from a form", async () => {
       await writeFile(path.join(t.dir, "formulas", "broken.toml"), 'name = "broken"\ndescription = 5\n');
-      await t.api("POST", "/api/formulas/reload");
+      expect((await browser.post("/formulas/reload", { _csrf: "forged" })).status).toBe(403);
+      const reloaded = await browser.post("/formulas/reload");
+      expect(reloaded.status).toBe(303);
+      expect(decodeURIComponent(reloaded.location ?? "")).toMatch(/problem/);
       const page = await browser.get("/formulas");
       expect(page.status).toBe(200);
       expect(page.text).toContain('id="formula-nightly"');
