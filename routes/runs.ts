@@ -9,7 +9,7 @@ import { runJson } from "../src/runs/run-service.js";
 import type { Services } from "../src/services.js";
 import { idParam, jsonBody, queryParams } from "./input.js";
 
-const dispatchBody = z
+export const dispatchBody = z
   .object({
     formula: z.string().min(1),
     project: z.string().min(1).optional(),
@@ -18,7 +18,7 @@ const dispatchBody = z
   })
   .strict();
 
-const replyBody = z
+export const replyBody = z
   .object({
     body: z.string().trim().min(1, "must not be empty").max(65_536),
     author: z.string().min(1).max(100).optional(),
@@ -26,12 +26,12 @@ const replyBody = z
   .strict();
 
 /** One output object (`{"type": ...}`) or `{outputs: [...]}`; each object is judged like a line of the outputs file. */
-const outputsBody = z.union([
+export const outputsBody = z.union([
   z.object({ outputs: z.array(z.record(z.string(), z.unknown())).min(1).max(MAX_OUTPUTS_PER_REQUEST) }).strict(),
   z.looseObject({ type: z.string() }),
 ]);
 
-const listQuery = z
+export const listQuery = z
   .object({
     status: z
       .string()

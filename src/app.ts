@@ -4,10 +4,12 @@ import { HTTPException } from "hono/http-exception";
 import { requestId } from "hono/request-id";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import { isDatabaseUnavailable } from "../db/unavailable.js";
+import { dashboardRoutes } from "../routes/dashboard/index.js";
 import { deliveryRoutes } from "../routes/deliveries.js";
 import { formulaRoutes } from "../routes/formulas.js";
 import { healthRoutes } from "../routes/health.js";
 import { metricsRoutes } from "../routes/metrics.js";
+import { openApiRoutes } from "../routes/openapi.js";
 import { runRoutes } from "../routes/runs.js";
 import { webhookRoutes } from "../routes/webhooks.js";
 import { worktreeRoutes } from "../routes/worktrees.js";
@@ -107,6 +109,7 @@ export function createApp(services: Services): Hono<AppEnv> {
   app.route("/", healthRoutes(services));
   app.route("/", metricsRoutes(services));
   app.route("/", webhookRoutes(services));
+  app.route("/", openApiRoutes(services));
   app.use(
     "/api/*",
     requireApiAuth(services.apiToken, (runId) => services.runs.liveTokenHash(runId)),
@@ -124,6 +127,7 @@ export function createApp(services: Services): Hono<AppEnv> {
   app.route("/", worktreeRoutes(services));
   app.route("/", formulaRoutes(services));
   app.route("/", deliveryRoutes(services));
+  app.route("/", dashboardRoutes(services));
 
   return app;
 }

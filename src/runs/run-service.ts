@@ -181,6 +181,34 @@ export class RunService {
     return row?.hash ?? undefined;
   }
 
+  /**
+   * Agent turns and cost summed over each run's sessions, for a page of runs (one grouped
+   * query); a run whose agent reported neither is absent from the map.
+   */
+  async totals(ids: readonly number[]): Promise<Map<number, { numTurns: number | null; costUsd: number | null }>> {
+    if (ids.length === 0) return new Map();
+    const rows = await this.deps.database.db
+      .select({
+        runId: sessions.runId,
+        numTurns: sql<number | null>`sum(${sessions.numTurns})::int`,
+        costUsd: sql<number | null>`sum(${sessions.costUsd})::float8`,
+      })
+      .from(sessions)
+      .where(inArray(sessions.runId, [...ids]))
+      .groupBy(sessions.runId);
+    return new Map(
+      rows
+        .filter((r) => r.numTurns !== null || r.costUsd !== null)
+        .map((r) => [
+          Number(r.runId),
+          {
+            numTurns: r.numTurns === null ? null : Number(r.numTurns),
+            costUsd: r.costUsd === null ? null : Number(r.costUsd),
+          },
+        ]),
+    );
+  }
+
   async get(id: number): Promise<Run> {
     const [run] = await this.deps.database.db.select().from(runs).where(eq(runs.id, id));
     if (!run) throw new AppError({ code: "not_found", message: `no run ${id}` });

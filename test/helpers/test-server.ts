@@ -3,6 +3,7 @@ import path from "node:path";
 import type { MemoryProbe } from "../../src/memory.js";
 import { type RunningServer, startServer } from "../../src/server.js";
 import { agentPath, type TestAgent } from "./agents/index.js";
+import { checkApiAnswer } from "./api-contract.js";
 import { type BackendKind, openTestDatabase, type TestDatabase } from "./db.js";
 import { createTestRepo, type TestRepo } from "./git.js";
 import { makeTempDir, removeTempDir } from "./tmp.js";
@@ -166,6 +167,7 @@ export async function startTestServer(options: TestServerOptions): Promise<TestS
     } catch {
       // not JSON: keep the text
     }
+    checkApiAnswer(method, route, res.status, res.headers.get("content-type") ?? "", parsed);
     return { status: res.status, body: parsed as any };
   };
   let stopped = false;
