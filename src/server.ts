@@ -28,6 +28,7 @@ import { RunWorker } from "./runs/run-worker.js";
 import { Scheduler } from "./scheduler/scheduler.js";
 import { SecretRegistry } from "./secrets.js";
 import type { Services } from "./services.js";
+import { ensureClone } from "./worktrees/managed-clone.js";
 import { WorktreeManager } from "./worktrees/worktree-manager.js";
 
 /** A long-lived part of the server. `stop()` is idempotent and waits for work in flight. */
@@ -128,7 +129,7 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
   const instanceLog = log.child({ instanceId });
 
   for (const warning of config.warnings) instanceLog.warn(`config: ${warning}`);
-  if (!config.configFileFound) {
+  if (!config.configFileFound && config.projects.length === 0) {
     instanceLog.warn(
       { file: settings.configFile },
       `no config file at ${settings.configFile}: running with zero projects`,
@@ -281,6 +282,25 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     name: "formulas",
     start: async () => {
       await formulas.reload();
+    },
+    stop: async () => {},
+  });
+  components.push({
+    name: "clones",
+    // Projects with clone_url get their clone now (a fresh volume); a failure is loud but
+    // not fatal: the forge may be down, and each run tries again before its fetch.
+    start: async () => {
+      for (const project of config.projects) {
+        if (!project.cloneUrl) continue;
+        try {
+          await ensureClone(project, { env: options.env, log: instanceLog });
+        } catch (error) {
+          instanceLog.error(
+            { err: error, project: project.name },
+            `could not clone ${project.name}: ${errorMessage(error)}; its runs fail until it can be cloned`,
+          );
+        }
+      }
     },
     stop: async () => {},
   });

@@ -21,8 +21,10 @@ import {
 import type { ProjectConfig } from "../config.js";
 import { AppError, errorMessage } from "../errors.js";
 import type { Logger } from "../logger.js";
+import { CloneQueue } from "./clone-lock.js";
 import { diskUsage } from "./disk-size.js";
 import { git, WorktreeError, worktreeCommonDir, worktreeHead } from "./git.js";
+import { ensureClone, gitCredentials } from "./managed-clone.js";
 import { checkDeletable, depthBelow, isInside, isSafeSegment, parseWorktreeDirName, worktreePath } from "./paths.js";
 
 export { WorktreeError } from "./git.js";
@@ -102,29 +104,6 @@ const DELETE_CONCURRENCY = 8;
 /** Rows per statement when a list of ids goes into `in (...)` (far below the 65,535 parameter limit). */
 const ID_CHUNK = 5_000;
 
-/**
- * Runs tasks one at a time per key, different keys in parallel. git takes locks inside a
- * clone (`index.lock`, ref locks, `worktrees/`); two commands in one clone at once make
- * one fail, so every git operation on a clone goes through its key here.
- */
-class KeyedQueue {
-  private readonly tails = new Map<string, Promise<void>>();
-
-  run<T>(key: string, task: () => Promise<T>): Promise<T> {
-    const previous = this.tails.get(key) ?? Promise.resolve();
-    const result = previous.then(task);
-    const tail = result.then(
-      () => undefined,
-      () => undefined,
-    );
-    this.tails.set(key, tail);
-    void tail.then(() => {
-      if (this.tails.get(key) === tail) this.tails.delete(key);
-    });
-    return result;
-  }
-}
-
 /** A clone in which `git worktree prune` must run after directories were deleted. */
 interface PruneTarget {
   /** The queue key: the project's repo_path, or the common git dir for a clone no project names any more. */
@@ -150,7 +129,8 @@ export class WorktreeManager {
   private readonly fetchTimeoutMs: number;
   private readonly gitTimeoutMs: number;
   private readonly env: Readonly<Record<string, string | undefined>>;
-  private readonly queue = new KeyedQueue();
+  /** One git command sequence at a time per clone, across processes too (several instances may share a clone). */
+  private readonly queue = new CloneQueue();
   /** Paths whose `create` is between `git worktree add` and the insert: not orphans. */
   private readonly creating = new Set<string>();
   /** Increments on every create arrival and every fetch start, to tell which fetch is fresh enough for whom. */
@@ -216,6 +196,8 @@ export class WorktreeManager {
         );
       }
       existed = await exists(dir);
+      // A managed clone (clone_url) that is missing, say on a fresh volume, is cloned first.
+      if (project.cloneUrl) await ensureClone(project, { env: this.env, log });
       const sha = await this.queue.run(repo, async () => {
         const fetched = await this.fetchPrimary(project, arrival, runId);
         await git(repo, ["worktree", "add", "--quiet", "--detach", dir, fetched], {
@@ -644,11 +626,16 @@ export class WorktreeManager {
     const fetchHead = await this.fetchHeadFile(repo, runId);
     await rm(fetchHead, { force: true });
     // An explicit refspec: the tracking ref moves even in a clone whose configured refspec would not move it.
-    await git(repo, ["fetch", "--quiet", "--no-tags", "origin", `+refs/heads/${branch}:${tracking}`], {
-      timeoutMs: this.fetchTimeoutMs,
-      env: this.env,
-      doing: `fetch origin/${branch} for run ${runId}`,
-    });
+    const credentials = gitCredentials(project);
+    await git(
+      repo,
+      [...credentials.args, "fetch", "--quiet", "--no-tags", "origin", `+refs/heads/${branch}:${tracking}`],
+      {
+        timeoutMs: this.fetchTimeoutMs,
+        env: { ...this.env, ...credentials.env },
+        doing: `fetch origin/${branch} for run ${runId}`,
+      },
+    );
     // The sha the fetch just wrote to FETCH_HEAD (a file read) rather than a third git process.
     const sha =
       (await fetchedSha(fetchHead, branch)) ??
