@@ -131,18 +131,26 @@ export async function withFileLock<T>(file: string, task: () => Promise<T>, opti
   const owner: LockOwner = { token: randomUUID(), pid: process.pid, host: HOST, at: new Date().toISOString() };
   const started = Date.now();
   let delay = 5;
-  while (!(await tryCreate(file, owner))) {
-    const holder = await readOwner(file);
-    if (await isDead(file, holder, staleMs)) {
-      // An unreadable owner is only dead by age (isDead), and then its token is undefined too.
-      await takeOver(file, holder?.token);
-      continue;
-    }
-    if (Date.now() - started > timeoutMs) throw new CloneLockTimeout(file, Date.now() - started, holder, options.doing);
-    await sleep(delay + Math.random() * delay);
-    delay = Math.min(delay * 2, 100);
-  }
+  // Marked held before the file exists: another task of this process that reads the file
+  // between its creation and this line must not judge it a leftover and take it over.
   held.add(owner.token);
+  try {
+    while (!(await tryCreate(file, owner))) {
+      const holder = await readOwner(file);
+      if (await isDead(file, holder, staleMs)) {
+        // An unreadable owner is only dead by age (isDead), and then its token is undefined too.
+        await takeOver(file, holder?.token);
+        continue;
+      }
+      if (Date.now() - started > timeoutMs)
+        throw new CloneLockTimeout(file, Date.now() - started, holder, options.doing);
+      await sleep(delay + Math.random() * delay);
+      delay = Math.min(delay * 2, 100);
+    }
+  } catch (error) {
+    held.delete(owner.token);
+    throw error;
+  }
   // Keeps the lock visibly alive for holders on other hosts, who judge it by age.
   const refresh = setInterval(
     () => {
@@ -156,9 +164,10 @@ export async function withFileLock<T>(file: string, task: () => Promise<T>, opti
     return await task();
   } finally {
     clearInterval(refresh);
-    held.delete(owner.token);
     const current = await readOwner(file);
     if (current?.token === owner.token) await unlink(file).catch(() => {});
+    // Only now: while the file is ours, no task of this process may take it over.
+    held.delete(owner.token);
   }
 }
 
