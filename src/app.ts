@@ -10,7 +10,7 @@ import { metricsRoutes } from "../routes/metrics.js";
 import { runRoutes } from "../routes/runs.js";
 import { webhookRoutes } from "../routes/webhooks.js";
 import { worktreeRoutes } from "../routes/worktrees.js";
-import { requireBearerToken } from "./auth.js";
+import { type Caller, requireApiAuth } from "./auth.js";
 import { AppError, ERROR_STATUS, type ErrorCode } from "./errors.js";
 import type { Logger } from "./logger.js";
 import type { Services } from "./services.js";
@@ -23,6 +23,8 @@ export interface AppEnv {
     requestId: string;
     /** The request's logger (bound to its request id), made on first use. */
     log: () => Logger;
+    /** Who is calling /api (set by the auth middleware). */
+    caller: Caller;
   };
 }
 
@@ -92,7 +94,10 @@ export function createApp(services: Services): Hono<AppEnv> {
   app.route("/", healthRoutes(services));
   app.route("/", metricsRoutes(services));
   app.route("/", webhookRoutes(services));
-  app.use("/api/*", requireBearerToken(services.apiToken));
+  app.use(
+    "/api/*",
+    requireApiAuth(services.apiToken, (runId) => services.runs.liveTokenHash(runId)),
+  );
   app.use(
     "/api/*",
     bodyLimit({

@@ -23,11 +23,13 @@ import { Metrics } from "./metrics.js";
 import { VERSION } from "./package-info.js";
 import { rootRefusal } from "./runs/agent-env.js";
 import type { RunObserver } from "./runs/run-executor.js";
+import { RunLog } from "./runs/run-log.js";
 import { RunService } from "./runs/run-service.js";
 import { RunWorker } from "./runs/run-worker.js";
 import { Scheduler } from "./scheduler/scheduler.js";
 import { SecretRegistry } from "./secrets.js";
 import type { Services } from "./services.js";
+import { SandboxHost } from "./sessions/sandbox.js";
 import { ensureClone } from "./worktrees/managed-clone.js";
 import { WorktreeManager } from "./worktrees/worktree-manager.js";
 
@@ -146,6 +148,21 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     if (refusal) instanceLog.warn({ agent: profile.name }, `agent "${profile.name}": ${refusal}; its runs will fail`);
   }
 
+  const sandbox = new SandboxHost(
+    { bwrap: config.sandbox.bwrap, socat: config.sandbox.socat, ripgrep: config.sandbox.ripgrep },
+    options.env,
+  );
+  const sandboxProbe = await sandbox.probe();
+  if (sandboxProbe.ok) {
+    instanceLog.info(`agents run sandboxed (bubblewrap); default [sandbox] mode = "${config.sandbox.mode}"`);
+  } else if (config.sandbox.mode !== "off") {
+    // Loud on purpose: agents read text strangers wrote.
+    instanceLog.warn(
+      `NO AGENT SANDBOX: ${sandboxProbe.reason}. Runs in mode "auto" will run their agents unsandboxed; ` +
+        'runs in mode "required" will fail.',
+    );
+  }
+
   const database = options.database ?? (await openAndMigrate(config, instanceLog));
   const formulas = new FormulaStore(settings.formulasDir, instanceLog);
   const now = options.now ?? (() => new Date());
@@ -185,6 +202,7 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     onOutbox: () => outbox.notify(),
   });
   const metrics = new Metrics({ database, log: instanceLog });
+  const runLog = new RunLog({ database, secrets, log: instanceLog });
   // The worker and the escalations refer to each other (answers wake the worker, timeouts
   // settle a run's worktree through it): `worker` is assigned just below.
   let worker: RunWorker;
@@ -208,7 +226,7 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
       log: instanceLog,
       instanceId,
       secrets,
-      apiToken,
+      sandbox,
       serverEnv: options.env,
       serverUrl: () => serverUrl,
       observers: [reporter, metrics, ...(options.observers ?? [])],
@@ -216,6 +234,7 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
       now,
       terminalLingerMs: 60_000,
       resultLingerMs: options.resultLingerMs ?? 30_000,
+      runLog,
     },
     {
       maxSessions: settings.maxSessions,
@@ -270,6 +289,7 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     outbox,
     scheduler,
     metrics,
+    runLog,
     reloadFormulas,
     intake: { accepting: true },
   };
@@ -304,6 +324,8 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     },
     stop: async () => {},
   });
+  // Stopped after the run worker (reverse order): the last sessions' output is written.
+  components.push({ name: "run logs", start: () => runLog.start(), stop: () => runLog.stop() });
   components.push({ name: "outbox", start: () => outbox.start(), stop: () => outbox.stop() });
   components.push({ name: "housekeeping", start: () => housekeeping.start(), stop: () => housekeeping.stop() });
   components.push({
@@ -311,6 +333,7 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     start: () => escalationMonitor.start(),
     stop: () => escalationMonitor.stop(),
   });
+  components.push({ name: "sandbox", start: async () => {}, stop: () => sandbox.stop() });
   components.push({ name: "run worker", start: () => worker.start(), stop: () => worker.stop() });
   components.push({ name: "scheduler", start: () => scheduler.start(), stop: () => scheduler.stop() });
 

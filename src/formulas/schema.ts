@@ -79,7 +79,25 @@ export const RESERVED_ENV_NAMES = [
   "PRIMARY_BRANCH",
   "ISSUE",
   "ESCALATION_REPLY",
+  "SCRATCH_FILE",
+  "OUTPUTS_FILE",
+  "FORMULA_RUNNER_URL",
+  "FORMULA_RUNNER_TOKEN",
+  "FORMULA_RUNNER_ARGV",
+  "FORMULA_RUNNER_TMPDIR",
+  "TMPDIR",
+  "CLAUDE_CONFIG_DIR",
+  "GIT_OBJECT_DIRECTORY",
+  "GIT_ALTERNATE_OBJECT_DIRECTORIES",
 ] as const;
+
+/** How a formula treats text strangers wrote (issue bodies, comments, labels, branch names). */
+export const UNTRUSTED_TEXT_MODES = ["fence", "omit"] as const;
+export type UntrustedTextMode = (typeof UNTRUSTED_TEXT_MODES)[number];
+
+/** A host name or IP address the sandboxed agent may reach (no scheme, port or path). */
+export const HOST_PATTERN =
+  "^(\\*\\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$|^[0-9a-fA-F:]+$";
 
 /** Formula names and step ids. */
 export const SLUG_PATTERN = "^[a-z0-9][a-z0-9-]*$";
@@ -465,6 +483,26 @@ const stepsArray = z
   .superRefine(checkSteps, { when: (payload) => Array.isArray(payload.value) })
   .describe("The steps the agent follows, in order.");
 
+const sandboxTable = z
+  .object({
+    mode: z
+      .enum(["auto", "required", "off"])
+      .optional()
+      .describe(
+        "auto: sandbox when the host can, loudly unsandboxed when not; required: refuse to run without; off. " +
+          "Unset: the agent profile's, else the server's [sandbox] mode (auto).",
+      ),
+    allow_hosts: z
+      .array(z.string().regex(new RegExp(HOST_PATTERN), "must be a host name or IP address (no scheme, port or path)"))
+      .default([])
+      .describe("Hosts the sandboxed agent may reach besides its model API."),
+    forge_token: z
+      .boolean()
+      .default(false)
+      .describe("Dangerous: hand the project's raw forge token to the agent (shown on the run record)."),
+  })
+  .strict();
+
 /**
  * The raw formula file as parsed from TOML. Feed it the object smol-toml returns; the
  * output has every default filled in but keeps the file's snake_case keys.
@@ -503,6 +541,15 @@ export const formulaFileSchema = z
       .enum(REPORT_MODES)
       .default(FORMULA_DEFAULTS.report)
       .describe("Status comments: issue (runs with an issue), always (else on the project's escalation issue), never."),
+    sandbox: sandboxTable
+      .prefault({})
+      .describe("How the agent is contained: sandbox mode, hosts it may reach, the raw forge token (dangerous)."),
+    untrusted_text: z
+      .enum(UNTRUSTED_TEXT_MODES)
+      .default("fence")
+      .describe(
+        "fence: text strangers wrote enters the prompt inside a random fence marked as data; omit: it is left out.",
+      ),
     on: onTable.prefault({}),
     guards: guardsTable.prefault({}),
     context: contextTable.prefault({}),
@@ -626,6 +673,16 @@ export interface Formula {
   readonly context: FormulaContext;
   readonly env: Readonly<Record<string, string>>;
   readonly steps: readonly FormulaStep[];
+  readonly sandbox: FormulaSandbox;
+  readonly untrustedText: UntrustedTextMode;
+}
+
+/** `[sandbox]`: how the agent is contained. */
+export interface FormulaSandbox {
+  /** Unset: the agent profile's mode, else the server's. */
+  readonly mode?: "auto" | "required" | "off";
+  readonly allowHosts: readonly string[];
+  readonly forgeToken: boolean;
 }
 
 function milliseconds(text: string): number {
@@ -687,6 +744,12 @@ export function toFormula(file: FormulaFile, absolutePath: string): Formula {
     },
     context: { files: [...context.files], commands: context.commands.map((argv) => [...argv]) },
     env: { ...file.env },
+    sandbox: {
+      ...(file.sandbox.mode !== undefined && { mode: file.sandbox.mode }),
+      allowHosts: [...file.sandbox.allow_hosts],
+      forgeToken: file.sandbox.forge_token,
+    },
+    untrustedText: file.untrusted_text,
     steps: file.steps.map((step) => ({
       id: step.id,
       title: step.title,

@@ -33,8 +33,10 @@ async function gitShim(dir: string, clone: string): Promise<{ env: Record<string
     path.join(bin, "git"),
     [
       "#!/bin/sh",
-      `if [ "$1" = "-C" ] && [ "$2" = '${clone}' ]; then`,
-      `  echo "start $$ $3" >> '${log}'`,
+      // The server puts its own -c options first: find the directory after -C.
+      'dir=""; prev=""; for a in "$@"; do [ "$prev" = "-C" ] && dir="$a"; prev="$a"; done',
+      `if [ "$dir" = '${clone}' ]; then`,
+      `  echo "start $$ $*" >> '${log}'`,
       `  '${real}' "$@"; rc=$?`,
       `  echo "end $$" >> '${log}'`,
       "  exit $rc",
@@ -55,7 +57,8 @@ async function overlaps(log: string): Promise<string[]> {
   for (const line of (await readFile(log, "utf8")).split("\n").filter(Boolean)) {
     const [what, pid, ...rest] = line.split(" ");
     if (what === "start") {
-      if (running !== undefined) found.push(`${rest.join(" ")} (pid ${pid}) while pid ${running} ran`);
+      if (running !== undefined)
+        found.push(`${rest.join(" ").replace(/^.* -C \S+ /, "")} (pid ${pid}) while pid ${running} ran`);
       running = pid;
     } else if (running === pid) {
       running = undefined;
@@ -180,12 +183,12 @@ if (testBackends().includes("postgres")) {
       await removeTempDir(dir);
     });
 
-    it("finishes 36 runs dispatched round-robin, every one done", { timeout: 300_000 }, async () => {
+    it("finishes 36 runs dispatched round-robin, every one done", { timeout: 480_000 }, async () => {
       const shim = await gitShim(dir, repo.clone);
       const start = (instance: string) =>
         startServerProcess({
           cwd: dir,
-          timeoutMs: 60_000,
+          timeoutMs: 150_000,
           env: {
             DATABASE_URL: db.url as string,
             DATA_DIR: path.join(dir, `data-${instance}`),

@@ -135,7 +135,7 @@ describe("clones managed by the server (clone_url)", () => {
       await t.cleanup();
     });
 
-    it("clones on the first run and fetches with the token before each run", async () => {
+    it("clones on the first run and fetches with the token before each run", { timeout: 120_000 }, async () => {
       await t.database.db.delete(worktrees);
       await t.database.db.delete(runs);
       const manager = new WorktreeManager({

@@ -16,7 +16,7 @@
  * | phases | planning, implementing, testing, reviewing, done, 0.1 s apart |
  * | crlf | `PHASE:done  \r\nReason: with CRLF  \r\n` |
  * | escalate | PHASE:escalate + question; with $ESCALATION_REPLY: reply to $REPLY_COPY, PHASE:done |
- * | env-dump | `env \| sort` to $ENV_COPY, PHASE:done |
+ * | env-dump | `env \| sort` to $ENV_COPY (default $TMPDIR/env.txt), PHASE:done |
  * | hang-once | 1st run: grandchild + PHASE:working, waits forever (marker `.hang-once-marker`); later runs: PHASE:done |
  */
 import { fileURLToPath } from "node:url";
