@@ -28,12 +28,14 @@ import { OutputsService } from "./outputs/outputs-service.js";
 import { VERSION } from "./package-info.js";
 import { rootRefusal } from "./runs/agent-env.js";
 import type { RunObserver } from "./runs/run-executor.js";
+import { RunLog } from "./runs/run-log.js";
 import { RunService } from "./runs/run-service.js";
 import { RunWorker } from "./runs/run-worker.js";
 import { Scheduler } from "./scheduler/scheduler.js";
 import { SecretRegistry } from "./secrets.js";
 import type { Services } from "./services.js";
 import { SandboxHost } from "./sessions/sandbox.js";
+import { ensureClone } from "./worktrees/managed-clone.js";
 import { WorktreeManager } from "./worktrees/worktree-manager.js";
 
 /** A long-lived part of the server. `stop()` is idempotent and waits for work in flight. */
@@ -140,7 +142,7 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
   const instanceLog = log.child({ instanceId });
 
   for (const warning of config.warnings) instanceLog.warn(`config: ${warning}`);
-  if (!config.configFileFound) {
+  if (!config.configFileFound && config.projects.length === 0) {
     instanceLog.warn(
       { file: settings.configFile },
       `no config file at ${settings.configFile}: running with zero projects`,
@@ -248,6 +250,7 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     onOutbox: () => outbox.notify(),
   });
   const metrics = new Metrics({ database, log: instanceLog });
+  const runLog = new RunLog({ database, secrets, log: instanceLog });
   // The worker and the escalations refer to each other (answers wake the worker, timeouts
   // settle a run's worktree through it): `worker` is assigned just below.
   let worker: RunWorker;
@@ -279,6 +282,7 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
       now,
       terminalLingerMs: 60_000,
       resultLingerMs: options.resultLingerMs ?? 30_000,
+      runLog,
     },
     {
       maxSessions: settings.maxSessions,
@@ -335,6 +339,7 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     scheduler,
     outputs,
     metrics,
+    runLog,
     reloadFormulas,
     intake: { accepting: true },
   };
@@ -351,6 +356,27 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     },
     stop: async () => {},
   });
+  components.push({
+    name: "clones",
+    // Projects with clone_url get their clone now (a fresh volume); a failure is loud but
+    // not fatal: the forge may be down, and each run tries again before its fetch.
+    start: async () => {
+      for (const project of config.projects) {
+        if (!project.cloneUrl) continue;
+        try {
+          await ensureClone(project, { env: options.env, log: instanceLog });
+        } catch (error) {
+          instanceLog.error(
+            { err: error, project: project.name },
+            `could not clone ${project.name}: ${errorMessage(error)}; its runs fail until it can be cloned`,
+          );
+        }
+      }
+    },
+    stop: async () => {},
+  });
+  // Stopped after the run worker (reverse order): the last sessions' output is written.
+  components.push({ name: "run logs", start: () => runLog.start(), stop: () => runLog.stop() });
   components.push({ name: "outbox", start: () => outbox.start(), stop: () => outbox.stop() });
   components.push({ name: "housekeeping", start: () => housekeeping.start(), stop: () => housekeeping.stop() });
   components.push({

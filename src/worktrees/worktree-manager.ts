@@ -22,10 +22,12 @@ import type { ProjectConfig } from "../config.js";
 import { AppError, errorMessage } from "../errors.js";
 import { formatDuration } from "../formulas/duration.js";
 import type { Logger } from "../logger.js";
-import { chunks, KeyedQueue, mapLimit } from "./concurrency.js";
+import { CloneQueue } from "./clone-lock.js";
+import { chunks, mapLimit } from "./concurrency.js";
 import { type DeleteOutcome, deleteBelowRoot, isEntryName } from "./delete-below.js";
 import { diskUsage } from "./disk-size.js";
 import { git, WorktreeError, worktreeHead } from "./git.js";
+import { ensureClone, gitCredentials } from "./managed-clone.js";
 import { isInside, isLexicallyInside, isSafeSegment, parseWorktreeDirName, worktreePath } from "./paths.js";
 
 export { WorktreeError } from "./git.js";
@@ -130,7 +132,8 @@ export class WorktreeManager {
   private readonly fetchTimeoutMs: number;
   private readonly gitTimeoutMs: number;
   private readonly env: Readonly<Record<string, string | undefined>>;
-  private readonly queue = new KeyedQueue();
+  /** One git command sequence at a time per clone, across processes too (several instances may share a clone). */
+  private readonly queue = new CloneQueue();
   /** Paths whose `create` is between `git worktree add` and the insert: not orphans. */
   private readonly creating = new Set<string>();
   /** Increments on every create arrival and every fetch start, to tell which fetch is fresh enough for whom. */
@@ -198,6 +201,8 @@ export class WorktreeManager {
         );
       }
       existed = await exists(dir);
+      // A managed clone (clone_url) that is missing, say on a fresh volume, is cloned first.
+      if (project.cloneUrl) await ensureClone(project, { env: this.env, log });
       const sha = await this.queue.run(repo, async () => {
         const fetched = await this.fetchPrimary(project, arrival, runId);
         await git(repo, ["worktree", "add", "--quiet", "--detach", dir, fetched], {
@@ -630,11 +635,16 @@ export class WorktreeManager {
     const fetchHead = await this.fetchHeadFile(repo, runId);
     await rm(fetchHead, { force: true });
     // An explicit refspec: the tracking ref moves even in a clone whose configured refspec would not move it.
-    await git(repo, ["fetch", "--quiet", "--no-tags", "origin", `+refs/heads/${branch}:${tracking}`], {
-      timeoutMs: this.fetchTimeoutMs,
-      env: this.env,
-      doing: `fetch origin/${branch} for run ${runId}`,
-    });
+    const credentials = gitCredentials(project);
+    await git(
+      repo,
+      [...credentials.args, "fetch", "--quiet", "--no-tags", "origin", `+refs/heads/${branch}:${tracking}`],
+      {
+        timeoutMs: this.fetchTimeoutMs,
+        env: { ...this.env, ...credentials.env },
+        doing: `fetch origin/${branch} for run ${runId}`,
+      },
+    );
     // The sha the fetch just wrote to FETCH_HEAD (a file read) rather than a third git process.
     const sha =
       (await fetchedSha(fetchHead, branch)) ??
