@@ -23,8 +23,16 @@ describe("formula-runner output", () => {
   const io = (env: Record<string, string> = { OUTPUTS_FILE: file }, stdin = ""): CliIo => ({
     env,
     cwd: dir,
-    stdout: { write: (text: string) => void (stdout += text) },
-    stderr: { write: (text: string) => void (stderr += text) },
+    stdout: {
+      write: (text: string) => {
+        stdout += text;
+      },
+    },
+    stderr: {
+      write: (text: string) => {
+        stderr += text;
+      },
+    },
     untilSignal: () => new Promise(() => {}),
     readStdin: async () => stdin,
   });
