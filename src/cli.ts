@@ -204,6 +204,30 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
       })(),
     );
 
+  const collectList = (value: string, previous: string[]) => [...previous, value];
+  program
+    .command("output")
+    .description("for agents: ask the server for a forge write (appends one checked line to $OUTPUTS_FILE)")
+    .argument("<type>", "comment | label | pull_request | issue")
+    .option("-t, --title <text>", "title (pull_request, issue)")
+    .option("-b, --body <text>", "body (comment, pull_request, issue)")
+    .option("--body-file <path>", 'read the body from a file ("-": stdin)')
+    .option("--add <label>", "label to add (repeatable)", collectList, [])
+    .option("--remove <label>", "label to remove (repeatable)", collectList, [])
+    .addHelpText(
+      "after",
+      "\nThe formula's [outputs] table says what is allowed; the decision shows in GET /api/runs/$RUN_ID.",
+    )
+    .action(
+      async (
+        type: string,
+        opts: { title?: string; body?: string; bodyFile?: string; add: string[]; remove: string[] },
+      ) => {
+        const { outputCommand } = await import("./cli/output-command.js");
+        exitCode = await outputCommand({ type, ...opts }, io, io.stdout, io.stderr);
+      },
+    );
+
   const deliveriesCommand = program.command("deliveries").description("webhook deliveries the server received");
   deliveriesCommand
     .command("list")
