@@ -275,6 +275,7 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
       instanceId,
       secrets,
       sandbox,
+      outputs,
       serverEnv: options.env,
       serverUrl: () => serverUrl,
       observers: [reporter, metrics, ...(options.observers ?? [])],

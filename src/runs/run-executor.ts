@@ -22,6 +22,7 @@ import { buildContinuationPrompt, buildPrompt, phaseProtocol, type RecoveryConte
 import type { Formula } from "../formulas/schema.js";
 import type { FormulaStore } from "../formulas/store.js";
 import type { Logger } from "../logger.js";
+import type { OutputsService } from "../outputs/outputs-service.js";
 import type { SecretRegistry } from "../secrets.js";
 import { claudeSettingsArgs, writeClaudeSettings } from "../sessions/claude-settings.js";
 import type { SandboxHost } from "../sessions/sandbox.js";
@@ -58,6 +59,8 @@ export interface RunEngineDeps {
   secrets: SecretRegistry;
   /** The agent sandbox of this server (probed once; shared proxy). */
   sandbox: SandboxHost;
+  /** Decides the forge writes an agent asked for in its outputs file (absent in tests that do not need them). */
+  outputs?: Pick<OutputsService, "collect">;
   /** The server's own environment, filtered by `agentEnv`. */
   serverEnv: Readonly<Record<string, string | undefined>>;
   /** Where agents can reach this server, once it listens. */
@@ -254,6 +257,13 @@ export class RunExecution {
         fresh,
       });
       if (session) await this.#notify("sessionEnded", (o) => o.sessionEnded?.(this.run, session));
+      // What the agent asked to write to the forge, decided before the worktree is settled
+      // (a pull request pushes the worktree's commits). A failure here never fails the run.
+      await this.#deps.outputs
+        ?.collect({ run: this.run, formula, project, paths, worktreePath: worktree.path })
+        .catch((error: unknown) =>
+          this.#log.error({ err: error }, `could not collect the agent's outputs: ${errorMessage(error)}`),
+        );
       switch (outcome.kind) {
         case "phase":
           if (outcome.phase === "done" || outcome.phase === "merged") {

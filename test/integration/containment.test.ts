@@ -11,6 +11,7 @@ import http from "node:http";
 import type { AddressInfo } from "node:net";
 import path from "node:path";
 import { promisify } from "node:util";
+import { sql } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { testBackends } from "../helpers/db.js";
 import { startTestServer, TEST_TOKEN, type TestServer, testFormula } from "../helpers/test-server.js";
@@ -93,7 +94,7 @@ describe.each(testBackends().slice(0, 1))("agent containment, on %s", (backend) 
     const hooks = path.join(t.repo.clone, ".git", "hooks");
     const configBefore = await readFile(path.join(t.repo.clone, ".git", "config"), "utf8");
     const refsBefore = (await run("git", ["-C", t.repo.clone, "for-each-ref"])).stdout;
-    const { body } = await t.api("POST", "/api/runs", { formula: "hostile" });
+    const { body } = await t.api("POST", "/api/runs", { formula: "hostile", issue: 5 });
     const done = await t.waitForRun(body.id, undefined, 120_000);
     expect(done, JSON.stringify(done)).toMatchObject({ status: "done", sandboxed: true, sandbox_note: null });
     const probes = await probesOf(t, body.id, "probes.txt");
@@ -133,6 +134,18 @@ describe.each(testBackends().slice(0, 1))("agent containment, on %s", (backend) 
     ).toBe("commit");
     expect(denied.hits).toBe(0);
     expect(allowed.hits).toBe(1);
+    // Its forge writes were judged: the comment accepted (queued for the outbox; this project has
+    // no forge to send it to) with the credential scrubbed, the rest refused.
+    expect(done.outputs.map((o: { type: string; status: string }) => [o.type, o.status])).toEqual([
+      ["comment", expect.stringMatching(/^(queued|sent|failed)$/)],
+      ["issue", "refused"],
+      ["pull_request", "refused"],
+    ]);
+    const [stored] = await t.db.database.rows<{ payload: { body: string } }>(
+      sql`select payload from outputs where run_id = ${body.id} and seq = 1`,
+    );
+    expect(stored?.payload.body).not.toContain("ghp_0123456789");
+    expect(stored?.payload.body).toContain("exfiltrated:");
   }, 150_000);
 
   it("never runs a hook planted in the clone: every server git command has hooks off", async () => {

@@ -43,5 +43,10 @@ if git -C "$WORKTREE" -c user.name=agent -c user.email=agent@example.com add age
 if body="$(curl -sf -m 10 "$ALLOWED_URL" 2>/dev/null)" && [ -n "$body" ]; then probe net_allowed "ok:$body"; else probe net_allowed denied; fi
 if body="$(curl -sf -m 10 "$DENIED_URL" 2>/dev/null)" && [ -n "$body" ]; then probe net_denied "ok:$body"; else probe net_denied denied; fi
 
+# Forge writes go through outputs: a comment leaking a credential, and types not allowed.
+printf '%s\n' '{"type":"comment","body":"exfiltrated: ghp_0123456789abcdefghijklmnopqrstuvwxyzAB"}' >> "$OUTPUTS_FILE"
+printf '%s\n' '{"type":"issue","title":"pwned","body":"x"}' >> "$OUTPUTS_FILE"
+printf '%s\n' '{"type":"pull_request","title":"push to main","body":"x"}' >> "$OUTPUTS_FILE"
+
 echo "hostile.sh: probes done"
 printf 'PHASE:done\n' > "$PHASE_FILE"
