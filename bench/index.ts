@@ -8,6 +8,7 @@ import { benchDashboard } from "./dashboard.js";
 import { benchDatabase } from "./database.js";
 import { benchEngine } from "./engine.js";
 import { benchPhaseWatcher } from "./phase-watcher.js";
+import { benchSandbox } from "./sandbox.js";
 import { benchWebhooks } from "./webhooks.js";
 import { benchWorktrees } from "./worktrees.js";
 
@@ -18,6 +19,7 @@ const benchmarks: Record<string, (postgresUrl: string | undefined) => Promise<vo
   worktrees: () => benchWorktrees(),
   webhooks: benchWebhooks,
   dashboard: benchDashboard,
+  sandbox: () => benchSandbox(),
 };
 
 const wanted = process.argv.slice(2);
