@@ -15,6 +15,7 @@ import {
   type Worktree,
   worktrees,
 } from "../../db/schema/index.js";
+import { isDatabaseUnavailable } from "../../db/unavailable.js";
 import type { Config, ProjectConfig } from "../config.js";
 import { errorMessage } from "../errors.js";
 import type { EscalationAnswer } from "../escalations/escalation-service.js";
@@ -24,9 +25,11 @@ import type { FormulaStore } from "../formulas/store.js";
 import type { Logger } from "../logger.js";
 import type { Secret, SecretRegistry } from "../secrets.js";
 import { claudeSettingsArgs, writeClaudeSettings } from "../sessions/claude-settings.js";
+import { parsePhaseFile } from "../sessions/phase-file.js";
 import { WorktreeError, type WorktreeManager } from "../worktrees/worktree-manager.js";
 import { agentCommand, agentEnv, rootRefusal } from "./agent-env.js";
 import { readContextFiles, runContextCommands, worktreeState } from "./prompt-inputs.js";
+import { retryWhileUnavailable } from "./retry-database.js";
 import type { RunEvent } from "./run-event.js";
 import { describeExit, outcomeDetail, type SessionOutcome, SessionRunner, type StopCause } from "./session-runner.js";
 
@@ -169,6 +172,11 @@ export class RunExecution {
     try {
       await this.#execute(mode);
     } catch (error) {
+      if (isDatabaseUnavailable(error)) {
+        // Not the run's fault: left `running` for the run sweep, which settles it from the disk.
+        this.#log.error({ err: error }, `database out of reach; the run sweep will settle run ${this.run.id}`);
+        return;
+      }
       this.#log.error({ err: error }, `run failed unexpectedly: ${errorMessage(error)}`);
       await this.#finish("failed", `internal error: ${errorMessage(error)}`, undefined).catch((e: unknown) =>
         this.#log.error({ err: e }, "could not record the failure"),
@@ -203,6 +211,13 @@ export class RunExecution {
       return;
     }
     if (mode === "takeover" && previous.length > 0) {
+      // The phase file on disk is the agent's own word: done is done, whatever the database missed.
+      const written = await readWrittenPhase(paths.phaseFile);
+      if (written === "done" || written === "merged") {
+        await rm(paths.scratchFile, { force: true });
+        await this.#finish("done", null, worktree);
+        return;
+      }
       const last = previous[previous.length - 1] as Session;
       if (!worktree || !(await exists(worktree.path))) {
         await this.#finish("crashed", "the server stopped during the run and its worktree is gone", worktree);
@@ -507,17 +522,26 @@ export class RunExecution {
 
   /** Final status, the worktree's fate (removed, or preserved per `preserve_on`), observers told. */
   async #finish(status: FinalStatus, detail: string | null, worktree: Worktree | undefined) {
-    const finalWorktree = await settleWorktree(this.#deps, this.run, status, worktree, this.#log);
-    const [run] = await this.#deps.database.db
-      .update(runs)
-      .set({
-        status,
-        detail: detail === null ? null : this.#deps.secrets.scrub(detail),
-        finishedAt: sql`now()`,
-        updatedAt: sql`now()`,
-      })
-      .where(eq(runs.id, this.run.id))
-      .returning();
+    // Retried while the database is out of reach: a run left `running` holds its key.
+    const retry = { log: this.#log, what: `record run ${this.run.id} ${status}` };
+    const finalWorktree = await retryWhileUnavailable(
+      () => settleWorktree(this.#deps, this.run, status, worktree, this.#log),
+      retry,
+    );
+    const [run] = await retryWhileUnavailable(
+      () =>
+        this.#deps.database.db
+          .update(runs)
+          .set({
+            status,
+            detail: detail === null ? null : this.#deps.secrets.scrub(detail),
+            finishedAt: sql`now()`,
+            updatedAt: sql`now()`,
+          })
+          .where(eq(runs.id, this.run.id))
+          .returning(),
+      retry,
+    );
     this.run = run as Run;
     this.#log.info({ status, detail }, `run ${status}`);
     await this.#notify("runFinished", (o) => o.runFinished?.(this.run, finalWorktree));
@@ -549,6 +573,12 @@ function tailNote(session: Session | undefined): string {
   if (!tail) return "; no output";
   const lines = tail.split("\n").slice(-5).join("\n");
   return `; last output:\n${lines}`;
+}
+
+/** The phase the agent last wrote to its phase file, if the file holds one. */
+async function readWrittenPhase(file: string): Promise<string | undefined> {
+  const text = await readFile(file, "utf8").catch(() => "");
+  return parsePhaseFile(text)?.phase;
 }
 
 async function exists(file: string): Promise<boolean> {

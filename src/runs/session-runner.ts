@@ -11,6 +11,7 @@ import { type AgentExit, type AgentProcess, startAgentProcess } from "../session
 import { isTerminalPhase, type PhaseSignal, type TerminalPhase } from "../sessions/phase-file.js";
 import { PhaseWatcher } from "../sessions/phase-watcher.js";
 import { type AgentResult, type ApiError, StreamJsonReader, type StreamSummary } from "../sessions/stream-json.js";
+import { retryWhileUnavailable } from "./retry-database.js";
 
 /** How a session ended, as the run lifecycle needs to know it. */
 export type SessionOutcome =
@@ -237,19 +238,25 @@ export class SessionRunner {
       logFile,
       `\n=== formula-runner: session ${spec.seq} ended: ${describeExit(exit)}; ${outcome.kind}${detail ? `: ${detail}` : ""} ===\n`,
     );
-    const [ended] = await this.#deps.database.db
-      .update(sessions)
-      .set({
-        endedAt: sql`now()`,
-        exitCode: exit.kind === "exited" ? exit.code : null,
-        signal: exit.kind === "signaled" ? exit.signal : null,
-        outcome: outcomeName(outcome),
-        detail,
-        outputTail: tail,
-        ...(summary ? summaryColumns(summary, this.#deps.secrets) : {}),
-      })
-      .where(eq(sessions.id, this.#session.id))
-      .returning();
+    // The outcome stays in memory (and the phase file and log on disk) until this is recorded.
+    const sessionId = this.#session.id;
+    const [ended] = await retryWhileUnavailable(
+      () =>
+        this.#deps.database.db
+          .update(sessions)
+          .set({
+            endedAt: sql`now()`,
+            exitCode: exit.kind === "exited" ? exit.code : null,
+            signal: exit.kind === "signaled" ? exit.signal : null,
+            outcome: outcomeName(outcome),
+            detail,
+            outputTail: tail,
+            ...(summary ? summaryColumns(summary, this.#deps.secrets) : {}),
+          })
+          .where(eq(sessions.id, sessionId))
+          .returning(),
+      { log, what: `record the end of session ${spec.seq}` },
+    );
     log.info({ exit, outcome: outcome.kind, detail }, `session ${spec.seq} ended: ${outcome.kind}`);
     return { outcome, session: ended as Session, lastPhase };
   }
