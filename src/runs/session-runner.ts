@@ -231,7 +231,8 @@ export class SessionRunner {
 
     const summary = reader?.summary;
     const outcome = this.#classify(exit, summary);
-    const tail = this.#deps.secrets.scrub(agent.tail());
+    // The tail was cut from the whole output: a secret cut in half at its start is caught too.
+    const tail = this.#deps.secrets.scrubTail(agent.tail());
     const plainDetail = outcomeDetail(outcome);
     const detail = plainDetail === null ? null : this.#deps.secrets.scrub(plainDetail);
     await appendFile(
