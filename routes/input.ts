@@ -1,6 +1,7 @@
 import type { Context } from "hono";
 import type { z } from "zod";
 import { AppError } from "../src/errors.js";
+import { findUnstorableText, jsonDepth, MAX_JSON_DEPTH, unstorableText } from "../src/input-limits.js";
 import { fieldIssues, formatPath, schemaKeysAt } from "../src/validation.js";
 
 /** Validation problems as the API reports them: `{field, message}` each. */
@@ -32,10 +33,21 @@ export async function jsonBody<T extends z.ZodType>(c: Context, schema: T): Prom
         message: `expected a JSON body (Content-Type: application/json), got ${type}`,
       });
     }
+    if (jsonDepth(text) > MAX_JSON_DEPTH) {
+      throw new AppError({ code: "invalid_json", message: `the body nests deeper than ${MAX_JSON_DEPTH} levels` });
+    }
     try {
       input = JSON.parse(text);
     } catch (error) {
       throw new AppError({ code: "invalid_json", message: `the body is not valid JSON: ${(error as Error).message}` });
+    }
+    const unstorable = findUnstorableText(input);
+    if (unstorable) {
+      throw new AppError({
+        code: "bad_request",
+        message: `${unstorable.path} ${unstorable.problem}`,
+        details: { field: unstorable.path },
+      });
     }
   }
   const parsed = schema.safeParse(input);
@@ -46,6 +58,10 @@ export async function jsonBody<T extends z.ZodType>(c: Context, schema: T): Prom
 /** The query string, validated. */
 export function queryParams<T extends z.ZodType>(c: Context, schema: T): z.output<T> {
   const input = c.req.query();
+  for (const [key, value] of Object.entries(input)) {
+    const problem = unstorableText(key) ?? unstorableText(value);
+    if (problem) throw new AppError({ code: "bad_request", message: `query parameter ${key} ${problem}` });
+  }
   const parsed = schema.safeParse(input);
   if (!parsed.success) fail(schema, parsed.error, input, "query");
   return parsed.data;

@@ -4,6 +4,7 @@ import { streamSSE } from "hono/streaming";
 import { z } from "zod";
 import { RUN_STATUSES, type RunStatus } from "../db/schema/index.js";
 import type { AppEnv } from "../src/app.js";
+import { MAX_INT32 } from "../src/input-limits.js";
 import { MAX_OUTPUTS_PER_REQUEST } from "../src/outputs/outputs-service.js";
 import { runJson } from "../src/runs/run-service.js";
 import type { Services } from "../src/services.js";
@@ -13,7 +14,7 @@ export const dispatchBody = z
   .object({
     formula: z.string().min(1),
     project: z.string().min(1).optional(),
-    issue: z.number().int().positive().optional(),
+    issue: z.number().int().positive().max(MAX_INT32).optional(),
     actor: z.string().min(1).max(200).optional(),
   })
   .strict();

@@ -60,6 +60,8 @@ export interface StartOptions {
   /** An open, migrated database to use instead of the configured one (tests); the caller closes it. */
   database?: Database;
   /** How long a stream-json agent may run on after its final result before it is stopped; 30 s. */
+  /** How often runs left `running` with nobody executing them are settled (tests shorten it). */
+  runSweepMs?: number;
   resultLingerMs?: number;
 }
 
@@ -289,6 +291,7 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
       maxSessions: settings.maxSessions,
       shutdownGraceMs: settings.shutdownGraceMs,
       readMemory: options.readMemory ?? (() => readAvailableMemoryMb()),
+      ...(options.runSweepMs !== undefined ? { sweepMs: options.runSweepMs } : {}),
     },
   );
   const runService = new RunService({ database, config, formulas, worktrees, worker, secrets, log: instanceLog });

@@ -2,6 +2,7 @@ import { and, desc, eq, inArray, type SQL, sql } from "drizzle-orm";
 import type { Database } from "../../db/client.js";
 import { deliveries, runs } from "../../db/schema/index.js";
 import { AppError } from "../errors.js";
+import { unstorableText } from "../input-limits.js";
 
 export interface DeliveryFilter {
   outcome?: "queued" | "ignored" | "answered" | undefined;
@@ -17,7 +18,10 @@ function decode(cursor: string): { at: Date; id: string } {
   try {
     const [at, id] = JSON.parse(Buffer.from(cursor, "base64url").toString("utf8")) as [string, string];
     const date = new Date(at);
-    if (Number.isNaN(date.getTime()) || typeof id !== "string") throw new Error("bad cursor");
+    // Inside what timestamptz holds and what this server writes; an id as delivery ids are.
+    if (typeof at !== "string" || Number.isNaN(date.getTime())) throw new Error("bad cursor");
+    if (date.getUTCFullYear() < 1970 || date.getUTCFullYear() > 9999) throw new Error("bad cursor");
+    if (typeof id !== "string" || id.length > 200 || unstorableText(id) !== undefined) throw new Error("bad cursor");
     return { at: date, id };
   } catch {
     throw new AppError({ code: "bad_request", message: "cursor is not one this server gave out" });

@@ -82,6 +82,7 @@ export interface ForgeClientOptions {
 interface ListedComment {
   id: number;
   body?: string | null;
+  user?: { login?: string } | null;
 }
 
 /** A pull request or issue the forge answered with: its number and web address. */
@@ -131,6 +132,8 @@ export class ForgeClient {
   readonly #repo: string;
   readonly #gitea: boolean;
   readonly #timeoutMs: number;
+  /** The token's own login when no bot_login is configured, asked once. */
+  #ownLogin: Promise<string> | undefined;
 
   constructor(
     readonly project: ProjectConfig,
@@ -171,6 +174,24 @@ export class ForgeClient {
   }
 
   /** Posts a comment on an issue (or pull request); its id and web address. */
+  /**
+   * The login the runner writes as: the project's `bot_login`, else the account of its
+   * token (asked once; a failed answer is asked again next time).
+   */
+  ownLogin(): Promise<string> {
+    if (this.project.botLogin) return Promise.resolve(this.project.botLogin);
+    this.#ownLogin ??= this.#call(`asking who the token of ${this.project.repo} belongs to`, (signal) =>
+      this.octokit.request("GET /user", { request: { signal } }),
+    ).then(
+      (res) => String((res.data as { login?: unknown }).login ?? ""),
+      (error: unknown) => {
+        this.#ownLogin = undefined;
+        throw error;
+      },
+    );
+    return this.#ownLogin;
+  }
+
   async createComment(issue: number, body: string): Promise<{ id: number; url: string | undefined }> {
     const { data } = await this.#call(`posting a comment on ${this.project.repo}#${issue}`, (signal) =>
       this.octokit.rest.issues.createComment({
@@ -204,6 +225,9 @@ export class ForgeClient {
    * does not paginate this listing answers everything at once, which is read the same way.
    */
   async findComment(issue: number, marker: string, since?: Date): Promise<{ id: number } | undefined> {
+    // Only the runner's own comments: anyone can write a marker into a comment of theirs
+    // ahead of a run (run ids are sequential) and would have it edited as the status.
+    const author = (await this.ownLogin()).toLowerCase();
     const perPage = this.#gitea ? 50 : 100;
     const maxPages = Math.ceil(FIND_COMMENT_LIMIT / perPage);
     const page = (n: number) =>
@@ -225,6 +249,7 @@ export class ForgeClient {
       const comments = (n === 1 ? first.data : (await page(n)).data) as ListedComment[];
       for (let i = comments.length - 1; i >= 0; i--) {
         const comment = comments[i] as ListedComment;
+        if (comment.user?.login?.toLowerCase() !== author) continue;
         if (typeof comment.body === "string" && comment.body.includes(marker)) return { id: comment.id };
       }
     }

@@ -5,6 +5,7 @@ import type { CommentReply } from "../escalations/escalation-service.js";
 import { firesOn } from "../formulas/projects.js";
 import type { FormulaStore } from "../formulas/store.js";
 import { matchFormulas, runEventOf } from "../formulas/triggers.js";
+import { jsonDepth, MAX_JSON_DEPTH } from "../input-limits.js";
 import type { Logger } from "../logger.js";
 import type { DeliveryIngest } from "./delivery-ingest.js";
 import type { ForgeEvent } from "./event-types.js";
@@ -50,6 +51,8 @@ export function parsePayload(body: Uint8Array): unknown {
   const buffer = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
   if (!isUtf8(buffer)) throw new SyntaxError("the body is not UTF-8");
   const text = buffer.toString("utf8");
+  // Before parsing: JSON nested thousands deep overflows the stack of every walk after it.
+  if (jsonDepth(text) > MAX_JSON_DEPTH) throw new SyntaxError(`the body nests deeper than ${MAX_JSON_DEPTH} levels`);
   const value: unknown = JSON.parse(text);
   return SUSPECT_ESCAPE.test(text) ? storable(value) : value;
 }

@@ -15,6 +15,7 @@ import {
   type Worktree,
   worktrees,
 } from "../../db/schema/index.js";
+import { isDatabaseUnavailable } from "../../db/unavailable.js";
 import type { Config, ProjectConfig } from "../config.js";
 import { errorMessage } from "../errors.js";
 import type { EscalationAnswer } from "../escalations/escalation-service.js";
@@ -25,12 +26,14 @@ import type { Logger } from "../logger.js";
 import type { OutputsService } from "../outputs/outputs-service.js";
 import type { SecretRegistry } from "../secrets.js";
 import { claudeSettingsArgs, writeClaudeSettings } from "../sessions/claude-settings.js";
+import { parsePhaseFile } from "../sessions/phase-file.js";
 import type { SandboxHost } from "../sessions/sandbox.js";
 import { worktreeAdminDir, worktreeCommonDir } from "../worktrees/git.js";
 import { WorktreeError, type WorktreeManager } from "../worktrees/worktree-manager.js";
 import { agentCommand, agentEnv, rootRefusal } from "./agent-env.js";
 import { allowedHosts, contain, sandboxModeFor } from "./containment.js";
 import { readContextFiles, runContextCommands, worktreeState } from "./prompt-inputs.js";
+import { retryWhileUnavailable } from "./retry-database.js";
 import type { RunEvent } from "./run-event.js";
 import type { RunLogSink } from "./run-log.js";
 import { makeRunDirs, type RunPaths, runPaths } from "./run-paths.js";
@@ -169,6 +172,11 @@ export class RunExecution {
     try {
       await this.#execute(mode);
     } catch (error) {
+      if (isDatabaseUnavailable(error)) {
+        // Not the run's fault: left `running` for the run sweep, which settles it from the disk.
+        this.#log.error({ err: error }, `database out of reach; the run sweep will settle run ${this.run.id}`);
+        return;
+      }
       this.#log.error({ err: error }, `run failed unexpectedly: ${errorMessage(error)}`);
       await this.#finish("failed", `internal error: ${errorMessage(error)}`, undefined).catch((e: unknown) =>
         this.#log.error({ err: e }, "could not record the failure"),
@@ -204,6 +212,13 @@ export class RunExecution {
       return;
     }
     if (mode === "takeover" && previous.length > 0) {
+      // The phase file on disk is the agent's own word: done is done, whatever the database missed.
+      const written = await readWrittenPhase(paths.phaseFile);
+      if (written === "done" || written === "merged") {
+        await rm(paths.scratchFile, { force: true });
+        await this.#finish("done", null, worktree);
+        return;
+      }
       const last = previous[previous.length - 1] as Session;
       if (!worktree || !(await exists(worktree.path))) {
         await this.#finish("crashed", "the server stopped during the run and its worktree is gone", worktree);
@@ -566,18 +581,27 @@ export class RunExecution {
 
   /** Final status, the worktree's fate (removed, or preserved per `preserve_on`), observers told. */
   async #finish(status: FinalStatus, detail: string | null, worktree: Worktree | undefined) {
-    const finalWorktree = await settleWorktree(this.#deps, this.run, status, worktree, this.#log);
-    const [run] = await this.#deps.database.db
-      .update(runs)
-      .set({
-        status,
-        detail: detail === null ? null : this.#deps.secrets.scrub(detail),
-        tokenHash: null,
-        finishedAt: sql`now()`,
-        updatedAt: sql`now()`,
-      })
-      .where(eq(runs.id, this.run.id))
-      .returning();
+    // Retried while the database is out of reach: a run left `running` holds its key.
+    const retry = { log: this.#log, what: `record run ${this.run.id} ${status}` };
+    const finalWorktree = await retryWhileUnavailable(
+      () => settleWorktree(this.#deps, this.run, status, worktree, this.#log),
+      retry,
+    );
+    const [run] = await retryWhileUnavailable(
+      () =>
+        this.#deps.database.db
+          .update(runs)
+          .set({
+            status,
+            detail: detail === null ? null : this.#deps.secrets.scrub(detail),
+            tokenHash: null,
+            finishedAt: sql`now()`,
+            updatedAt: sql`now()`,
+          })
+          .where(eq(runs.id, this.run.id))
+          .returning(),
+      retry,
+    );
     this.run = run as Run;
     this.#log.info({ status, detail }, `run ${status}`);
     await this.#notify("runFinished", (o) => o.runFinished?.(this.run, finalWorktree));
@@ -617,6 +641,12 @@ function runObjectsEnv(paths: RunPaths, commonDir: string | undefined): Record<s
     GIT_OBJECT_DIRECTORY: paths.objectsDir,
     ...(commonDir ? { GIT_ALTERNATE_OBJECT_DIRECTORIES: path.join(commonDir, "objects") } : {}),
   };
+}
+
+/** The phase the agent last wrote to its phase file, if the file holds one. */
+async function readWrittenPhase(file: string): Promise<string | undefined> {
+  const text = await readFile(file, "utf8").catch(() => "");
+  return parsePhaseFile(text)?.phase;
 }
 
 async function exists(file: string): Promise<boolean> {

@@ -43,7 +43,8 @@ export interface RunFilter {
 
 const encodeCursor = (id: number) => Buffer.from(`run:${id}`).toString("base64url");
 function decodeCursor(cursor: string): number {
-  const match = /^run:(\d+)$/.exec(Buffer.from(cursor, "base64url").toString("utf8"));
+  // At most 15 digits: a safe integer, inside the bigint column's range.
+  const match = /^run:(\d{1,15})$/.exec(Buffer.from(cursor, "base64url").toString("utf8"));
   if (!match) throw new AppError({ code: "bad_request", message: "cursor is not one this server gave out" });
   return Number(match[1]);
 }

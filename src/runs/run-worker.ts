@@ -20,6 +20,11 @@ export interface RunWorkerOptions {
   readMemory: MemoryProbe;
   /** How often the queue is looked at without a wake-up (runs queued by other instances). */
   pollMs?: number;
+  /**
+   * How often runs of this instance left `running` with no execution here (a failure to
+   * record their end while the database was away) are looked for and settled. Default 30 s.
+   */
+  sweepMs?: number;
 }
 
 /**
@@ -34,10 +39,12 @@ export class RunWorker {
   #loop: Promise<void> | undefined;
   #stopping = false;
   #stopped: Promise<void> | undefined;
+  /** When the loop next looks for runs left `running` with nobody executing them. */
+  #nextSweepAt = 0;
 
   constructor(deps: RunEngineDeps, options: RunWorkerOptions) {
     this.#deps = deps;
-    this.#options = { pollMs: 500, ...options };
+    this.#options = { pollMs: 500, sweepMs: 30_000, ...options };
   }
 
   /** Runs being executed by this instance right now. */
@@ -48,6 +55,7 @@ export class RunWorker {
   async start(): Promise<void> {
     if (this.#loop) return;
     await this.#takeOver();
+    this.#nextSweepAt = Date.now() + this.#options.sweepMs;
     this.#loop = this.#run();
   }
 
@@ -118,6 +126,10 @@ export class RunWorker {
     while (!this.#stopping) {
       try {
         await this.#pollCancellations();
+        if (Date.now() >= this.#nextSweepAt) {
+          this.#nextSweepAt = Date.now() + this.#options.sweepMs;
+          await this.#takeOver();
+        }
         // Answered questions first: those runs already hold a worktree and a key.
         while (!this.#stopping) {
           const answered = await this.#claimAnswered();
@@ -230,6 +242,9 @@ export class RunWorker {
       .from(runs)
       .where(and(eq(runs.instanceId, instanceId), eq(runs.status, "running")));
     for (const run of orphans) {
+      // Executing here: not an orphan. (Claims and launches happen in this same loop, so
+      // a run is never between its claim and its launch while this looks.)
+      if (this.#active.has(run.id)) continue;
       const [last] = await database.db
         .select()
         .from(sessions)

@@ -12,6 +12,7 @@ import { type AgentExit, type AgentProcess, startAgentProcess } from "../session
 import { isTerminalPhase, type PhaseSignal, type TerminalPhase } from "../sessions/phase-file.js";
 import { PhaseWatcher } from "../sessions/phase-watcher.js";
 import { type AgentResult, type ApiError, StreamJsonReader, type StreamSummary } from "../sessions/stream-json.js";
+import { retryWhileUnavailable } from "./retry-database.js";
 import type { RunLogSink } from "./run-log.js";
 
 /** How a session ended, as the run lifecycle needs to know it. */
@@ -237,7 +238,8 @@ export class SessionRunner {
 
     const summary = reader?.summary;
     const outcome = this.#classify(exit, summary);
-    const tail = this.#deps.secrets.scrub(agent.tail());
+    // The tail was cut from the whole output: a secret cut in half at its start is caught too.
+    const tail = this.#deps.secrets.scrubTail(agent.tail());
     const plainDetail = outcomeDetail(outcome);
     const detail = plainDetail === null ? null : this.#deps.secrets.scrub(plainDetail);
     const footer = `\n=== formula-runner: session ${spec.seq} ended: ${describeExit(exit)}; ${closingWords(outcome)}${detail ? `: ${detail}` : ""} ===\n`;
@@ -245,19 +247,25 @@ export class SessionRunner {
     this.#deps.runLog?.append(spec.runId, footer);
     // Stored before the run's status changes: a follower that sees the status final has every line.
     await this.#deps.runLog?.flush(spec.runId);
-    const [ended] = await this.#deps.database.db
-      .update(sessions)
-      .set({
-        endedAt: sql`now()`,
-        exitCode: exit.kind === "exited" ? exit.code : null,
-        signal: exit.kind === "signaled" ? exit.signal : null,
-        outcome: outcomeName(outcome),
-        detail,
-        outputTail: tail,
-        ...(summary ? summaryColumns(summary, this.#deps.secrets) : {}),
-      })
-      .where(eq(sessions.id, this.#session.id))
-      .returning();
+    // The outcome stays in memory (and the phase file and log on disk) until this is recorded.
+    const sessionId = this.#session.id;
+    const [ended] = await retryWhileUnavailable(
+      () =>
+        this.#deps.database.db
+          .update(sessions)
+          .set({
+            endedAt: sql`now()`,
+            exitCode: exit.kind === "exited" ? exit.code : null,
+            signal: exit.kind === "signaled" ? exit.signal : null,
+            outcome: outcomeName(outcome),
+            detail,
+            outputTail: tail,
+            ...(summary ? summaryColumns(summary, this.#deps.secrets) : {}),
+          })
+          .where(eq(sessions.id, sessionId))
+          .returning(),
+      { log, what: `record the end of session ${spec.seq}` },
+    );
     log.info({ exit, outcome: outcome.kind, detail }, `session ${spec.seq} ended: ${outcome.kind}`);
     return { outcome, session: ended as Session, lastPhase };
   }

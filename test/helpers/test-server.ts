@@ -55,6 +55,7 @@ export interface TestServerOptions {
   readMemory?: MemoryProbe;
   now?: () => Date;
   /** How long a stream-json agent may linger after its final result (the server's default is 30 s). */
+  runSweepMs?: number;
   resultLingerMs?: number;
 }
 
@@ -150,6 +151,7 @@ export async function startTestServer(options: TestServerOptions): Promise<TestS
     ...(options.readMemory ? { readMemory: options.readMemory } : {}),
     ...(options.now ? { now: options.now } : {}),
     ...(options.resultLingerMs !== undefined ? { resultLingerMs: options.resultLingerMs } : {}),
+    ...(options.runSweepMs !== undefined ? { runSweepMs: options.runSweepMs } : {}),
   });
   const api = async (method: string, route: string, body?: unknown) => {
     const res = await fetch(`${server.url}${route}`, {

@@ -341,6 +341,20 @@ describe.each(testBackends())("outbox on %s", (backend) => {
       expect((await runRow(runId)).statusCommentId).toBe(earlier.id);
     });
 
+    it("never takes a stranger's comment carrying the run's marker for its status comment", async () => {
+      const worker = makeWorker([project()]);
+      const runId = await insertRun(9);
+      // Posted ahead of the run by someone who guessed its id.
+      const planted = forge.addComment(REPO, 9, { login: "mallory", body: `${statusMarker(runId)}\nplanted` });
+      statusText.set(runId, "running");
+      await enqueueOutbox(t.database.db, { project: "widgets", runId, issue: 9, payload: { kind: "status" } });
+      await drainAll(worker);
+      expect(writes(flavor).map((r) => r.method)).toEqual(["POST"]);
+      const comments = forge.issue(REPO, 9).comments;
+      expect(comments.find((c) => c.id === planted.id)?.body).toBe(`${statusMarker(runId)}\nplanted`);
+      expect((await runRow(runId)).statusCommentId).not.toBe(planted.id);
+    });
+
     it("posts a new status comment when the recorded one was deleted", async () => {
       const worker = makeWorker([project()]);
       const runId = await insertRun(10);
