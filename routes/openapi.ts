@@ -11,19 +11,20 @@ import {
   errorEnvelope,
   formulaListSchema,
   healthSchema,
+  outputsAcceptedSchema,
   purgeResultSchema,
   readySchema,
   replyAcceptedSchema,
-  runDetailSchema,
   runListSchema,
   runSchema,
+  runWithOutputsSchema,
   webhookAcceptedSchema,
   webhookDuplicateSchema,
   worktreeListSchema,
   worktreeSchema,
 } from "./api-schemas.js";
 import { listQuery as deliveryListQuery } from "./deliveries.js";
-import { dispatchBody, replyBody, listQuery as runListQuery } from "./runs.js";
+import { dispatchBody, outputsBody, replyBody, listQuery as runListQuery } from "./runs.js";
 import { purgeBody, listQuery as worktreeListQuery } from "./worktrees.js";
 
 type Method = "get" | "post" | "delete";
@@ -130,7 +131,22 @@ export const API_OPERATIONS: readonly ApiOperation[] = [
     summary: "A run with its phases, sessions, worktree and escalations",
     tag: "runs",
     bearer: true,
-    responses: { 200: json("the run", runDetailSchema), ...unauthorized, ...missing },
+    responses: { 200: json("the run", runWithOutputsSchema), ...unauthorized, ...missing },
+  },
+  {
+    method: "post",
+    path: "/api/runs/{id}/outputs",
+    summary: "An agent's forge writes (safe outputs), decided at once; with the run's own token",
+    tag: "runs",
+    bearer: true,
+    body: outputsBody,
+    responses: {
+      202: json("each output queued or refused, with the reason", outputsAcceptedSchema),
+      ...invalid,
+      ...unauthorized,
+      ...missing,
+      409: error("the run is not running"),
+    },
   },
   {
     method: "post",

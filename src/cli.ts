@@ -16,7 +16,7 @@ import {
 import { ConfigError, loadConfig, loadSettings } from "./config.js";
 import { errorMessage } from "./errors.js";
 import { formatProblem, validateFiles } from "./formulas/load.js";
-import { createLogger } from "./logger.js";
+import { createLogger, type Logger } from "./logger.js";
 import { VERSION } from "./package-info.js";
 import { collectSecrets, openAndMigrate, type RunningServer, startServer } from "./server.js";
 
@@ -33,6 +33,8 @@ export interface CliIo {
   untilSignal: () => Promise<string>;
   /** Calls `reload` on SIGHUP until the returned function is called. */
   onHangup?: (reload: () => void) => () => void;
+  /** Keeps `serve` up through database driver faults no caller can catch (see process-guard.ts). */
+  guardProcess?: (log: Logger) => () => void;
 }
 
 const line = (out: CliIo["stdout"], text = "") => out.write(`${text}\n`);
@@ -193,6 +195,7 @@ async function serve(io: CliIo): Promise<number> {
   } catch (error) {
     return reportStartError(error, io);
   }
+  const unguard = io.guardProcess?.(server.services.log);
   const unhook = io.onHangup?.(() => {
     server.services.log.info("SIGHUP: reloading formulas and schedules");
     server.services
@@ -203,6 +206,7 @@ async function serve(io: CliIo): Promise<number> {
   unhook?.();
   server.services.log.info({ signal }, `received ${signal}`);
   await server.stop();
+  unguard?.();
   return 0;
 }
 

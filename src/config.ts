@@ -3,6 +3,7 @@ import path from "node:path";
 import { parse as parseToml, TomlError } from "smol-toml";
 import { z } from "zod";
 import { parseDuration } from "./formulas/duration.js";
+import { HOST_PATTERN } from "./formulas/schema.js";
 import { Secret } from "./secrets.js";
 import { fieldIssues, formatPath, schemaKeysAt } from "./validation.js";
 
@@ -48,7 +49,28 @@ export interface ProjectConfig {
   webhookSecret: Secret | undefined;
   botLogin: string | undefined;
   escalationIssue: number | undefined;
+  /** Forge logins whose text may enter prompts unfenced (default: none). */
+  trustedAuthors?: readonly string[];
 }
+
+/** The server's `[sandbox]` table: defaults for every formula and the programs to use. */
+export interface SandboxSettings {
+  /** Used when neither the formula nor its agent profile says. */
+  mode: "auto" | "required" | "off";
+  /** More paths no agent may read (besides DATA_DIR, WORKTREE_ROOT, other clones, credential stores). */
+  denyRead: readonly string[];
+  bwrap: string;
+  socat: string;
+  ripgrep: string;
+}
+
+export const DEFAULT_SANDBOX: SandboxSettings = Object.freeze({
+  mode: "auto",
+  denyRead: Object.freeze([]),
+  bwrap: "bwrap",
+  socat: "socat",
+  ripgrep: "rg",
+});
 
 /** How to start one kind of agent. `{model}` and `{session_id}` are filled in per session. */
 /** How the server reads an agent's stdout: plain text, or Claude Code's JSON lines. */
@@ -73,21 +95,33 @@ export interface AgentProfile {
    * the program is `claude`.
    */
   claudeSettings: boolean;
+  /** Unset: the formula's `[sandbox] mode`, else the server's. */
+  sandbox: "auto" | "required" | "off" | undefined;
+  /** Hosts of the agent's model API, reachable from the sandbox (plus the host of ANTHROPIC_BASE_URL). */
+  modelHosts: readonly string[];
 }
 
 /** The profile defaults that follow from its command. */
-export function agentDefaults(command: readonly string[]): Pick<AgentProfile, "output" | "claudeSettings"> {
+export function agentDefaults(
+  command: readonly string[],
+): Pick<AgentProfile, "output" | "claudeSettings" | "modelHosts"> {
   const streamJson = command.some(
     (arg, i) =>
       arg === "--output-format=stream-json" || (arg === "stream-json" && command[i - 1] === "--output-format"),
   );
-  return { output: streamJson ? "stream-json" : "text", claudeSettings: path.basename(command[0] ?? "") === "claude" };
+  const claude = path.basename(command[0] ?? "") === "claude";
+  return {
+    output: streamJson ? "stream-json" : "text",
+    claudeSettings: claude,
+    modelHosts: claude ? ["api.anthropic.com"] : [],
+  };
 }
 
 export interface Config {
   settings: Settings;
   projects: readonly ProjectConfig[];
   agents: Readonly<Record<string, AgentProfile>>;
+  sandbox: SandboxSettings;
   /** False when no config file exists (valid: the server runs with zero projects). */
   configFileFound: boolean;
   /** Things worth a log line that do not stop start-up (a token env var that is unset). */
@@ -122,6 +156,8 @@ export const DEFAULT_AGENTS: Readonly<Record<string, AgentProfile>> = Object.fre
     env: Object.freeze({ CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: "1" }),
     output: "stream-json",
     claudeSettings: true,
+    sandbox: undefined,
+    modelHosts: Object.freeze(["api.anthropic.com"]),
   }),
 });
 
@@ -140,6 +176,7 @@ const projectSchema = z
     webhook_secret_env: z.string().regex(ENV_NAME, "must be an environment variable NAME").optional(),
     bot_login: z.string().min(1).optional(),
     escalation_issue: z.number().int().positive().optional(),
+    trusted_authors: z.array(z.string().min(1)).default([]),
   })
   .strict();
 
@@ -153,6 +190,18 @@ const agentSchema = z
     env: z.record(z.string().regex(ENV_NAME, "must be an environment variable name"), z.string()).optional(),
     output: z.enum(AGENT_OUTPUTS).optional(),
     claude_settings: z.boolean().optional(),
+    sandbox: z.enum(["auto", "required", "off"]).optional(),
+    model_hosts: z.array(z.string().regex(new RegExp(HOST_PATTERN), "must be a host name or IP address")).optional(),
+  })
+  .strict();
+
+const sandboxSchema = z
+  .object({
+    mode: z.enum(["auto", "required", "off"]).default(DEFAULT_SANDBOX.mode),
+    deny_read: z.array(z.string().min(1)).default([]),
+    bwrap: z.string().min(1).default(DEFAULT_SANDBOX.bwrap),
+    socat: z.string().min(1).default(DEFAULT_SANDBOX.socat),
+    ripgrep: z.string().min(1).default(DEFAULT_SANDBOX.ripgrep),
   })
   .strict();
 
@@ -160,6 +209,7 @@ const fileSchema = z
   .object({
     projects: z.array(projectSchema).default([]),
     agents: z.record(z.string().regex(SLUG, "agent names are slugs"), agentSchema).default({}),
+    sandbox: sandboxSchema.optional(),
   })
   .strict();
 
@@ -233,8 +283,14 @@ export function parseConfigFile(
   file: string,
   source: string,
   env: Env = process.env,
-): { projects: ProjectConfig[]; agents: Record<string, AgentProfile>; problems: string[]; warnings: string[] } {
-  const empty = { projects: [], agents: { ...DEFAULT_AGENTS }, warnings: [] };
+): {
+  projects: ProjectConfig[];
+  agents: Record<string, AgentProfile>;
+  sandbox: SandboxSettings;
+  problems: string[];
+  warnings: string[];
+} {
+  const empty = { projects: [], agents: { ...DEFAULT_AGENTS }, sandbox: DEFAULT_SANDBOX, warnings: [] };
   let raw: unknown;
   try {
     raw = parseToml(source);
@@ -292,6 +348,7 @@ export function parseConfigFile(
       webhookSecret: secretFrom("webhook_secret_env", p.webhook_secret_env),
       botLogin: p.bot_login,
       escalationIssue: p.escalation_issue,
+      trustedAuthors: Object.freeze([...p.trusted_authors]),
     });
   });
 
@@ -306,9 +363,21 @@ export function parseConfigFile(
       env: Object.freeze({ ...(a.env ?? {}) }),
       output: a.output ?? defaults.output,
       claudeSettings: a.claude_settings ?? defaults.claudeSettings,
+      sandbox: a.sandbox,
+      modelHosts: Object.freeze([...(a.model_hosts ?? defaults.modelHosts)]),
     });
   }
-  return { projects, agents, problems, warnings };
+  const box = parsed.data.sandbox;
+  const sandbox: SandboxSettings = box
+    ? Object.freeze({
+        mode: box.mode,
+        denyRead: Object.freeze(box.deny_read.map((p) => path.resolve(baseDir, p))),
+        bwrap: box.bwrap,
+        socat: box.socat,
+        ripgrep: box.ripgrep,
+      })
+    : DEFAULT_SANDBOX;
+  return { projects, agents, sandbox, problems, warnings };
 }
 
 /**
@@ -334,6 +403,7 @@ export async function loadConfig(env: Env = process.env, cwd = process.cwd()): P
     settings: Object.freeze(settings),
     projects: Object.freeze(file?.projects ?? []),
     agents: Object.freeze(file?.agents ?? { ...DEFAULT_AGENTS }),
+    sandbox: file?.sandbox ?? DEFAULT_SANDBOX,
     configFileFound: source !== undefined,
     warnings: Object.freeze(file?.warnings ?? []),
   });

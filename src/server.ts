@@ -20,6 +20,7 @@ import { InstanceHeartbeat, resolveInstanceId } from "./instance.js";
 import { createLogger, type Logger, type LoggerOptions } from "./logger.js";
 import { type MemoryProbe, readAvailableMemoryMb } from "./memory.js";
 import { Metrics } from "./metrics.js";
+import { OutputsService } from "./outputs/outputs-service.js";
 import { VERSION } from "./package-info.js";
 import { rootRefusal } from "./runs/agent-env.js";
 import type { RunObserver } from "./runs/run-executor.js";
@@ -28,6 +29,7 @@ import { RunWorker } from "./runs/run-worker.js";
 import { Scheduler } from "./scheduler/scheduler.js";
 import { SecretRegistry } from "./secrets.js";
 import type { Services } from "./services.js";
+import { SandboxHost } from "./sessions/sandbox.js";
 import { WorktreeManager } from "./worktrees/worktree-manager.js";
 
 /** A long-lived part of the server. `stop()` is idempotent and waits for work in flight. */
@@ -145,6 +147,21 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     if (refusal) instanceLog.warn({ agent: profile.name }, `agent "${profile.name}": ${refusal}; its runs will fail`);
   }
 
+  const sandbox = new SandboxHost(
+    { bwrap: config.sandbox.bwrap, socat: config.sandbox.socat, ripgrep: config.sandbox.ripgrep },
+    options.env,
+  );
+  const sandboxProbe = await sandbox.probe();
+  if (sandboxProbe.ok) {
+    instanceLog.info(`agents run sandboxed (bubblewrap); default [sandbox] mode = "${config.sandbox.mode}"`);
+  } else if (config.sandbox.mode !== "off") {
+    // Loud on purpose: agents read text strangers wrote.
+    instanceLog.warn(
+      `NO AGENT SANDBOX: ${sandboxProbe.reason}. Runs in mode "auto" will run their agents unsandboxed; ` +
+        'runs in mode "required" will fail.',
+    );
+  }
+
   const database = options.database ?? (await openAndMigrate(config, instanceLog));
   const formulas = new FormulaStore(settings.formulasDir, instanceLog);
   const now = options.now ?? (() => new Date());
@@ -175,6 +192,16 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     secrets,
     log: instanceLog,
     now,
+  });
+  // The executor calls outputs.collect(...) after each session; the API appends to the same path.
+  const outputs = new OutputsService({
+    database,
+    secrets,
+    log: instanceLog,
+    env: options.env,
+    onOutbox: () => outbox.notify(),
+    config,
+    formulas,
   });
   const reporter = new ForgeReporter({
     database,
@@ -207,7 +234,7 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
       log: instanceLog,
       instanceId,
       secrets,
-      apiToken,
+      sandbox,
       serverEnv: options.env,
       serverUrl: () => serverUrl,
       observers: [reporter, metrics, ...(options.observers ?? [])],
@@ -268,6 +295,7 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     escalations: escalationService,
     outbox,
     scheduler,
+    outputs,
     metrics,
     reloadFormulas,
     intake: { accepting: true },
@@ -291,6 +319,7 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     start: () => escalationMonitor.start(),
     stop: () => escalationMonitor.stop(),
   });
+  components.push({ name: "sandbox", start: async () => {}, stop: () => sandbox.stop() });
   components.push({ name: "run worker", start: () => worker.start(), stop: () => worker.stop() });
   components.push({ name: "scheduler", start: () => scheduler.start(), stop: () => scheduler.stop() });
 

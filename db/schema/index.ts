@@ -3,6 +3,7 @@ export * from "./escalation-replies.js";
 export * from "./escalations.js";
 export * from "./instances.js";
 export * from "./outbox.js";
+export * from "./outputs.js";
 export * from "./phases.js";
 export * from "./runs.js";
 export * from "./schedule-slots.js";

@@ -17,7 +17,8 @@ import type { Logger } from "../logger.js";
 import type { SecretRegistry } from "../secrets.js";
 import type { WorktreeManager } from "../worktrees/worktree-manager.js";
 import type { RunEvent } from "./run-event.js";
-import { activeWorktreeOf, runPaths, settleWorktree } from "./run-executor.js";
+import { activeWorktreeOf, settleWorktree } from "./run-executor.js";
+import { runPaths } from "./run-paths.js";
 import { enqueueRun } from "./run-queue.js";
 import type { RunWorker } from "./run-worker.js";
 
@@ -63,6 +64,11 @@ export function runJson(run: Run, secrets: Pick<SecretRegistry, "scrub">) {
     instance_id: run.instanceId,
     concurrency_key: run.concurrencyKey,
     cancel_requested: run.cancelRequestedAt !== null,
+    /** Whether the agent ran in the sandbox; null until a session started. */
+    sandboxed: run.sandboxed,
+    sandbox_note: run.sandboxNote,
+    /** The formula handed the raw forge token to the agent (`[sandbox] forge_token = true`). */
+    forge_token: run.forgeToken,
   };
 }
 
@@ -175,6 +181,16 @@ export class RunService {
           },
         ]),
     );
+  }
+
+  /** The stored hash of a run's token while its agent runs (a token is worthless otherwise). */
+  async liveTokenHash(id: number): Promise<string | undefined> {
+    if (!Number.isSafeInteger(id)) return undefined;
+    const [row] = await this.deps.database.db
+      .select({ hash: runs.tokenHash })
+      .from(runs)
+      .where(and(eq(runs.id, id), eq(runs.status, "running")));
+    return row?.hash ?? undefined;
   }
 
   async get(id: number): Promise<Run> {

@@ -12,8 +12,9 @@ export const TEST_TOKEN = "test-server-token-0123456789";
 
 /** A formula for tests: one step, a test agent, short timeouts; override any field. */
 export function testFormula(name: string, fields: Record<string, unknown> = {}): string {
-  const { guards, env, context, on, ...top } = fields as {
+  const { guards, env, context, on, sandbox, ...top } = fields as {
     guards?: Record<string, unknown>;
+    sandbox?: Record<string, unknown>;
     env?: Record<string, string>;
     context?: Record<string, unknown>;
     on?: Record<string, unknown>;
@@ -25,6 +26,7 @@ export function testFormula(name: string, fields: Record<string, unknown> = {}):
   lines.push("[on]", `dispatch = ${toml((on?.dispatch as boolean | undefined) ?? true)}`);
   for (const [table, values] of [
     ["guards", guards],
+    ["sandbox", sandbox],
     ["context", context],
     ["env", env],
   ] as const) {

@@ -213,7 +213,7 @@ describe("[guards] and top-level values", () => {
       "model: expected a string, found integer 4",
       "timeout: must be longer than zero",
       'max_duration: "1.5h" is not a duration: write a whole number and a unit, largest first, e.g. 30s, 20m, 2h, 1d, 1h30m, 500ms',
-      "dispatch: unknown key `dispatch`; known keys: name, description, version, agent, model, timeout, max_duration, preserve_on, retention, escalation_timeout, report, on, guards, context, env, steps",
+      "dispatch: unknown key `dispatch`; known keys: name, description, version, agent, model, timeout, max_duration, preserve_on, retention, escalation_timeout, report, sandbox, untrusted_text, on, guards, context, env, outputs, steps",
       "guards.min_memory_mb: must be 0 or more",
       'guards.min_permission: expected one of read, triage, write, maintain, admin; found string "owner"',
       'guards.on_busy: expected one of skip, queue, cancel-running; found string "wait"',
