@@ -232,7 +232,7 @@ export function dashboardRoutes(services: Services): Hono<AppEnv> {
 
   app.get("/runs/:id", async (c) => {
     const id = idParam(c);
-    const run = await services.runs.detail(id);
+    const [run, outputs] = await Promise.all([services.runs.detail(id), services.outputs.list(id)]);
     const worktree = run.worktree ? await services.worktrees.get(run.worktree.id) : undefined;
     const log = await logTail(await services.runs.logFile(id), (text) => stripAnsi(services.secrets.scrub(text)));
     return c.html(
@@ -242,6 +242,7 @@ export function dashboardRoutes(services: Services): Hono<AppEnv> {
           run={run}
           project={services.config.projects.find((p) => p.name === run.project)}
           log={log}
+          outputs={outputs}
           worktreeBytes={worktree?.sizeBytes ?? null}
           notice={notice(c)}
           error={errorText(c)}
