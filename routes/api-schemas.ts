@@ -55,6 +55,9 @@ export const runSchema = z
     instance_id: z.string().nullable(),
     concurrency_key: z.string().nullable(),
     cancel_requested: z.boolean(),
+    sandboxed: z.boolean().nullable().describe("whether the agent ran in the sandbox; null until a session started"),
+    sandbox_note: z.string().nullable().describe("why the agent ran unsandboxed, when it did"),
+    forge_token: z.boolean().describe("the formula handed the raw forge token to the agent ([sandbox] forge_token)"),
   })
   .loose()
   .openapi("Run");
@@ -117,6 +120,18 @@ export const runDetailSchema = runSchema
         })
         .loose(),
     ),
+    outputs: z
+      .array(
+        z
+          .object({
+            seq: z.number().int().describe("line of the run's outputs file"),
+            type: z.string(),
+            status: z.enum(["refused", "queued", "sent", "failed"]),
+            reason: z.string().nullable(),
+          })
+          .loose(),
+      )
+      .describe("forge writes the agent asked for, and what became of each"),
   })
   .openapi("RunDetail");
 

@@ -7,7 +7,7 @@ import { queryParams } from "./input.js";
 
 export const listQuery = z
   .object({
-    outcome: z.enum(["queued", "ignored"]).optional(),
+    outcome: z.enum(["queued", "ignored", "answered"]).optional(),
     project: z.string().optional(),
     event: z.string().optional(),
     limit: z.coerce.number().int().min(1).max(500).default(50),

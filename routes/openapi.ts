@@ -178,6 +178,32 @@ export const API_OPERATIONS: readonly ApiOperation[] = [
     },
   },
   {
+    method: "post",
+    path: "/api/runs/{id}/outputs",
+    summary: "Hand in forge writes for the run (safe outputs); a run token may call this for its own run",
+    tag: "runs",
+    bearer: true,
+    body: outputsBody,
+    responses: {
+      202: json(
+        "each output decided: refused with a reason, or queued for the outbox",
+        z.object({
+          run_id: z.number().int(),
+          outputs: z.array(
+            z
+              .object({ seq: z.number().int(), type: z.string(), status: z.string(), reason: z.string().nullable() })
+              .loose(),
+          ),
+        }),
+      ),
+      ...invalid,
+      ...unauthorized,
+      403: error("a run token for another run, or a route a run token may not call"),
+      ...missing,
+      409: error("the run has ended"),
+    },
+  },
+  {
     method: "get",
     path: "/api/runs/{id}/log",
     summary: "The run's log; `?follow=1` streams it as server-sent events (`log`, then `end`)",

@@ -2,7 +2,7 @@ import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { parse as parseToml, TomlError } from "smol-toml";
 import { z } from "zod";
-import { parseDuration } from "./formulas/duration.js";
+import { durationProblem, parseDuration } from "./formulas/duration.js";
 import { HOST_PATTERN } from "./formulas/schema.js";
 import { Secret } from "./secrets.js";
 import { fieldIssues, formatPath, schemaKeysAt } from "./validation.js";
@@ -37,7 +37,13 @@ export interface Settings {
 /** One repository on one forge, with a local clone on this host. */
 export interface ProjectConfig {
   name: string;
+  /** The local clone; `$DATA_DIR/clones/<name>` when only `clone_url` is given. */
   repoPath: string;
+  /**
+   * Where the server clones `repoPath` from when it is missing (then fetches it before each
+   * run as for any clone), with the token of `tokenEnv` given to git by a credential helper.
+   */
+  cloneUrl?: string;
   primaryBranch: string;
   forge: Forge;
   forgeUrl: string;
@@ -51,6 +57,11 @@ export interface ProjectConfig {
   escalationIssue: number | undefined;
   /** Forge logins whose text may enter prompts unfenced (default: none). */
   trustedAuthors?: readonly string[];
+  /**
+   * The formulas this project's schedules and webhooks fire (`*`: all). Unset or empty:
+   * none, unless a formula lists the project in its own `projects`.
+   */
+  formulas?: readonly string[];
 }
 
 /** The server's `[sandbox]` table: defaults for every formula and the programs to use. */
@@ -167,7 +178,14 @@ const SLUG = /^[a-z0-9][a-z0-9_-]*$/;
 const projectSchema = z
   .object({
     name: z.string().regex(SLUG, "must be a slug: lower-case letters, digits, - and _"),
-    repo_path: z.string().min(1),
+    repo_path: z.string().min(1).optional(),
+    clone_url: z
+      .string()
+      .regex(
+        /^(https?|ssh|file):\/\/\S+$|^[\w.-]+@[\w.-]+:\S+$|^\/\S*$/,
+        "must be an https://, ssh://, file:// URL, user@host:path or an absolute path",
+      )
+      .optional(),
     primary_branch: z.string().min(1).default("main"),
     forge: z.enum(FORGES).default("github"),
     forge_url: z.url({ protocol: /^https?$/ }).optional(),
@@ -177,6 +195,7 @@ const projectSchema = z
     bot_login: z.string().min(1).optional(),
     escalation_issue: z.number().int().positive().optional(),
     trusted_authors: z.array(z.string().min(1)).default([]),
+    formulas: z.array(z.string().regex(/^(?:\*|[a-z0-9][a-z0-9-]*)$/, 'must be a formula name or "*"')).optional(),
   })
   .strict();
 
@@ -236,9 +255,9 @@ export function loadSettings(env: Env = process.env, cwd = process.cwd()): { set
   const duration = (key: string, fallback: number) => {
     const raw = text(key);
     if (raw === undefined) return fallback;
-    const ms = /^\d+$/.test(raw) ? Number(raw) * 1000 : parseDuration(raw);
+    const ms = parseDuration(raw);
     if (ms === undefined) {
-      bad(key, `expected a duration like 30s, 2m or a number of seconds, found "${raw}"`);
+      bad(key, durationProblem(raw));
       return fallback;
     }
     return ms;
@@ -278,53 +297,85 @@ export function loadSettings(env: Env = process.env, cwd = process.cwd()): { set
   return { settings, problems };
 }
 
-/** Parses the text of `formula-runner.toml`; problems are `file: key: message` lines. */
-export function parseConfigFile(
-  file: string,
-  source: string,
-  env: Env = process.env,
-): {
-  projects: ProjectConfig[];
-  agents: Record<string, AgentProfile>;
-  sandbox: SandboxSettings;
-  problems: string[];
-  warnings: string[];
-} {
-  const empty = { projects: [], agents: { ...DEFAULT_AGENTS }, sandbox: DEFAULT_SANDBOX, warnings: [] };
-  let raw: unknown;
-  try {
-    raw = parseToml(source);
-  } catch (error) {
-    const where = error instanceof TomlError ? `:${error.line}` : "";
-    const message = error instanceof Error ? error.message.split("\n")[0] : String(error);
-    return { ...empty, problems: [`${file}${where}: (toml): ${message}`] };
-  }
-  const parsed = fileSchema.safeParse(raw);
-  if (!parsed.success) {
-    const issues = fieldIssues(parsed.error.issues, raw, (p) => schemaKeysAt(fileSchema, p));
-    return { ...empty, problems: issues.map((i) => `${file}: ${formatPath(i.path) || "(file)"}: ${i.message}`) };
-  }
+type RawProject = z.infer<typeof projectSchema>;
 
+/** One project's validated keys plus how to name its keys in messages. */
+interface ProjectEntry {
+  data: RawProject;
+  /** `file: projects[0].key` or `environment: PROJECT_KEY`. */
+  at: (key: string) => string;
+  /** Relative `repo_path`s resolve against this directory. */
+  baseDir: string;
+  /** How another project's message names this one: `projects[0]`, `the PROJECT_* variables`. */
+  label: string;
+}
+
+/** The environment variable that sets `key` of the environment-only project: PROJECT_REPO_PATH for repo_path. */
+export function projectEnvName(key: string): string {
+  return `PROJECT_${key.toUpperCase()}`;
+}
+
+/**
+ * One project from PROJECT_* variables (PROJECT_NAME, PROJECT_REPO, PROJECT_CLONE_URL, ...,
+ * one per key of `[[projects]]`), so a container starts without a mounted config file.
+ * Nothing when no PROJECT_* variable is set.
+ */
+function projectFromEnv(env: Env, cwd: string): { entry?: ProjectEntry; problems: string[] } {
+  const raw: Record<string, unknown> = {};
+  for (const key of Object.keys(projectSchema.shape)) {
+    const value = env[projectEnvName(key)]?.trim();
+    if (value === undefined || value === "") continue;
+    raw[key] =
+      key === "escalation_issue" && /^\d+$/.test(value)
+        ? Number(value)
+        : key === "trusted_authors"
+          ? value
+              .split(",")
+              .map((v) => v.trim())
+              .filter(Boolean)
+          : value;
+  }
+  if (Object.keys(raw).length === 0) return { problems: [] };
+  const at = (key: string) => `environment: ${projectEnvName(key)}`;
+  const parsed = projectSchema.safeParse(raw);
+  if (!parsed.success) {
+    return {
+      problems: parsed.error.issues.map((issue) => {
+        const key = issue.path[0];
+        return typeof key === "string" ? `${at(key)}: ${issue.message}` : `environment: PROJECT_*: ${issue.message}`;
+      }),
+    };
+  }
+  return { entry: { data: parsed.data, at, baseDir: cwd, label: "the PROJECT_* variables" }, problems: [] };
+}
+
+/** Checks the projects together (names, repositories) and turns them into frozen ProjectConfigs. */
+function buildProjects(
+  entries: readonly ProjectEntry[],
+  env: Env,
+  dataDir: string | undefined,
+): { projects: ProjectConfig[]; problems: string[]; warnings: string[] } {
   const problems: string[] = [];
   const warnings: string[] = [];
-  const baseDir = path.dirname(file);
-  const seenNames = new Map<string, number>();
-  const seenRepos = new Map<string, number>();
-  const projects = parsed.data.projects.map((p, i): ProjectConfig => {
-    const at = (key: string) => `${file}: projects[${i}].${key}`;
+  const seenNames = new Map<string, string>();
+  const seenRepos = new Map<string, string>();
+  const projects = entries.map(({ data: p, at, baseDir, label: where }): ProjectConfig => {
     const previous = seenNames.get(p.name);
-    if (previous !== undefined) problems.push(`${at("name")}: "${p.name}" is already used by projects[${previous}]`);
-    seenNames.set(p.name, i);
+    if (previous !== undefined) problems.push(`${at("name")}: "${p.name}" is already used by ${previous}`);
+    seenNames.set(p.name, where);
     const repoKey = `${p.forge}:${p.repo.toLowerCase()}`;
     const sameRepo = seenRepos.get(repoKey);
     if (sameRepo !== undefined) {
       problems.push(
-        `${at("repo")}: "${p.repo}" is already configured by projects[${sameRepo}] (webhooks could not tell them apart)`,
+        `${at("repo")}: "${p.repo}" is already configured by ${sameRepo} (webhooks could not tell them apart)`,
       );
     }
-    seenRepos.set(repoKey, i);
+    seenRepos.set(repoKey, where);
     if (p.forge !== "github" && p.forge_url === undefined) {
       problems.push(`${at("forge_url")}: is required for ${p.forge} (like https://host/api/v1)`);
+    }
+    if (p.repo_path === undefined && p.clone_url === undefined) {
+      problems.push(`${at("repo_path")}: is required unless clone_url is given`);
     }
     const secretFrom = (key: string, name: string | undefined) => {
       if (name === undefined) return undefined;
@@ -335,9 +386,14 @@ export function parseConfigFile(
       }
       return new Secret(value);
     };
+    const repoPath =
+      p.repo_path !== undefined
+        ? path.resolve(baseDir, p.repo_path)
+        : path.join(dataDir ?? path.join(baseDir, ".formula-runner"), "clones", p.name);
     return Object.freeze({
       name: p.name,
-      repoPath: path.resolve(baseDir, p.repo_path),
+      repoPath,
+      ...(p.clone_url === undefined ? {} : { cloneUrl: p.clone_url }),
       primaryBranch: p.primary_branch,
       forge: p.forge,
       forgeUrl: (p.forge_url ?? "https://api.github.com").replace(/\/+$/, ""),
@@ -349,11 +405,15 @@ export function parseConfigFile(
       botLogin: p.bot_login,
       escalationIssue: p.escalation_issue,
       trustedAuthors: Object.freeze([...p.trusted_authors]),
+      formulas: Object.freeze([...(p.formulas ?? [])]),
     });
   });
+  return { projects, problems, warnings };
+}
 
+function buildAgents(raw: z.infer<typeof fileSchema>["agents"]): Record<string, AgentProfile> {
   const agents: Record<string, AgentProfile> = { ...DEFAULT_AGENTS };
-  for (const [name, a] of Object.entries(parsed.data.agents)) {
+  for (const [name, a] of Object.entries(raw)) {
     const defaults = agentDefaults(a.command);
     agents[name] = Object.freeze({
       name,
@@ -367,8 +427,11 @@ export function parseConfigFile(
       modelHosts: Object.freeze([...(a.model_hosts ?? defaults.modelHosts)]),
     });
   }
-  const box = parsed.data.sandbox;
-  const sandbox: SandboxSettings = box
+  return agents;
+}
+
+function buildSandbox(box: z.infer<typeof fileSchema>["sandbox"], baseDir: string): SandboxSettings {
+  return box
     ? Object.freeze({
         mode: box.mode,
         denyRead: Object.freeze(box.deny_read.map((p) => path.resolve(baseDir, p))),
@@ -377,12 +440,79 @@ export function parseConfigFile(
         ripgrep: box.ripgrep,
       })
     : DEFAULT_SANDBOX;
-  return { projects, agents, sandbox, problems, warnings };
+}
+
+/** Parses and validates the text of `formula-runner.toml`, without building anything. */
+function parseConfigSource(
+  file: string,
+  source: string,
+): { data?: z.infer<typeof fileSchema>; entries: ProjectEntry[]; problems: string[] } {
+  let raw: unknown;
+  try {
+    raw = parseToml(source);
+  } catch (error) {
+    const where = error instanceof TomlError ? `:${error.line}` : "";
+    const message = error instanceof Error ? error.message.split("\n")[0] : String(error);
+    return { entries: [], problems: [`${file}${where}: (toml): ${message}`] };
+  }
+  const parsed = fileSchema.safeParse(raw);
+  if (!parsed.success) {
+    const issues = fieldIssues(parsed.error.issues, raw, (p) => schemaKeysAt(fileSchema, p));
+    return {
+      entries: [],
+      problems: issues.map((i) => `${file}: ${formatPath(i.path) || "(file)"}: ${i.message}`),
+    };
+  }
+  const baseDir = path.dirname(file);
+  const entries = parsed.data.projects.map(
+    (data, i): ProjectEntry => ({
+      data,
+      at: (key) => `${file}: projects[${i}].${key}`,
+      baseDir,
+      label: `projects[${i}]`,
+    }),
+  );
+  return { data: parsed.data, entries, problems: [] };
 }
 
 /**
- * Loads settings from the environment and projects/agents from the config file. Throws
- * `ConfigError` with every problem; a missing default config file is not a problem.
+ * Parses the text of `formula-runner.toml`; problems are `file: key: message` lines. A
+ * project with `clone_url` and no `repo_path` gets `<dataDir>/clones/<name>`.
+ */
+export function parseConfigFile(
+  file: string,
+  source: string,
+  env: Env = process.env,
+  dataDir?: string,
+): {
+  projects: ProjectConfig[];
+  agents: Record<string, AgentProfile>;
+  sandbox: SandboxSettings;
+  problems: string[];
+  warnings: string[];
+} {
+  const parsed = parseConfigSource(file, source);
+  if (!parsed.data) {
+    return {
+      projects: [],
+      agents: { ...DEFAULT_AGENTS },
+      sandbox: DEFAULT_SANDBOX,
+      warnings: [],
+      problems: parsed.problems,
+    };
+  }
+  const built = buildProjects(parsed.entries, env, dataDir);
+  return {
+    ...built,
+    agents: buildAgents(parsed.data.agents),
+    sandbox: buildSandbox(parsed.data.sandbox, path.dirname(file)),
+  };
+}
+
+/**
+ * Loads settings from the environment and projects/agents from the config file plus the
+ * PROJECT_* variables. Throws `ConfigError` with every problem; a missing default config
+ * file is not a problem.
  */
 export async function loadConfig(env: Env = process.env, cwd = process.cwd()): Promise<Config> {
   const { settings, problems } = loadSettings(env, cwd);
@@ -396,15 +526,20 @@ export async function loadConfig(env: Env = process.env, cwd = process.cwd()): P
       problems.push(`${settings.configFile}: (file): ${why}`);
     }
   }
-  const file = source === undefined ? undefined : parseConfigFile(settings.configFile, source, env);
+  const file = source === undefined ? undefined : parseConfigSource(settings.configFile, source);
   if (file) problems.push(...file.problems);
+  const fromEnv = projectFromEnv(env, cwd);
+  problems.push(...fromEnv.problems);
+  const entries = [...(file?.entries ?? []), ...(fromEnv.entry ? [fromEnv.entry] : [])];
+  const built = buildProjects(entries, env, settings.dataDir);
+  problems.push(...built.problems);
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze({
     settings: Object.freeze(settings),
-    projects: Object.freeze(file?.projects ?? []),
-    agents: Object.freeze(file?.agents ?? { ...DEFAULT_AGENTS }),
-    sandbox: file?.sandbox ?? DEFAULT_SANDBOX,
+    projects: Object.freeze(built.projects),
+    agents: Object.freeze(file?.data ? buildAgents(file.data.agents) : { ...DEFAULT_AGENTS }),
+    sandbox: file?.data ? buildSandbox(file.data.sandbox, path.dirname(settings.configFile)) : DEFAULT_SANDBOX,
     configFileFound: source !== undefined,
-    warnings: Object.freeze(file?.warnings ?? []),
+    warnings: Object.freeze(built.warnings),
   });
 }

@@ -31,6 +31,12 @@ process.exitCode = await runCli(process.argv.slice(2), {
     installProcessGuard(process, log, (code) => {
       process.exit(code);
     }),
+  readStdin: async () => {
+    if (process.stdin.isTTY) return "";
+    const chunks: Buffer[] = [];
+    for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+    return Buffer.concat(chunks).toString("utf8");
+  },
   onHangup: (reload) => {
     process.on("SIGHUP", reload);
     return () => process.off("SIGHUP", reload);

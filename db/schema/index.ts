@@ -5,6 +5,7 @@ export * from "./instances.js";
 export * from "./outbox.js";
 export * from "./outputs.js";
 export * from "./phases.js";
+export * from "./run-log-chunks.js";
 export * from "./runs.js";
 export * from "./schedule-slots.js";
 export * from "./sessions.js";

@@ -11,7 +11,7 @@ import path from "node:path";
 import { Cron } from "croner";
 import { z } from "zod";
 import { closestMatch, schemaKeysAt } from "../validation.js";
-import { DURATION_PATTERN, parseDuration } from "./duration.js";
+import { DURATION_PATTERN, durationProblem, parseDuration } from "./duration.js";
 import {
   COMMAND_PLACEHOLDERS,
   CONCURRENCY_PLACEHOLDERS,
@@ -71,6 +71,10 @@ export type OnBusyPolicy = (typeof ON_BUSY_POLICIES)[number];
 /** Environment variables the server sets for every agent; `[env]` may not override them. */
 export const RESERVED_ENV_NAMES = [
   "PHASE_FILE",
+  "SCRATCH_FILE",
+  "OUTPUTS_FILE",
+  "FORMULA_RUNNER_URL",
+  "FORMULA_RUNNER_TOKEN",
   "RUN_ID",
   "FORMULA",
   "PROJECT",
@@ -101,6 +105,8 @@ export const HOST_PATTERN =
 
 /** Formula names and step ids. */
 export const SLUG_PATTERN = "^[a-z0-9][a-z0-9-]*$";
+/** A project name in a formula's `projects` list (as config.ts checks names), or `*`. */
+const PROJECT_PATTERN = "^(?:\\*|[a-z0-9][a-z0-9_-]*)$";
 /** POSIX environment variable names. */
 export const ENV_NAME_PATTERN = "^[A-Za-z_][A-Za-z0-9_]*$";
 
@@ -217,9 +223,7 @@ const duration = (description: string, fallback: string) =>
   z
     .string()
     .regex(new RegExp(DURATION_PATTERN), {
-      error: (issue) =>
-        `${quote(issue.input)} is not a duration: write a whole number and a unit, largest first, ` +
-        "e.g. 30s, 20m, 2h, 1d, 1h30m, 500ms",
+      error: (issue) => durationProblem(String(issue.input)),
     })
     .refine((text) => parseDuration(text) !== 0, { error: "must be longer than zero" })
     .default(fallback)
@@ -590,6 +594,19 @@ export const formulaFileSchema = z
       .describe(
         "fence: text strangers wrote enters the prompt inside a random fence marked as data; omit: it is left out.",
       ),
+    projects: z
+      .array(
+        z.string().regex(new RegExp(PROJECT_PATTERN), {
+          error: (issue) => `${quote(issue.input)} is not a project name (a slug) or "*"`,
+        }),
+      )
+      .superRefine(uniqueItems)
+      .meta({ uniqueItems: true })
+      .default([])
+      .describe(
+        'Projects whose schedules and webhooks fire this formula; "*" means all. A project can also list ' +
+          "the formula in its `formulas`. Listed on neither side, the formula fires on no project.",
+      ),
     on: onTable.prefault({}),
     guards: guardsTable.prefault({}),
     context: contextTable.prefault({}),
@@ -723,6 +740,8 @@ export interface Formula {
   /** How long an escalation waits for a reply. */
   readonly escalationTimeoutMs: number;
   readonly report: ReportMode;
+  /** Projects this formula fires on from its side (`*`: all); see `firesOn`. */
+  readonly projects: readonly string[];
   readonly on: FormulaTriggers;
   readonly guards: FormulaGuards;
   readonly context: FormulaContext;
@@ -771,6 +790,7 @@ export function toFormula(file: FormulaFile, absolutePath: string): Formula {
     retentionMs: milliseconds(file.retention),
     escalationTimeoutMs: milliseconds(file.escalation_timeout),
     report: file.report,
+    projects: [...file.projects],
     on: {
       schedule: on.schedule.map((entry) =>
         typeof entry === "string"

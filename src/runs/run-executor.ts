@@ -31,6 +31,7 @@ import { agentCommand, agentEnv, rootRefusal } from "./agent-env.js";
 import { allowedHosts, contain, sandboxModeFor } from "./containment.js";
 import { readContextFiles, runContextCommands, worktreeState } from "./prompt-inputs.js";
 import type { RunEvent } from "./run-event.js";
+import type { RunLogSink } from "./run-log.js";
 import { makeRunDirs, type RunPaths, runPaths } from "./run-paths.js";
 import { issueRunToken } from "./run-token.js";
 import { describeExit, outcomeDetail, type SessionOutcome, SessionRunner, type StopCause } from "./session-runner.js";
@@ -72,6 +73,8 @@ export interface RunEngineDeps {
   terminalLingerMs: number;
   /** After a stream-json agent's final result, how long it may take to exit (DESIGN: 30 s). */
   resultLingerMs?: number;
+  /** Run logs in the database (absent in tests that read only the disk file). */
+  runLog?: RunLogSink;
 }
 
 const FINAL_BY_OUTCOME = { failed: "failed", crashed: "crashed", timed_out: "timed_out" } as const;
@@ -481,6 +484,7 @@ export class RunExecution {
         instanceId: this.#deps.instanceId,
         log: this.#log,
         secrets: this.#deps.secrets,
+        runLog: this.#deps.runLog,
         onPhase: async (phase) => {
           this.run = { ...this.run, phase: phase.phase };
           await this.#notify("phaseRecorded", (o) => o.phaseRecorded?.(this.run, phase));

@@ -5,12 +5,14 @@ import type { Database } from "../../db/client.js";
 import { type Phase, phases, runs, type Session, type SessionKind, sessions } from "../../db/schema/index.js";
 import type { AgentOutput } from "../config.js";
 import { errorMessage } from "../errors.js";
+import { formatDuration } from "../formulas/duration.js";
 import type { Logger } from "../logger.js";
 import type { SecretRegistry } from "../secrets.js";
 import { type AgentExit, type AgentProcess, startAgentProcess } from "../sessions/agent-process.js";
 import { isTerminalPhase, type PhaseSignal, type TerminalPhase } from "../sessions/phase-file.js";
 import { PhaseWatcher } from "../sessions/phase-watcher.js";
 import { type AgentResult, type ApiError, StreamJsonReader, type StreamSummary } from "../sessions/stream-json.js";
+import type { RunLogSink } from "./run-log.js";
 
 /** How a session ended, as the run lifecycle needs to know it. */
 export type SessionOutcome =
@@ -65,6 +67,8 @@ export interface SessionDeps {
   secrets: SecretRegistry;
   /** Called after each new phase is stored (status comments hang off this). */
   onPhase?: (phase: Phase) => Promise<void> | void;
+  /** The run's log in the database (every instance serves it); the disk file is written as well. */
+  runLog?: RunLogSink;
 }
 
 const TAIL_BYTES = 16 * 1024;
@@ -120,10 +124,9 @@ export class SessionRunner {
     await writeFile(spec.phaseFile, "");
     await writeFile(path.join(spec.runDir, "prompt.md"), spec.prompt);
     const logFile = path.join(spec.runDir, "log");
-    await appendFile(
-      logFile,
-      `\n=== formula-runner: session ${spec.seq} (${spec.kind}) started ${new Date().toISOString()} ===\n`,
-    );
+    const header = `\n=== formula-runner: session ${spec.seq} (${spec.kind}) started ${new Date().toISOString()} ===\n`;
+    await appendFile(logFile, header);
+    this.#deps.runLog?.append(spec.runId, header);
 
     const [session] = await this.#deps.database.db
       .insert(sessions)
@@ -151,7 +154,7 @@ export class SessionRunner {
             lingerTimer = setTimeout(() => {
               log.warn(
                 { phase: signal.phase },
-                `agent still running ${spec.terminalLingerMs} ms after PHASE:${signal.phase}; stopping it`,
+                `agent still running ${formatDuration(spec.terminalLingerMs)} after PHASE:${signal.phase}; stopping it`,
               );
               void this.#process?.stop(`lingered after PHASE:${signal.phase}`);
             }, spec.terminalLingerMs);
@@ -179,8 +182,8 @@ export class SessionRunner {
         if (exited || this.#terminal) return;
         resultTimer = setTimeout(() => {
           this.#resultLingered = true;
-          log.warn(`agent still running ${spec.resultLingerMs} ms after its final result; stopping it`);
-          void this.#process?.stop(`lingered ${spec.resultLingerMs} ms after its final result`);
+          log.warn(`agent still running ${formatDuration(spec.resultLingerMs)} after its final result; stopping it`);
+          void this.#process?.stop(`lingered ${formatDuration(spec.resultLingerMs)} after its final result`);
         }, spec.resultLingerMs);
       };
     }
@@ -196,6 +199,7 @@ export class SessionRunner {
       killGraceMs: spec.killGraceMs,
       onOutput: (text, stream) => {
         this.#lastActivity = Date.now();
+        this.#deps.runLog?.append(spec.runId, text);
         if (stream === "stdout") reader?.push(text);
       },
     });
@@ -207,12 +211,15 @@ export class SessionRunner {
     log.info({ pid: agent.pid, kind: spec.kind }, `session ${spec.seq} started`);
 
     const maxTimer = setTimeout(() => {
-      this.stop({ kind: "timed_out", why: `max_duration of ${spec.maxDurationMs} ms reached` });
+      this.stop({ kind: "timed_out", why: `max_duration of ${formatDuration(spec.maxDurationMs)} reached` });
     }, spec.maxDurationMs);
     const idleEvery = Math.min(1000, Math.max(50, Math.floor(spec.timeoutMs / 10)));
     const idleTimer = setInterval(() => {
       if (Date.now() - Math.max(this.#lastActivity, agent.lastOutputAt) >= spec.timeoutMs) {
-        this.stop({ kind: "timed_out", why: `no phase change and no output for ${spec.timeoutMs} ms` });
+        this.stop({
+          kind: "timed_out",
+          why: `no phase change and no output for ${formatDuration(spec.timeoutMs)} (timeout)`,
+        });
       }
     }, idleEvery);
 
@@ -233,10 +240,11 @@ export class SessionRunner {
     const tail = this.#deps.secrets.scrub(agent.tail());
     const plainDetail = outcomeDetail(outcome);
     const detail = plainDetail === null ? null : this.#deps.secrets.scrub(plainDetail);
-    await appendFile(
-      logFile,
-      `\n=== formula-runner: session ${spec.seq} ended: ${describeExit(exit)}; ${outcome.kind}${detail ? `: ${detail}` : ""} ===\n`,
-    );
+    const footer = `\n=== formula-runner: session ${spec.seq} ended: ${describeExit(exit)}; ${closingWords(outcome)}${detail ? `: ${detail}` : ""} ===\n`;
+    await appendFile(logFile, footer);
+    this.#deps.runLog?.append(spec.runId, footer);
+    // Stored before the run's status changes: a follower that sees the status final has every line.
+    await this.#deps.runLog?.flush(spec.runId);
     const [ended] = await this.#deps.database.db
       .update(sessions)
       .set({
@@ -317,6 +325,11 @@ export class SessionRunner {
     if (exit.kind === "exited" && exit.code === 0) return { kind: "no_phase" };
     return { kind: "crash", exit };
   }
+}
+
+/** The log's closing line names the phase the agent wrote (`phase done`), not the outcome's kind. */
+function closingWords(outcome: SessionOutcome): string {
+  return outcome.kind === "phase" ? `phase ${outcome.phase}` : outcome.kind.replaceAll("_", " ");
 }
 
 function outcomeName(outcome: SessionOutcome): string {

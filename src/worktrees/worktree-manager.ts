@@ -20,11 +20,14 @@ import {
 } from "../../db/schema/index.js";
 import type { ProjectConfig } from "../config.js";
 import { AppError, errorMessage } from "../errors.js";
+import { formatDuration } from "../formulas/duration.js";
 import type { Logger } from "../logger.js";
-import { chunks, KeyedQueue, mapLimit } from "./concurrency.js";
+import { CloneQueue } from "./clone-lock.js";
+import { chunks, mapLimit } from "./concurrency.js";
 import { type DeleteOutcome, deleteBelowRoot, isEntryName } from "./delete-below.js";
 import { diskUsage } from "./disk-size.js";
 import { git, WorktreeError, worktreeHead } from "./git.js";
+import { ensureClone, gitCredentials } from "./managed-clone.js";
 import { isInside, isLexicallyInside, isSafeSegment, parseWorktreeDirName, worktreePath } from "./paths.js";
 
 export { WorktreeError } from "./git.js";
@@ -129,7 +132,8 @@ export class WorktreeManager {
   private readonly fetchTimeoutMs: number;
   private readonly gitTimeoutMs: number;
   private readonly env: Readonly<Record<string, string | undefined>>;
-  private readonly queue = new KeyedQueue();
+  /** One git command sequence at a time per clone, across processes too (several instances may share a clone). */
+  private readonly queue = new CloneQueue();
   /** Paths whose `create` is between `git worktree add` and the insert: not orphans. */
   private readonly creating = new Set<string>();
   /** Increments on every create arrival and every fetch start, to tell which fetch is fresh enough for whom. */
@@ -197,6 +201,8 @@ export class WorktreeManager {
         );
       }
       existed = await exists(dir);
+      // A managed clone (clone_url) that is missing, say on a fresh volume, is cloned first.
+      if (project.cloneUrl) await ensureClone(project, { env: this.env, log });
       const sha = await this.queue.run(repo, async () => {
         const fetched = await this.fetchPrimary(project, arrival, runId);
         await git(repo, ["worktree", "add", "--quiet", "--detach", dir, fetched], {
@@ -361,7 +367,7 @@ export class WorktreeManager {
         return keep(row.expiresAt === null ? "has no expiry" : `expires at ${row.expiresAt.toISOString()}`);
       }
       if (cutoff && (row.preservedAt === null || row.preservedAt > cutoff)) {
-        return keep(`preserved less than ${formatAge(olderThanMs as number)} ago`);
+        return keep(`preserved less than ${formatDuration(olderThanMs as number)} ago`);
       }
       if (row.instanceId !== this.instanceId) return keep(`lives on instance ${row.instanceId}`);
       const busy = inUse(row.runId, runStatus);
@@ -372,7 +378,7 @@ export class WorktreeManager {
         ? "requested"
         : opts.expiredOnly
           ? `expired at ${row.expiresAt?.toISOString()}`
-          : `preserved more than ${formatAge(olderThanMs as number)} ago`;
+          : `preserved more than ${formatDuration(olderThanMs as number)} ago`;
       removals.push({
         row,
         present: check.kind === "deleted",
@@ -629,11 +635,16 @@ export class WorktreeManager {
     const fetchHead = await this.fetchHeadFile(repo, runId);
     await rm(fetchHead, { force: true });
     // An explicit refspec: the tracking ref moves even in a clone whose configured refspec would not move it.
-    await git(repo, ["fetch", "--quiet", "--no-tags", "origin", `+refs/heads/${branch}:${tracking}`], {
-      timeoutMs: this.fetchTimeoutMs,
-      env: this.env,
-      doing: `fetch origin/${branch} for run ${runId}`,
-    });
+    const credentials = gitCredentials(project);
+    await git(
+      repo,
+      [...credentials.args, "fetch", "--quiet", "--no-tags", "origin", `+refs/heads/${branch}:${tracking}`],
+      {
+        timeoutMs: this.fetchTimeoutMs,
+        env: { ...this.env, ...credentials.env },
+        doing: `fetch origin/${branch} for run ${runId}`,
+      },
+    );
     // The sha the fetch just wrote to FETCH_HEAD (a file read) rather than a third git process.
     const sha =
       (await fetchedSha(fetchHead, branch)) ??
@@ -832,17 +843,6 @@ function entry(row: WorktreeRow, reason: string): PurgeEntry {
 }
 
 /** "24h", "90m", "30s", "1500ms": for reasons people read (hours, like `--older-than 24h`). */
-function formatAge(ms: number): string {
-  for (const [unit, size] of [
-    ["h", 3_600_000],
-    ["m", 60_000],
-    ["s", 1_000],
-  ] as const) {
-    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
-  }
-  return `${ms}ms`;
-}
-
 async function exists(p: string): Promise<boolean> {
   try {
     await lstat(p);

@@ -9,6 +9,7 @@ import { FormulaStore } from "../../src/formulas/store.js";
 import { createLogger } from "../../src/logger.js";
 import { Metrics } from "../../src/metrics.js";
 import { OutputsService } from "../../src/outputs/outputs-service.js";
+import { RunLog } from "../../src/runs/run-log.js";
 import { RunService } from "../../src/runs/run-service.js";
 import { Scheduler } from "../../src/scheduler/scheduler.js";
 import { Secret, SecretRegistry } from "../../src/secrets.js";
@@ -108,6 +109,7 @@ export function testServices(options: TestServicesOptions): Services {
       formulas,
     }),
     metrics: new Metrics({ database: options.database, log }),
+    runLog: new RunLog({ database: options.database, secrets, log }),
     reloadFormulas: async () => {
       await formulas.reload();
       await scheduler.sync();

@@ -45,9 +45,12 @@ export interface TestServerOptions {
   /** Agent profiles: name -> test agent script, a full command, or a whole `[agents.NAME]` table. */
   agents?: Record<string, TestAgent | string[] | AgentTable>;
   env?: Record<string, string>;
-  /** More keys of the "demo" project (webhook_secret_env, forge_url, bot_login...). */
-  project?: Record<string, string | number>;
-  /** More TOML appended to formula-runner.toml (other [[projects]]). */
+  /**
+   * More keys of the "demo" project (webhook_secret_env, forge_url, bot_login...). The
+   * project runs every formula (`formulas = ["*"]`) unless this sets `formulas`.
+   */
+  project?: Record<string, string | number | string[]>;
+  /** More TOML appended to formula-runner.toml (other [[projects]]); `{clone}` stands for the demo clone's path. */
   extraConfig?: string;
   readMemory?: MemoryProbe;
   now?: () => Date;
@@ -119,9 +122,11 @@ export async function startTestServer(options: TestServerOptions): Promise<TestS
       'name = "demo"',
       `repo_path = ${JSON.stringify(repo.clone)}`,
       'repo = "acme/demo"',
-      ...Object.entries(options.project ?? {}).map(([key, value]) => `${key} = ${JSON.stringify(value)}`),
+      ...Object.entries({ formulas: ["*"], ...options.project }).map(
+        ([key, value]) => `${key} = ${JSON.stringify(value)}`,
+      ),
       "",
-      options.extraConfig ?? "",
+      (options.extraConfig ?? "").replaceAll("{clone}", repo.clone),
       ...agentTables,
     ].join("\n"),
   );

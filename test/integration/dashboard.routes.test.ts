@@ -211,7 +211,8 @@ describe.each(testBackends())("dashboard pages, on %s", (backend) => {
     it("strips terminal colours from the log", async () => {
       const id = await dispatch("quick");
       await t.waitForRun(id);
-      await writeFile(path.join(t.dataDir, "runs", String(id), "log"), "\u001b[31mred alert\u001b[0m plain\n");
+      t.server.services.runLog.append(id, "\u001b[31mred alert\u001b[0m plain\n");
+      await t.server.services.runLog.flush(id);
       const page = await browser.get(`/runs/${id}`);
       expect(page.text).toContain("red alert plain");
       expect(page.text).not.toContain("\u001b");

@@ -141,10 +141,12 @@ describe("the API described as OpenAPI 3.1", () => {
 
     const hold = (await call("POST", "/api/runs", { body: { formula: "hold" } })).json();
     await t.waitForRun(hold.id, ["running"]);
-    const decided = await call("POST", `/api/runs/${hold.id}/outputs`, { body: { type: "comment", body: "hello" } });
-    expect(decided.status).toBe(202);
-    expect(decided.json().outputs).toHaveLength(1);
-    expect((await call("POST", `/api/runs/${hold.id}/outputs`, { body: { outputs: [] } })).status).toBe(400);
+    expect((await call("POST", `/api/runs/${hold.id}/outputs`, { body: { nonsense: true } })).status).toBe(400);
+    const handedIn = await call("POST", `/api/runs/${hold.id}/outputs`, { body: { type: "comment", body: "hi" } });
+    expect(handedIn.status).toBe(202);
+    expect((await call("POST", `/api/runs/${quick.id}/outputs`, { body: { type: "comment", body: "x" } })).status).toBe(
+      409,
+    );
     expect((await call("POST", `/api/runs/${hold.id}/cancel`)).status).toBe(200);
     expect(
       (await call("POST", `/api/runs/${hold.id}/outputs`, { body: { type: "comment", body: "late" } })).status,

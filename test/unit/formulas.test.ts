@@ -163,6 +163,7 @@ describe("parseFormula", () => {
       retentionMs: 24 * 3_600_000,
       escalationTimeoutMs: 24 * 3_600_000,
       report: "issue",
+      projects: [],
       on: { schedule: [], dispatch: true },
       guards: { minMemoryMb: 0, minPermission: "write", concurrency: "{formula}-{project}", onBusy: "skip" },
       context: { files: [], commands: [] },
