@@ -5,7 +5,14 @@
  * must be there with these types.
  */
 import { z } from "@hono/zod-openapi";
-import { ESCALATION_STATES, RUN_STATUSES, SKIP_REASONS, TRIGGER_KINDS, WORKTREE_STATES } from "../db/schema/index.js";
+import {
+  ESCALATION_STATES,
+  OUTPUT_STATUSES,
+  RUN_STATUSES,
+  SKIP_REASONS,
+  TRIGGER_KINDS,
+  WORKTREE_STATES,
+} from "../db/schema/index.js";
 import { ERROR_STATUS } from "../src/errors.js";
 
 const time = z.string().describe("ISO 8601 time in UTC");
@@ -127,6 +134,20 @@ export const runDetailSchema = runSchema
       .describe("forge writes the agent asked for, and what became of each"),
   })
   .openapi("RunDetail");
+
+const outputDecision = z.object({
+  seq: z.number().int(),
+  type: z.string(),
+  status: z.enum(OUTPUT_STATUSES),
+  reason: z.string().nullable(),
+});
+
+/** GET /api/runs/:id: the run's detail plus its safe outputs. */
+export const runWithOutputsSchema = runDetailSchema
+  .extend({ outputs: z.array(outputDecision.extend({ created_at: time })) })
+  .openapi("RunWithOutputs");
+
+export const outputsAcceptedSchema = z.object({ run_id: id, outputs: z.array(outputDecision) });
 
 export const runListSchema = z.object({ runs: z.array(runSchema), next_cursor: z.string().nullable() });
 

@@ -232,9 +232,15 @@ export function dashboardRoutes(services: Services): Hono<AppEnv> {
 
   app.get("/runs/:id", async (c) => {
     const id = idParam(c);
-    const run = await services.runs.detail(id);
+    const [run, outputs] = await Promise.all([services.runs.detail(id), services.outputs.list(id)]);
     const worktree = run.worktree ? await services.worktrees.get(run.worktree.id) : undefined;
-    const log = await logTail(await services.runs.logFile(id), (text) => stripAnsi(services.secrets.scrub(text)));
+    const clean = (text: string) => stripAnsi(services.secrets.scrub(text));
+    // The log lives in the database (any instance serves it); a run from before that has a file here.
+    const stored = await services.runLog.read(id);
+    const log =
+      stored.text === "" && stored.droppedBytes === 0
+        ? await logTail(await services.runs.logFile(id), clean)
+        : storedTail(stored, clean);
     return c.html(
       await renderPage(
         <RunPage
@@ -242,6 +248,7 @@ export function dashboardRoutes(services: Services): Hono<AppEnv> {
           run={run}
           project={services.config.projects.find((p) => p.name === run.project)}
           log={log}
+          outputs={outputs}
           worktreeBytes={worktree?.sizeBytes ?? null}
           notice={notice(c)}
           error={errorText(c)}
@@ -419,7 +426,24 @@ export function dashboardRoutes(services: Services): Hono<AppEnv> {
   return app as unknown as Hono<AppEnv>;
 }
 
-/** The last bytes of a log, from a line start, cleaned for the page; `offset` is where following resumes. */
+/**
+ * The end of a log read from the database, from a line start, cleaned for the page;
+ * `offset` (where following resumes) is the end of everything stored.
+ */
+function storedTail(
+  stored: { text: string; droppedBytes: number },
+  clean: (text: string) => string,
+): { text: string; offset: number; truncated: number } {
+  const bytes = Buffer.from(stored.text, "utf8");
+  const end = stored.droppedBytes + bytes.length;
+  if (bytes.length <= LOG_TAIL_BYTES) return { text: clean(stored.text), offset: end, truncated: stored.droppedBytes };
+  let tail = bytes.subarray(bytes.length - LOG_TAIL_BYTES);
+  const cut = tail.indexOf(0x0a);
+  if (cut !== -1) tail = tail.subarray(cut + 1);
+  return { text: clean(tail.toString("utf8")), offset: end, truncated: end - tail.length };
+}
+
+/** The last bytes of a log file, from a line start, cleaned for the page; `offset` is where following resumes. */
 async function logTail(
   file: string,
   clean: (text: string) => string,

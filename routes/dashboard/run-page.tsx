@@ -14,6 +14,8 @@ export interface RunPageProps {
   project: ProjectConfig | undefined;
   /** The end of the log (ANSI stripped, secrets scrubbed) and the byte offset it ends at. */
   log: { text: string; offset: number; truncated: number };
+  /** What the agent asked the server to write to the forge, and what became of it. */
+  outputs: readonly { seq: number; type: string; status: string; reason: string | null; created_at: string }[];
   /** Size on disk of the run's worktree, when it was measured. */
   worktreeBytes: number | null;
   notice: string | undefined;
@@ -118,7 +120,7 @@ const Escalations: FC<{ run: RunDetail; csrf: string; now: Date }> = ({ run, csr
   </section>
 );
 
-export const RunPage: FC<RunPageProps> = ({ page, run, project, log, worktreeBytes, notice, error, now }) => {
+export const RunPage: FC<RunPageProps> = ({ page, run, project, log, outputs, worktreeBytes, notice, error, now }) => {
   const final = (FINAL_RUN_STATUSES as readonly string[]).includes(run.status);
   const link = issueUrl(project, run.issue);
   const live = isLive(run);
@@ -150,6 +152,12 @@ export const RunPage: FC<RunPageProps> = ({ page, run, project, log, worktreeByt
           <dd>{formatTime(run.started_at)}</dd>
           <dt>Finished</dt>
           <dd>{formatTime(run.finished_at)}</dd>
+          <dt>Sandbox</dt>
+          <dd>
+            {run.sandboxed === null ? "no session yet" : run.sandboxed ? "sandboxed" : "NOT sandboxed"}
+            {run.sandbox_note ? ` (${run.sandbox_note})` : ""}
+            {run.forge_token ? "; the agent holds the raw forge token" : ""}
+          </dd>
           <dt>Cost, turns</dt>
           <dd>
             {formatCost(run.cost_usd) || "n/a"}, {run.num_turns ?? "n/a"}
@@ -218,6 +226,38 @@ export const RunPage: FC<RunPageProps> = ({ page, run, project, log, worktreeByt
         </section>
 
         <Escalations run={run} csrf={page.csrf} now={now} />
+
+        <section aria-labelledby="outputs">
+          <h2 id="outputs">Forge writes asked by the agent</h2>
+          {outputs.length === 0 ? (
+            <p>None.</p>
+          ) : (
+            <table>
+              <thead>
+                <tr>
+                  <th scope="col">#</th>
+                  <th scope="col">Type</th>
+                  <th scope="col">Status</th>
+                  <th scope="col">Why</th>
+                  <th scope="col">Asked</th>
+                </tr>
+              </thead>
+              <tbody>
+                {outputs.map((o) => (
+                  <tr>
+                    <td>{o.seq}</td>
+                    <td>{o.type}</td>
+                    <td>
+                      <Status status={o.status} />
+                    </td>
+                    <td>{o.reason ?? ""}</td>
+                    <td>{formatTime(o.created_at)}</td>
+                  </tr>
+                ))}
+              </tbody>
+            </table>
+          )}
+        </section>
 
         <section aria-labelledby="worktree">
           <h2 id="worktree">Worktree</h2>

@@ -211,7 +211,8 @@ describe.each(testBackends())("dashboard pages, on %s", (backend) => {
     it("strips terminal colours from the log", async () => {
       const id = await dispatch("quick");
       await t.waitForRun(id);
-      await writeFile(path.join(t.dataDir, "runs", String(id), "log"), "\u001b[31mred alert\u001b[0m plain\n");
+      t.server.services.runLog.append(id, "\u001b[31mred alert\u001b[0m plain\n");
+      await t.server.services.runLog.flush(id);
       const page = await browser.get(`/runs/${id}`);
       expect(page.text).toContain("red alert plain");
       expect(page.text).not.toContain("\u001b");
@@ -258,8 +259,13 @@ describe.each(testBackends())("dashboard pages, on %s", (backend) => {
     it("cancels a running run from its page", async () => {
       const id = await dispatch("hold");
       await t.waitForRun(id, ["running"]);
+      const asked = await t.api("POST", `/api/runs/${id}/outputs`, { type: "comment", body: "hello" });
+      expect(asked.status).toBe(202);
       const page = await browser.get(`/runs/${id}`);
       expect(page.text).toContain('data-live="1"');
+      expect(page.text).toContain("<dt>Sandbox</dt>");
+      const outputs = page.text.slice(page.text.indexOf('id="outputs"'));
+      expect(outputs).toMatch(/<td>comment<\/td>\s*<td>\s*<span class="status status-(queued|refused)">/);
       expect(page.text).toContain(`action="/runs/${id}/cancel"`);
       expect((await browser.post(`/runs/${id}/cancel`, { _csrf: "forged" })).status).toBe(403);
       expect((await t.api("GET", `/api/runs/${id}`)).body.status).toBe("running");

@@ -148,6 +148,9 @@ describe("the API described as OpenAPI 3.1", () => {
       409,
     );
     expect((await call("POST", `/api/runs/${hold.id}/cancel`)).status).toBe(200);
+    expect(
+      (await call("POST", `/api/runs/${hold.id}/outputs`, { body: { type: "comment", body: "late" } })).status,
+    ).toBe(409);
 
     const ask = (await call("POST", "/api/runs", { body: { formula: "ask" } })).json();
     await t.waitForRun(ask.id, ["escalated"]);
