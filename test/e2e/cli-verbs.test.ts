@@ -64,7 +64,7 @@ describe("CLI verbs against a running server (real processes)", () => {
     await t.waitForRun(body.id, ["running"]);
     const cancelled = await runBin(["cancel", String(body.id)], { env });
     expect(cancelled.code).toBe(0);
-    expect(cancelled.stdout).toMatch(new RegExp(`^run ${body.id}: (cancelled|stopping)`));
+    expect(cancelled.stdout).toMatch(new RegExp(`^run ${body.id}( cancelled|: stopping)`));
     expect((await t.waitForRun(body.id, ["cancelled"])).status).toBe("cancelled");
   });
 
