@@ -75,8 +75,8 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     });
 
   const client = async () => {
-    const { ConfigError, loadSettings } = await import("./config.js");
-    const { settings, problems } = loadSettings(io.env, io.cwd);
+    const { ConfigError, readSettings } = await import("./settings.js");
+    const { settings, problems } = readSettings(io.env, io.cwd);
     if (problems.length > 0) throw new ConfigError(problems);
     return ApiClient.fromEnvironment(settings, io.env);
   };
