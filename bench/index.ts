@@ -5,6 +5,7 @@
  */
 import os from "node:os";
 import { benchCli } from "./cli.js";
+import { benchDashboard } from "./dashboard.js";
 import { benchDatabase } from "./database.js";
 import { benchEngine } from "./engine.js";
 import { benchPhaseWatcher } from "./phase-watcher.js";
@@ -18,6 +19,7 @@ const benchmarks: Record<string, (postgresUrl: string | undefined) => Promise<vo
   engine: benchEngine,
   worktrees: () => benchWorktrees(),
   webhooks: benchWebhooks,
+  dashboard: benchDashboard,
 };
 
 const wanted = process.argv.slice(2);

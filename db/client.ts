@@ -29,6 +29,11 @@ export interface Database {
   rows<T = Record<string, unknown>>(query: SQL): Promise<T[]>;
   /** Throws when the database does not answer `select 1`. */
   ping(): Promise<void>;
+  /**
+   * LISTEN on `channel` (PostgreSQL only: PGlite has one process, which tells itself);
+   * resolves once listening, with the function that stops it.
+   */
+  listen?(channel: string, onNotify: (payload: string) => void): Promise<() => Promise<void>>;
   close(): Promise<void>;
 }
 
@@ -70,6 +75,10 @@ async function openPostgres(url: string, options: OpenDatabaseOptions): Promise<
     rows: async (query) => rowsOf(await db.execute(query)),
     ping: async () => {
       await client`select 1`;
+    },
+    listen: async (channel, onNotify) => {
+      const { unlisten } = await client.listen(channel, (payload) => onNotify(payload));
+      return unlisten;
     },
     close: async () => {
       if (closed) return;

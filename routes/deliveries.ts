@@ -5,7 +5,7 @@ import { listDeliveries } from "../src/forge/deliveries.js";
 import type { Services } from "../src/services.js";
 import { queryParams } from "./input.js";
 
-const listQuery = z
+export const listQuery = z
   .object({
     outcome: z.enum(["queued", "ignored", "answered"]).optional(),
     project: z.string().optional(),

@@ -6,7 +6,7 @@ import type { Formula } from "../src/formulas/schema.js";
 import type { Services } from "../src/services.js";
 
 /** A formula as the API shows it: what fires it (with the next schedule times) and its guards. */
-function formulaJson(formula: Formula, services: Services) {
+export function formulaJson(formula: Formula, services: Services) {
   const { on } = formula;
   const projects = projectsOf(formula, services.config.projects);
   return {

@@ -8,7 +8,7 @@ import type { Services } from "../src/services.js";
 import { worktreeJson } from "../src/worktrees/worktree-manager.js";
 import { idParam, jsonBody, queryParams } from "./input.js";
 
-const listQuery = z
+export const listQuery = z
   .object({
     state: z.enum(WORKTREE_STATES).optional(),
     project: z.string().optional(),
@@ -19,7 +19,7 @@ const listQuery = z
   })
   .strict();
 
-const purgeBody = z
+export const purgeBody = z
   .object({
     /** Hours, any non-negative number (0.5, 24). */
     older_than_hours: z

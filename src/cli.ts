@@ -7,6 +7,7 @@ import { type Output, runCommand, runsList, runsShow, worktreesList, worktreesPu
 import { RUN_STATUS_NAMES, WORKTREE_STATE_NAMES } from "./cli/vocabulary.js";
 import { errorMessage } from "./errors.js";
 import { durationProblem, parseDuration } from "./formulas/duration.js";
+import type { Logger } from "./logger.js";
 import { VERSION } from "./package-info.js";
 
 // Only what every command needs is imported above. The server (database drivers, octokit,
@@ -28,6 +29,8 @@ export interface CliIo {
   readStdin?: () => Promise<string>;
   /** Calls `reload` on SIGHUP until the returned function is called. */
   onHangup?: (reload: () => void) => () => void;
+  /** Keeps `serve` up through database driver faults no caller can catch (see process-guard.ts). */
+  guardProcess?: (log: Logger) => () => void;
 }
 
 const line = (out: CliIo["stdout"], text = "") => out.write(`${text}\n`);
@@ -201,6 +204,30 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
       })(),
     );
 
+  const collectList = (value: string, previous: string[]) => [...previous, value];
+  program
+    .command("output")
+    .description("for agents: ask the server for a forge write (appends one checked line to $OUTPUTS_FILE)")
+    .argument("<type>", "comment | label | pull_request | issue")
+    .option("-t, --title <text>", "title (pull_request, issue)")
+    .option("-b, --body <text>", "body (comment, pull_request, issue)")
+    .option("--body-file <path>", 'read the body from a file ("-": stdin)')
+    .option("--add <label>", "label to add (repeatable)", collectList, [])
+    .option("--remove <label>", "label to remove (repeatable)", collectList, [])
+    .addHelpText(
+      "after",
+      "\nThe formula's [outputs] table says what is allowed; the decision shows in GET /api/runs/$RUN_ID.",
+    )
+    .action(
+      async (
+        type: string,
+        opts: { title?: string; body?: string; bodyFile?: string; add: string[]; remove: string[] },
+      ) => {
+        const { outputCommand } = await import("./cli/output-command.js");
+        exitCode = await outputCommand({ type, ...opts }, io, io.stdout, io.stderr);
+      },
+    );
+
   const deliveriesCommand = program.command("deliveries").description("webhook deliveries the server received");
   deliveriesCommand
     .command("list")
@@ -300,6 +327,7 @@ async function serve(io: CliIo): Promise<number> {
   } catch (error) {
     return reportStartError(error, io);
   }
+  const unguard = io.guardProcess?.(server.services.log);
   const unhook = io.onHangup?.(() => {
     server.services.log.info("SIGHUP: reloading formulas and schedules");
     server.services
@@ -310,6 +338,7 @@ async function serve(io: CliIo): Promise<number> {
   unhook?.();
   server.services.log.info({ signal }, `received ${signal}`);
   await server.stop();
+  unguard?.();
   return 0;
 }
 

@@ -24,14 +24,18 @@ import { InstanceHeartbeat, resolveInstanceId } from "./instance.js";
 import { createLogger, type Logger, type LoggerOptions } from "./logger.js";
 import { type MemoryProbe, readAvailableMemoryMb } from "./memory.js";
 import { Metrics } from "./metrics.js";
+import { OutputsService } from "./outputs/outputs-service.js";
 import { VERSION } from "./package-info.js";
 import { rootRefusal } from "./runs/agent-env.js";
 import type { RunObserver } from "./runs/run-executor.js";
+import { RunLog } from "./runs/run-log.js";
 import { RunService } from "./runs/run-service.js";
 import { RunWorker } from "./runs/run-worker.js";
 import { Scheduler } from "./scheduler/scheduler.js";
 import { SecretRegistry } from "./secrets.js";
 import type { Services } from "./services.js";
+import { SandboxHost } from "./sessions/sandbox.js";
+import { ensureClone } from "./worktrees/managed-clone.js";
 import { WorktreeManager } from "./worktrees/worktree-manager.js";
 
 /** A long-lived part of the server. `stop()` is idempotent and waits for work in flight. */
@@ -138,7 +142,7 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
   const instanceLog = log.child({ instanceId });
 
   for (const warning of config.warnings) instanceLog.warn(`config: ${warning}`);
-  if (!config.configFileFound) {
+  if (!config.configFileFound && config.projects.length === 0) {
     instanceLog.warn(
       { file: settings.configFile },
       `no config file at ${settings.configFile}: running with zero projects`,
@@ -173,6 +177,21 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     // Said at start, not only when a run fails: the fix is how the server is started.
     const refusal = rootRefusal(profile.command, { IS_SANDBOX: options.env.IS_SANDBOX ?? "" });
     if (refusal) instanceLog.warn({ agent: profile.name }, `agent "${profile.name}": ${refusal}; its runs will fail`);
+  }
+
+  const sandbox = new SandboxHost(
+    { bwrap: config.sandbox.bwrap, socat: config.sandbox.socat, ripgrep: config.sandbox.ripgrep },
+    options.env,
+  );
+  const sandboxProbe = await sandbox.probe();
+  if (sandboxProbe.ok) {
+    instanceLog.info(`agents run sandboxed (bubblewrap); default [sandbox] mode = "${config.sandbox.mode}"`);
+  } else if (config.sandbox.mode !== "off") {
+    // Loud on purpose: agents read text strangers wrote.
+    instanceLog.warn(
+      `NO AGENT SANDBOX: ${sandboxProbe.reason}. Runs in mode "auto" will run their agents unsandboxed; ` +
+        'runs in mode "required" will fail.',
+    );
   }
 
   starting.doing = "opening the database";
@@ -213,6 +232,16 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     log: instanceLog,
     now,
   });
+  // The executor calls outputs.collect(...) after each session; the API appends to the same path.
+  const outputs = new OutputsService({
+    database,
+    secrets,
+    log: instanceLog,
+    env: options.env,
+    onOutbox: () => outbox.notify(),
+    config,
+    formulas,
+  });
   const reporter = new ForgeReporter({
     database,
     projects: config.projects,
@@ -221,6 +250,7 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     onOutbox: () => outbox.notify(),
   });
   const metrics = new Metrics({ database, log: instanceLog });
+  const runLog = new RunLog({ database, secrets, log: instanceLog });
   // The worker and the escalations refer to each other (answers wake the worker, timeouts
   // settle a run's worktree through it): `worker` is assigned just below.
   let worker: RunWorker;
@@ -244,7 +274,7 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
       log: instanceLog,
       instanceId,
       secrets,
-      apiToken,
+      sandbox,
       serverEnv: options.env,
       serverUrl: () => serverUrl,
       observers: [reporter, metrics, ...(options.observers ?? [])],
@@ -252,6 +282,7 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
       now,
       terminalLingerMs: 60_000,
       resultLingerMs: options.resultLingerMs ?? 30_000,
+      runLog,
     },
     {
       maxSessions: settings.maxSessions,
@@ -306,7 +337,9 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     escalations: escalationService,
     outbox,
     scheduler,
+    outputs,
     metrics,
+    runLog,
     reloadFormulas,
     intake: { accepting: true },
   };
@@ -323,6 +356,27 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     },
     stop: async () => {},
   });
+  components.push({
+    name: "clones",
+    // Projects with clone_url get their clone now (a fresh volume); a failure is loud but
+    // not fatal: the forge may be down, and each run tries again before its fetch.
+    start: async () => {
+      for (const project of config.projects) {
+        if (!project.cloneUrl) continue;
+        try {
+          await ensureClone(project, { env: options.env, log: instanceLog });
+        } catch (error) {
+          instanceLog.error(
+            { err: error, project: project.name },
+            `could not clone ${project.name}: ${errorMessage(error)}; its runs fail until it can be cloned`,
+          );
+        }
+      }
+    },
+    stop: async () => {},
+  });
+  // Stopped after the run worker (reverse order): the last sessions' output is written.
+  components.push({ name: "run logs", start: () => runLog.start(), stop: () => runLog.stop() });
   components.push({ name: "outbox", start: () => outbox.start(), stop: () => outbox.stop() });
   components.push({ name: "housekeeping", start: () => housekeeping.start(), stop: () => housekeeping.stop() });
   components.push({
@@ -330,6 +384,7 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     start: () => escalationMonitor.start(),
     stop: () => escalationMonitor.stop(),
   });
+  components.push({ name: "sandbox", start: async () => {}, stop: () => sandbox.stop() });
   components.push({ name: "run worker", start: () => worker.start(), stop: () => worker.stop() });
   components.push({ name: "scheduler", start: () => scheduler.start(), stop: () => scheduler.stop() });
 

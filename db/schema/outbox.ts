@@ -8,7 +8,7 @@ import { runs } from "./runs.js";
  * `comment`: a new comment (an escalation question, an acknowledgement);
  * `comment_edit`: an edit of a known comment; `label`: labels added to an issue.
  */
-export const OUTBOX_KINDS = ["status", "comment", "comment_edit", "label"] as const;
+export const OUTBOX_KINDS = ["status", "comment", "comment_edit", "label", "pull_request", "issue"] as const;
 export type OutboxKind = (typeof OUTBOX_KINDS)[number];
 
 export const OUTBOX_STATES = ["pending", "sent", "failed"] as const;

@@ -1,5 +1,16 @@
 import { sql } from "drizzle-orm";
-import { bigint, check, index, integer, jsonb, pgTable, text, timestamp, uniqueIndex } from "drizzle-orm/pg-core";
+import {
+  bigint,
+  boolean,
+  check,
+  index,
+  integer,
+  jsonb,
+  pgTable,
+  text,
+  timestamp,
+  uniqueIndex,
+} from "drizzle-orm/pg-core";
 import { deliveries } from "./deliveries.js";
 
 export const RUN_STATUSES = [
@@ -64,6 +75,14 @@ export const runs = pgTable(
     reportIssue: integer("report_issue"),
     /** The forge's id of the status comment, once it is posted. */
     statusCommentId: bigint("status_comment_id", { mode: "number" }),
+    /** sha256 of the run token (`FORMULA_RUNNER_TOKEN`), rotated each session; null when the run has none. */
+    tokenHash: text("token_hash"),
+    /** Whether the agent ran inside the sandbox (null until a session starts). */
+    sandboxed: boolean("sandboxed"),
+    /** Why the agent ran unsandboxed, when it did (`auto` without bubblewrap, `mode = "off"`). */
+    sandboxNote: text("sandbox_note"),
+    /** The formula handed the raw forge token to the agent (`[sandbox] forge_token = true`). */
+    forgeToken: boolean("forge_token").notNull().default(false),
     updatedAt: timestamp("updated_at", { withTimezone: true }).notNull().defaultNow(),
   },
   (t) => [

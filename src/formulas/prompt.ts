@@ -34,6 +34,8 @@ export interface PromptInput {
     forge: string;
     forgeUrl: string;
     tokenEnv: string | undefined;
+    /** Logins whose text enters the prompt unfenced. */
+    trustedAuthors?: readonly string[] | undefined;
   };
   runId: number;
   issue: number | undefined;
@@ -52,6 +54,26 @@ export interface PromptInput {
   envNames: readonly string[];
   /** Random fence token; tests pass a fixed one. */
   fenceToken?: string;
+  /** Hosts the sandboxed agent may reach; undefined when it runs unsandboxed. */
+  sandboxHosts?: readonly string[] | undefined;
+}
+
+/** How text strangers wrote is put into a prompt: fenced as data, left out, or plain for trusted authors. */
+type Fence = (source: string, text: string, author?: string) => string;
+
+function makeFence(input: PromptInput, token: string): Fence {
+  const trusted = new Set((input.project.trustedAuthors ?? []).map((a) => a.toLowerCase()));
+  return (source, text, author) => {
+    if (author !== undefined && trusted.has(author.toLowerCase())) return `(${source}, a trusted author)\n${text}`;
+    if (input.formula.untrustedText === "omit")
+      return `(${source}: left out; this formula sets untrusted_text = "omit")`;
+    return fenceUntrusted(source, text, token);
+  };
+}
+
+/** 128 random bits: text cannot guess the marker that would close its fence. */
+function newFenceToken(): string {
+  return randomBytes(16).toString("hex");
 }
 
 /**
@@ -67,11 +89,7 @@ export function fenceUntrusted(source: string, text: string, token: string): str
   ].join("\n");
 }
 
-function eventSection(
-  event: RunEvent | undefined,
-  issue: number | undefined,
-  fence: (s: string, t: string) => string,
-): string {
+function eventSection(event: RunEvent | undefined, issue: number | undefined, fence: Fence): string {
   if (!event) return issue === undefined ? "" : `Issue: #${issue}`;
   const lines: string[] = [];
   const by = event.sender ? ` by @${event.sender}` : "";
@@ -83,33 +101,41 @@ function eventSection(
       lines.push(`Started by its schedule (slot ${event.slot ?? "unknown"}).`);
       break;
     case "push":
-      lines.push(
-        `A push${by} to ${event.push?.ref ?? "?"} (${event.push?.before ?? "?"}..${event.push?.after ?? "?"}).`,
-      );
+      lines.push(`A push${by} (${event.push?.before ?? "?"}..${event.push?.after ?? "?"}).`);
+      // Branch names are chosen by whoever pushes: data, like any other text.
+      lines.push(fence("pushed ref", event.push?.ref ?? "?", event.sender));
       break;
     default:
-      lines.push(
-        `Event: ${event.kind}${event.action ? ` ${event.action}` : ""}${by}${event.label ? ` (label "${event.label}")` : ""}.`,
-      );
+      lines.push(`Event: ${event.kind}${event.action ? ` ${event.action}` : ""}${by}.`);
+      if (event.label) lines.push(fence("label of the event", event.label, event.sender));
   }
   if (event.issue) {
     const i = event.issue;
+    lines.push(`Issue #${i.number}${i.url ? ` (${i.url})` : ""}.`);
+    // Label names are written by whoever can label: fenced with the rest.
+    if (i.labels.length > 0) lines.push(fence(`labels of issue #${i.number}`, i.labels.join("\n")));
     lines.push(
-      `Issue #${i.number}${i.url ? ` (${i.url})` : ""}, labels: ${i.labels.length > 0 ? i.labels.join(", ") : "none"}.`,
-    );
-    lines.push(
-      fence(`issue #${i.number} title and body${i.author ? ` by @${i.author}` : ""}`, `${i.title}\n\n${i.body}`),
+      fence(
+        `issue #${i.number} title and body${i.author ? ` by @${i.author}` : ""}`,
+        `${i.title}\n\n${i.body}`,
+        i.author,
+      ),
     );
   }
   if (event.pullRequest) {
     const p = event.pullRequest;
-    lines.push(`Pull request #${p.number}${p.url ? ` (${p.url})` : ""}: ${p.head} into ${p.base}.`);
+    lines.push(`Pull request #${p.number}${p.url ? ` (${p.url})` : ""}.`);
+    lines.push(fence(`pull request #${p.number} branches (head, then base)`, `${p.head}\n${p.base}`, p.author));
     lines.push(
-      fence(`pull request #${p.number} title and body${p.author ? ` by @${p.author}` : ""}`, `${p.title}\n\n${p.body}`),
+      fence(
+        `pull request #${p.number} title and body${p.author ? ` by @${p.author}` : ""}`,
+        `${p.title}\n\n${p.body}`,
+        p.author,
+      ),
     );
   }
   if (event.comment) {
-    lines.push(fence(`comment by @${event.comment.author}`, event.comment.body));
+    lines.push(fence(`comment by @${event.comment.author}`, event.comment.body, event.comment.author));
   }
   return lines.join("\n\n");
 }
@@ -122,8 +148,8 @@ function eventSection(
  */
 export function buildPrompt(input: PromptInput): string {
   const { formula, project } = input;
-  const token = input.fenceToken ?? randomBytes(8).toString("hex");
-  const fence = (source: string, text: string) => fenceUntrusted(source, text, token);
+  const token = input.fenceToken ?? newFenceToken();
+  const fence = makeFence(input, token);
   const sections: string[] = [];
 
   sections.push(
@@ -170,8 +196,8 @@ export function buildPrompt(input: PromptInput): string {
  * (the answer to its question, or what the crash left) and the phase protocol again.
  */
 export function buildContinuationPrompt(input: PromptInput): string {
-  const token = input.fenceToken ?? randomBytes(8).toString("hex");
-  const fence = (source: string, text: string) => fenceUntrusted(source, text, token);
+  const token = input.fenceToken ?? newFenceToken();
+  const fence = makeFence(input, token);
   const sections: string[] = [
     `This continues run ${input.runId} of the "${input.formula.name}" formula, in the same worktree.`,
     fenceNotice(token),
@@ -196,11 +222,8 @@ function fenceNotice(token: string): string {
   );
 }
 
-function answerSection(
-  reply: NonNullable<PromptInput["escalationReply"]>,
-  fence: (source: string, text: string) => string,
-): string {
-  return `## Answer to your question\n\nYou asked:\n\n${reply.question}\n\n@${reply.author} answered:\n\n${fence(`reply by @${reply.author}`, reply.body)}\n\nContinue the work with this answer.`;
+function answerSection(reply: NonNullable<PromptInput["escalationReply"]>, fence: Fence): string {
+  return `## Answer to your question\n\nYou asked:\n\n${reply.question}\n\n@${reply.author} answered:\n\n${fence(`reply by @${reply.author}`, reply.body, reply.author)}\n\nContinue the work with this answer.`;
 }
 
 function recoverySection(r: RecoveryContext): string {
@@ -226,12 +249,28 @@ function recoverySection(r: RecoveryContext): string {
  * Also what a Claude Code session is told again after a context compaction.
  */
 export function phaseProtocol(
-  input: Pick<PromptInput, "phaseFile" | "scratchFile" | "worktree" | "project" | "envNames">,
+  input: Pick<
+    PromptInput,
+    "phaseFile" | "scratchFile" | "worktree" | "project" | "envNames" | "formula" | "sandboxHosts"
+  >,
 ): string {
   const { project } = input;
-  const auth = project.tokenEnv
-    ? `Authenticate with the token in the environment variable \`${project.tokenEnv}\` (for example \`Authorization: token $${project.tokenEnv}\`); never print it.`
-    : "No forge token is configured for this project.";
+  const auth =
+    input.formula.sandbox.forgeToken && project.tokenEnv
+      ? `Authenticate with the token in the environment variable \`${project.tokenEnv}\` (for example \`Authorization: token $${project.tokenEnv}\`); never print it.`
+      : "You have no forge token. To write to the forge, append one JSON object per line to $OUTPUTS_FILE: " +
+        '`{"type":"comment","body":"..."}` (on the run\'s issue), `{"type":"label","add":["x"],"remove":["y"]}`, ' +
+        '`{"type":"pull_request","title":"...","body":"..."}` (commit your work in the worktree first; the server ' +
+        'pushes it and opens the pull request), `{"type":"issue","title":"...","body":"..."}`. The server checks ' +
+        "each against what this formula allows and sends it after the session.";
+  const network =
+    input.sandboxHosts === undefined
+      ? []
+      : [
+          `You run in a sandbox: you can write only in the worktree and the files named here, and reach only these hosts: ${
+            input.sandboxHosts.length > 0 ? input.sandboxHosts.join(", ") : "(none)"
+          }.`,
+        ];
   return [
     "## Phase protocol",
     `Report your progress by writing the phase file \`${input.phaseFile}\` (also in $PHASE_FILE). The FIRST line is the phase; overwrite the whole file each time:`,
@@ -242,6 +281,7 @@ export function phaseProtocol(
     `Write notes that must survive if this session is interrupted to the scratch file \`${input.scratchFile}\` ($SCRATCH_FILE).`,
     `Your working directory is the worktree \`${input.worktree}\` (detached HEAD at origin/${project.primaryBranch}); work only there.`,
     `Forge API: ${project.forgeUrl} (${project.forge}), repository ${project.repo}. ${auth}`,
+    ...network,
     `Environment: ${input.envNames.join(", ")}.`,
   ].join("\n");
 }

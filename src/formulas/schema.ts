@@ -83,7 +83,25 @@ export const RESERVED_ENV_NAMES = [
   "PRIMARY_BRANCH",
   "ISSUE",
   "ESCALATION_REPLY",
+  "SCRATCH_FILE",
+  "OUTPUTS_FILE",
+  "FORMULA_RUNNER_URL",
+  "FORMULA_RUNNER_TOKEN",
+  "FORMULA_RUNNER_ARGV",
+  "FORMULA_RUNNER_TMPDIR",
+  "TMPDIR",
+  "CLAUDE_CONFIG_DIR",
+  "GIT_OBJECT_DIRECTORY",
+  "GIT_ALTERNATE_OBJECT_DIRECTORIES",
 ] as const;
+
+/** How a formula treats text strangers wrote (issue bodies, comments, labels, branch names). */
+export const UNTRUSTED_TEXT_MODES = ["fence", "omit"] as const;
+export type UntrustedTextMode = (typeof UNTRUSTED_TEXT_MODES)[number];
+
+/** A host name or IP address the sandboxed agent may reach (no scheme, port or path). */
+export const HOST_PATTERN =
+  "^(\\*\\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$|^[0-9a-fA-F:]+$";
 
 /** Formula names and step ids. */
 export const SLUG_PATTERN = "^[a-z0-9][a-z0-9-]*$";
@@ -112,6 +130,8 @@ export const FORMULA_DEFAULTS = Object.freeze({
   min_permission: "write" as Permission,
   concurrency: "{formula}-{project}",
   on_busy: "skip" as OnBusyPolicy,
+  outputs_comment: true,
+  outputs_max: 5,
 });
 
 // ---------------------------------------------------------------------------------------
@@ -407,6 +427,44 @@ const envTable = z
   .default({})
   .describe("Extra environment variables for the agent. Never put secrets here; name the variable that holds one.");
 
+const outputsPullRequest = z
+  .union([
+    z.literal(false),
+    z
+      .object({
+        base: nonEmptyString("Branch the pull request targets. Default: the project's primary branch.").optional(),
+        draft: z.boolean().default(false).describe('Open it as a draft (Gitea/Forgejo: a "WIP: " title).'),
+      })
+      .strict(),
+  ])
+  .default(false)
+  .describe("Whether the agent may ask for a pull request of its commits (false, or { base, draft }).");
+
+const outputsTable = z
+  .object({
+    comment: z
+      .boolean()
+      .default(FORMULA_DEFAULTS.outputs_comment)
+      .describe("May the agent comment on the run's issue (runs without an issue never can)."),
+    labels: z
+      .array(nonEmptyString("A label name."))
+      .max(100, { error: "at most 100 labels" })
+      .superRefine(uniqueItems)
+      .meta({ uniqueItems: true })
+      .default([])
+      .describe("Labels the agent may add to or remove from the run's issue."),
+    pull_request: outputsPullRequest,
+    issues: z.boolean().default(false).describe("May the agent open new issues."),
+    max: z
+      .int()
+      .min(1, { error: "must be 1 or more" })
+      .max(100, { error: "must be 100 or less" })
+      .default(FORMULA_DEFAULTS.outputs_max)
+      .describe("How many outputs one run may send (refused ones do not count)."),
+  })
+  .strict()
+  .describe("What the agent may ask the server to write to the forge (lines of $OUTPUTS_FILE).");
+
 const stepTable = z
   .object({
     id: slug("step id").describe("Identifies the step; unique in the formula."),
@@ -469,6 +527,26 @@ const stepsArray = z
   .superRefine(checkSteps, { when: (payload) => Array.isArray(payload.value) })
   .describe("The steps the agent follows, in order.");
 
+const sandboxTable = z
+  .object({
+    mode: z
+      .enum(["auto", "required", "off"])
+      .optional()
+      .describe(
+        "auto: sandbox when the host can, loudly unsandboxed when not; required: refuse to run without; off. " +
+          "Unset: the agent profile's, else the server's [sandbox] mode (auto).",
+      ),
+    allow_hosts: z
+      .array(z.string().regex(new RegExp(HOST_PATTERN), "must be a host name or IP address (no scheme, port or path)"))
+      .default([])
+      .describe("Hosts the sandboxed agent may reach besides its model API."),
+    forge_token: z
+      .boolean()
+      .default(false)
+      .describe("Dangerous: hand the project's raw forge token to the agent (shown on the run record)."),
+  })
+  .strict();
+
 /**
  * The raw formula file as parsed from TOML. Feed it the object smol-toml returns; the
  * output has every default filled in but keeps the file's snake_case keys.
@@ -507,6 +585,15 @@ export const formulaFileSchema = z
       .enum(REPORT_MODES)
       .default(FORMULA_DEFAULTS.report)
       .describe("Status comments: issue (runs with an issue), always (else on the project's escalation issue), never."),
+    sandbox: sandboxTable
+      .prefault({})
+      .describe("How the agent is contained: sandbox mode, hosts it may reach, the raw forge token (dangerous)."),
+    untrusted_text: z
+      .enum(UNTRUSTED_TEXT_MODES)
+      .default("fence")
+      .describe(
+        "fence: text strangers wrote enters the prompt inside a random fence marked as data; omit: it is left out.",
+      ),
     projects: z
       .array(
         z.string().regex(new RegExp(PROJECT_PATTERN), {
@@ -524,6 +611,7 @@ export const formulaFileSchema = z
     guards: guardsTable.prefault({}),
     context: contextTable.prefault({}),
     env: envTable,
+    outputs: outputsTable.prefault({}),
     steps: stepsArray,
   })
   .strict()
@@ -606,6 +694,20 @@ export interface FormulaContext {
   readonly commands: readonly (readonly string[])[];
 }
 
+/** `[outputs]`: the forge writes the agent may ask for. */
+export interface FormulaOutputs {
+  /** A comment on the run's issue (only runs with an issue). */
+  readonly comment: boolean;
+  /** Labels it may add or remove on the run's issue. */
+  readonly labels: readonly string[];
+  /** A pull request of its commits; `base` unset means the project's primary branch. */
+  readonly pullRequest: false | { readonly base?: string; readonly draft: boolean };
+  /** New issues. */
+  readonly issues: boolean;
+  /** Outputs sent per run at most. */
+  readonly max: number;
+}
+
 /** One `[[steps]]` entry. */
 export interface FormulaStep {
   readonly id: string;
@@ -644,7 +746,18 @@ export interface Formula {
   readonly guards: FormulaGuards;
   readonly context: FormulaContext;
   readonly env: Readonly<Record<string, string>>;
+  readonly outputs: FormulaOutputs;
   readonly steps: readonly FormulaStep[];
+  readonly sandbox: FormulaSandbox;
+  readonly untrustedText: UntrustedTextMode;
+}
+
+/** `[sandbox]`: how the agent is contained. */
+export interface FormulaSandbox {
+  /** Unset: the agent profile's mode, else the server's. */
+  readonly mode?: "auto" | "required" | "off";
+  readonly allowHosts: readonly string[];
+  readonly forgeToken: boolean;
 }
 
 function milliseconds(text: string): number {
@@ -707,6 +820,25 @@ export function toFormula(file: FormulaFile, absolutePath: string): Formula {
     },
     context: { files: [...context.files], commands: context.commands.map((argv) => [...argv]) },
     env: { ...file.env },
+    outputs: {
+      comment: file.outputs.comment,
+      labels: [...file.outputs.labels],
+      pullRequest:
+        file.outputs.pull_request === false
+          ? false
+          : {
+              ...(file.outputs.pull_request.base !== undefined && { base: file.outputs.pull_request.base }),
+              draft: file.outputs.pull_request.draft,
+            },
+      issues: file.outputs.issues,
+      max: file.outputs.max,
+    },
+    sandbox: {
+      ...(file.sandbox.mode !== undefined && { mode: file.sandbox.mode }),
+      allowHosts: [...file.sandbox.allow_hosts],
+      forgeToken: file.sandbox.forge_token,
+    },
+    untrustedText: file.untrusted_text,
     steps: file.steps.map((step) => ({
       id: step.id,
       title: step.title,

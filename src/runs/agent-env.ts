@@ -1,9 +1,12 @@
+import path from "node:path";
 import type { AgentProfile, ProjectConfig } from "../config.js";
 import type { Formula } from "../formulas/schema.js";
+import type { RunPaths } from "./run-paths.js";
 
 /**
  * Variables of the server's own environment an agent inherits. Everything else (the
- * database URL, the API token, webhook secrets, other projects' tokens) stays out.
+ * database URL, the API token, webhook secrets, other projects' tokens, the SSH agent's
+ * socket) stays out.
  */
 const PASSED_THROUGH = [
   "PATH",
@@ -14,9 +17,7 @@ const PASSED_THROUGH = [
   "LANG",
   "LANGUAGE",
   "TZ",
-  "TMPDIR",
   "TERM",
-  "SSH_AUTH_SOCK",
   "IS_SANDBOX",
   "HTTP_PROXY",
   "HTTPS_PROXY",
@@ -37,12 +38,14 @@ export interface AgentEnvInput {
   project: ProjectConfig;
   runId: number;
   issue: number | undefined;
-  phaseFile: string;
-  scratchFile: string;
+  paths: RunPaths;
   worktree: string;
-  /** Where the agent can reach this server's API (supervisor-style formulas use it). */
+  /** The clone's git directory: its objects are the run's object store's alternates. */
+  commonDir: string | undefined;
+  /** Where the agent can reach this server's API (its own run's routes only). */
   serverUrl: string | undefined;
-  apiToken: string | undefined;
+  /** The run token: valid for this run's own API routes while its agent runs. */
+  runToken: string | undefined;
   escalationReply?: string | undefined;
 }
 
@@ -54,15 +57,23 @@ export function agentEnv(input: AgentEnvInput): Record<string, string> {
     if (PASSED_THROUGH.includes(name) || PASSED_PREFIXES.some((p) => name.startsWith(p))) env[name] = value;
   }
   Object.assign(env, input.profile.env, input.formula.env);
-  // The forge token, under the name the prompt tells the agent to use.
+  // The raw forge token only where the formula insists ([sandbox] forge_token = true):
+  // forge writes otherwise go through checked outputs, with the server's token.
   const token = input.project.token?.reveal();
-  if (input.project.tokenEnv && token) env[input.project.tokenEnv] = token;
+  if (input.formula.sandbox.forgeToken && input.project.tokenEnv && token) env[input.project.tokenEnv] = token;
   if (input.serverUrl) env.FORMULA_RUNNER_URL = input.serverUrl;
-  if (input.apiToken) env.FORMULA_RUNNER_TOKEN = input.apiToken;
+  if (input.runToken) env.FORMULA_RUNNER_TOKEN = input.runToken;
+  const { paths } = input;
   // The server's own variables last: a formula cannot override them.
   Object.assign(env, {
-    PHASE_FILE: input.phaseFile,
-    SCRATCH_FILE: input.scratchFile,
+    PHASE_FILE: paths.phaseFile,
+    SCRATCH_FILE: paths.scratchFile,
+    OUTPUTS_FILE: paths.outputsFile,
+    TMPDIR: paths.tmpDir,
+    // Claude Code's own state (conversations for --resume) per run, not in the server user's ~/.claude.
+    CLAUDE_CONFIG_DIR: paths.claudeConfigDir,
+    // The agent's commits go to the run's own object store; the clone's stay read-only.
+    GIT_OBJECT_DIRECTORY: paths.objectsDir,
     RUN_ID: String(input.runId),
     FORMULA: input.formula.name,
     PROJECT: input.project.name,
@@ -70,6 +81,7 @@ export function agentEnv(input: AgentEnvInput): Record<string, string> {
     WORKTREE: input.worktree,
     PRIMARY_BRANCH: input.project.primaryBranch,
   });
+  if (input.commonDir) env.GIT_ALTERNATE_OBJECT_DIRECTORIES = path.join(input.commonDir, "objects");
   if (input.issue !== undefined) env.ISSUE = String(input.issue);
   if (input.escalationReply !== undefined) env.ESCALATION_REPLY = input.escalationReply;
   return env;

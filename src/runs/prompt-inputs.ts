@@ -6,6 +6,7 @@ import { fillPlaceholders } from "../formulas/placeholders.js";
 import type { ContextFile, ContextOutput } from "../formulas/prompt.js";
 import type { Formula } from "../formulas/schema.js";
 import type { Logger } from "../logger.js";
+import { HARDENED_CONFIG } from "../worktrees/git.js";
 
 const MAX_CONTEXT_FILE_BYTES = 256 * 1024;
 const MAX_COMMAND_OUTPUT_BYTES = 64 * 1024;
@@ -106,9 +107,12 @@ export async function runContextCommands(
 }
 
 /** `git status --short` and `git diff --stat` of a worktree, for a recovery prompt. */
-export async function worktreeState(worktree: string): Promise<{ gitStatus: string; diffStat: string }> {
+export async function worktreeState(
+  worktree: string,
+  objectsEnv: Readonly<Record<string, string>> = {},
+): Promise<{ gitStatus: string; diffStat: string }> {
   const git = async (...args: string[]) => {
-    const result = await execa("git", args, { cwd: worktree, reject: false });
+    const result = await execa("git", [...HARDENED_CONFIG, ...args], { cwd: worktree, reject: false, env: objectsEnv });
     return result.failed ? `(git ${args.join(" ")} failed: ${result.shortMessage})` : String(result.stdout);
   };
   const [gitStatus, diffStat] = await Promise.all([git("status", "--short"), git("diff", "--stat")]);

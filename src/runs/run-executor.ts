@@ -22,12 +22,18 @@ import { buildContinuationPrompt, buildPrompt, phaseProtocol, type RecoveryConte
 import type { Formula } from "../formulas/schema.js";
 import type { FormulaStore } from "../formulas/store.js";
 import type { Logger } from "../logger.js";
-import type { Secret, SecretRegistry } from "../secrets.js";
+import type { SecretRegistry } from "../secrets.js";
 import { claudeSettingsArgs, writeClaudeSettings } from "../sessions/claude-settings.js";
+import type { SandboxHost } from "../sessions/sandbox.js";
+import { worktreeAdminDir, worktreeCommonDir } from "../worktrees/git.js";
 import { WorktreeError, type WorktreeManager } from "../worktrees/worktree-manager.js";
 import { agentCommand, agentEnv, rootRefusal } from "./agent-env.js";
+import { allowedHosts, contain, sandboxModeFor } from "./containment.js";
 import { readContextFiles, runContextCommands, worktreeState } from "./prompt-inputs.js";
 import type { RunEvent } from "./run-event.js";
+import type { RunLogSink } from "./run-log.js";
+import { makeRunDirs, type RunPaths, runPaths } from "./run-paths.js";
+import { issueRunToken } from "./run-token.js";
 import { describeExit, outcomeDetail, type SessionOutcome, SessionRunner, type StopCause } from "./session-runner.js";
 
 export type ExecutionMode = "start" | "takeover" | "resume";
@@ -50,7 +56,8 @@ export interface RunEngineDeps {
   log: Logger;
   instanceId: string;
   secrets: SecretRegistry;
-  apiToken: Secret;
+  /** The agent sandbox of this server (probed once; shared proxy). */
+  sandbox: SandboxHost;
   /** The server's own environment, filtered by `agentEnv`. */
   serverEnv: Readonly<Record<string, string | undefined>>;
   /** Where agents can reach this server, once it listens. */
@@ -66,18 +73,8 @@ export interface RunEngineDeps {
   terminalLingerMs: number;
   /** After a stream-json agent's final result, how long it may take to exit (DESIGN: 30 s). */
   resultLingerMs?: number;
-}
-
-/** Files of one run under `$DATA_DIR/runs/<id>/`. */
-export function runPaths(dataDir: string, runId: number) {
-  const dir = path.join(dataDir, "runs", String(runId));
-  return {
-    dir,
-    log: path.join(dir, "log"),
-    phaseFile: path.join(dir, "phase"),
-    scratchFile: path.join(dir, "scratch.md"),
-    prompt: path.join(dir, "prompt.md"),
-  };
+  /** Run logs in the database (absent in tests that read only the disk file). */
+  runLog?: RunLogSink;
 }
 
 const FINAL_BY_OUTCOME = { failed: "failed", crashed: "crashed", timed_out: "timed_out" } as const;
@@ -188,6 +185,7 @@ export class RunExecution {
       return;
     }
     const paths = runPaths(config.settings.dataDir, this.run.id);
+    await makeRunDirs(paths);
     const previous = await this.#deps.database.db
       .select()
       .from(sessions)
@@ -217,7 +215,7 @@ export class RunExecution {
       recovery = {
         lastPhase: this.run.phase ?? undefined,
         exitDescription: last.detail ?? "the server restarted",
-        ...(await worktreeState(worktree.path)),
+        ...(await worktreeState(worktree.path, runObjectsEnv(paths, await worktreeCommonDir(worktree.path)))),
       };
     }
 
@@ -294,7 +292,7 @@ export class RunExecution {
             recovery = {
               lastPhase,
               exitDescription: describeExit(outcome.exit),
-              ...(await worktreeState(worktree.path)),
+              ...(await worktreeState(worktree.path, runObjectsEnv(paths, await worktreeCommonDir(worktree.path)))),
             };
             this.#log.warn({ exit: outcome.exit }, "agent crashed; starting the one recovery session");
             continue;
@@ -330,7 +328,7 @@ export class RunExecution {
     formula: Formula;
     project: ProjectConfig;
     worktree: Worktree;
-    paths: ReturnType<typeof runPaths>;
+    paths: RunPaths;
     seq: number;
     kind: SessionKind;
     recovery: RecoveryContext | undefined;
@@ -355,6 +353,16 @@ export class RunExecution {
     const resumeId =
       kind !== "initial" && !args.fresh && profile.resumeArgs.length > 0 ? await this.#lastAgentSessionId() : undefined;
     const issue = this.run.issue ?? undefined;
+    const [adminDir, commonDir] = await Promise.all([
+      worktreeAdminDir(worktree.path),
+      worktreeCommonDir(worktree.path),
+    ]);
+    // A new run token per session: the previous session's is dead from here on.
+    const runToken = issueRunToken(this.run.id);
+    await this.#deps.database.db
+      .update(runs)
+      .set({ tokenHash: runToken.hash, forgeToken: formula.sandbox.forgeToken, updatedAt: sql`now()` })
+      .where(eq(runs.id, this.run.id));
     const env = agentEnv({
       serverEnv: this.#deps.serverEnv,
       profile,
@@ -362,13 +370,15 @@ export class RunExecution {
       project,
       runId: this.run.id,
       issue,
-      phaseFile: paths.phaseFile,
-      scratchFile: paths.scratchFile,
+      paths,
       worktree: worktree.path,
+      commonDir,
       serverUrl: this.#deps.serverUrl(),
-      apiToken: this.#deps.apiToken.reveal(),
+      runToken: runToken.token,
       ...(answer ? { escalationReply: answer.body } : {}),
     });
+    const mode = sandboxModeFor(formula, profile, config);
+    const willSandbox = mode !== "off" && (await this.#deps.sandbox.probe()).ok;
     const [contextFiles, contextOutputs, scratch] = await Promise.all([
       readContextFiles(formula, worktree.path, project.repoPath),
       runContextCommands(
@@ -403,6 +413,7 @@ export class RunExecution {
         ? { escalationReply: { author: answer.author, body: answer.body, question: answer.escalation.question } }
         : {}),
       envNames: Object.keys(env).sort(),
+      sandboxHosts: willSandbox ? allowedHosts(formula, profile, env) : undefined,
     };
     const prompt = resumeId === undefined ? buildPrompt(promptInput) : buildContinuationPrompt(promptInput);
     const refusal = rootRefusal(profile.command, env);
@@ -411,21 +422,52 @@ export class RunExecution {
     const command = agentCommand(profile, formula.model, resumeId);
     if (profile.claudeSettings) {
       const settings = await writeClaudeSettings({
-        runDir: paths.dir,
+        runDir: paths.launchDir,
         worktree: worktree.path,
         primaryBranch: project.primaryBranch,
         phaseProtocol: phaseProtocol(promptInput),
       });
       command.push(...claudeSettingsArgs(settings));
     }
+    const contained =
+      adminDir === undefined
+        ? {
+            kind: "refused" as const,
+            reason: `${worktree.path} is not a linked worktree (no .git file naming its admin directory)`,
+            bySandbox: false,
+          }
+        : await contain(this.#deps.sandbox, mode, command, env, {
+            config,
+            project,
+            formula,
+            profile,
+            worktree: worktree.path,
+            adminDir,
+            paths,
+            env,
+          });
+    const sandboxed = contained.kind === "ready" && contained.sandboxed;
+    const note = contained.kind === "ready" ? contained.note : contained.bySandbox ? contained.reason : undefined;
+    await this.#deps.database.db
+      .update(runs)
+      .set({ sandboxed, sandboxNote: note ?? null, updatedAt: sql`now()` })
+      .where(eq(runs.id, this.run.id));
+    this.run = { ...this.run, sandboxed, sandboxNote: note ?? null, forgeToken: formula.sandbox.forgeToken };
+    if (contained.kind === "refused") {
+      return { outcome: { kind: "spawn_failed", message: contained.reason }, session: undefined, lastPhase: undefined };
+    }
+    if (!sandboxed) this.#log.warn({ sandbox: mode }, `agent NOT sandboxed: ${note}`);
+    if (formula.sandbox.forgeToken) {
+      this.#log.warn("the agent holds the project's raw forge token ([sandbox] forge_token = true)");
+    }
     const runner = new SessionRunner(
       {
         runId: this.run.id,
         seq,
         kind,
-        command,
+        command: contained.command,
         cwd: worktree.path,
-        env,
+        env: contained.env,
         prompt,
         runDir: paths.dir,
         phaseFile: paths.phaseFile,
@@ -442,6 +484,7 @@ export class RunExecution {
         instanceId: this.#deps.instanceId,
         log: this.#log,
         secrets: this.#deps.secrets,
+        runLog: this.#deps.runLog,
         onPhase: async (phase) => {
           this.run = { ...this.run, phase: phase.phase };
           await this.#notify("phaseRecorded", (o) => o.phaseRecorded?.(this.run, phase));
@@ -458,6 +501,7 @@ export class RunExecution {
       });
     } finally {
       this.#runner = undefined;
+      contained.close();
     }
   }
 
@@ -495,7 +539,12 @@ export class RunExecution {
         .returning();
       const [run] = await tx
         .update(runs)
-        .set({ status: "escalated", detail: "waiting for a reply to the agent's question", updatedAt: sql`now()` })
+        .set({
+          status: "escalated",
+          detail: "waiting for a reply to the agent's question",
+          tokenHash: null,
+          updatedAt: sql`now()`,
+        })
         .where(eq(runs.id, this.run.id))
         .returning();
       this.run = run as Run;
@@ -513,6 +562,7 @@ export class RunExecution {
       .set({
         status,
         detail: detail === null ? null : this.#deps.secrets.scrub(detail),
+        tokenHash: null,
         finishedAt: sql`now()`,
         updatedAt: sql`now()`,
       })
@@ -549,6 +599,14 @@ function tailNote(session: Session | undefined): string {
   if (!tail) return "; no output";
   const lines = tail.split("\n").slice(-5).join("\n");
   return `; last output:\n${lines}`;
+}
+
+/** The run's own object store over the clone's objects: what git needs to see the agent's commits. */
+function runObjectsEnv(paths: RunPaths, commonDir: string | undefined): Record<string, string> {
+  return {
+    GIT_OBJECT_DIRECTORY: paths.objectsDir,
+    ...(commonDir ? { GIT_ALTERNATE_OBJECT_DIRECTORIES: path.join(commonDir, "objects") } : {}),
+  };
 }
 
 async function exists(file: string): Promise<boolean> {

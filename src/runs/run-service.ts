@@ -20,7 +20,8 @@ import type { Logger } from "../logger.js";
 import type { SecretRegistry } from "../secrets.js";
 import type { WorktreeManager } from "../worktrees/worktree-manager.js";
 import type { RunEvent } from "./run-event.js";
-import { activeWorktreeOf, runPaths, settleWorktree } from "./run-executor.js";
+import { activeWorktreeOf, settleWorktree } from "./run-executor.js";
+import { runPaths } from "./run-paths.js";
 import { enqueueRun } from "./run-queue.js";
 import type { RunWorker } from "./run-worker.js";
 
@@ -66,6 +67,11 @@ export function runJson(run: Run, secrets: Pick<SecretRegistry, "scrub">) {
     instance_id: run.instanceId,
     concurrency_key: run.concurrencyKey,
     cancel_requested: run.cancelRequestedAt !== null,
+    /** Whether the agent ran in the sandbox; null until a session started. */
+    sandboxed: run.sandboxed,
+    sandbox_note: run.sandboxNote,
+    /** The formula handed the raw forge token to the agent (`[sandbox] forge_token = true`). */
+    forge_token: run.forgeToken,
   };
 }
 
@@ -163,6 +169,44 @@ export class RunService {
     const page = rows.slice(0, limit);
     const last = page[page.length - 1];
     return { runs: page, nextCursor: rows.length > limit && last ? encodeCursor(last.id) : null };
+  }
+
+  /** The stored hash of a run's token while its agent runs (a token is worthless otherwise). */
+  async liveTokenHash(id: number): Promise<string | undefined> {
+    if (!Number.isSafeInteger(id)) return undefined;
+    const [row] = await this.deps.database.db
+      .select({ hash: runs.tokenHash })
+      .from(runs)
+      .where(and(eq(runs.id, id), eq(runs.status, "running")));
+    return row?.hash ?? undefined;
+  }
+
+  /**
+   * Agent turns and cost summed over each run's sessions, for a page of runs (one grouped
+   * query); a run whose agent reported neither is absent from the map.
+   */
+  async totals(ids: readonly number[]): Promise<Map<number, { numTurns: number | null; costUsd: number | null }>> {
+    if (ids.length === 0) return new Map();
+    const rows = await this.deps.database.db
+      .select({
+        runId: sessions.runId,
+        numTurns: sql<number | null>`sum(${sessions.numTurns})::int`,
+        costUsd: sql<number | null>`sum(${sessions.costUsd})::float8`,
+      })
+      .from(sessions)
+      .where(inArray(sessions.runId, [...ids]))
+      .groupBy(sessions.runId);
+    return new Map(
+      rows
+        .filter((r) => r.numTurns !== null || r.costUsd !== null)
+        .map((r) => [
+          Number(r.runId),
+          {
+            numTurns: r.numTurns === null ? null : Number(r.numTurns),
+            costUsd: r.costUsd === null ? null : Number(r.costUsd),
+          },
+        ]),
+    );
   }
 
   async get(id: number): Promise<Run> {

@@ -12,6 +12,7 @@ import { type AgentExit, type AgentProcess, startAgentProcess } from "../session
 import { isTerminalPhase, type PhaseSignal, type TerminalPhase } from "../sessions/phase-file.js";
 import { PhaseWatcher } from "../sessions/phase-watcher.js";
 import { type AgentResult, type ApiError, StreamJsonReader, type StreamSummary } from "../sessions/stream-json.js";
+import type { RunLogSink } from "./run-log.js";
 
 /** How a session ended, as the run lifecycle needs to know it. */
 export type SessionOutcome =
@@ -66,6 +67,8 @@ export interface SessionDeps {
   secrets: SecretRegistry;
   /** Called after each new phase is stored (status comments hang off this). */
   onPhase?: (phase: Phase) => Promise<void> | void;
+  /** The run's log in the database (every instance serves it); the disk file is written as well. */
+  runLog?: RunLogSink;
 }
 
 const TAIL_BYTES = 16 * 1024;
@@ -121,10 +124,9 @@ export class SessionRunner {
     await writeFile(spec.phaseFile, "");
     await writeFile(path.join(spec.runDir, "prompt.md"), spec.prompt);
     const logFile = path.join(spec.runDir, "log");
-    await appendFile(
-      logFile,
-      `\n=== formula-runner: session ${spec.seq} (${spec.kind}) started ${new Date().toISOString()} ===\n`,
-    );
+    const header = `\n=== formula-runner: session ${spec.seq} (${spec.kind}) started ${new Date().toISOString()} ===\n`;
+    await appendFile(logFile, header);
+    this.#deps.runLog?.append(spec.runId, header);
 
     const [session] = await this.#deps.database.db
       .insert(sessions)
@@ -197,6 +199,7 @@ export class SessionRunner {
       killGraceMs: spec.killGraceMs,
       onOutput: (text, stream) => {
         this.#lastActivity = Date.now();
+        this.#deps.runLog?.append(spec.runId, text);
         if (stream === "stdout") reader?.push(text);
       },
     });
@@ -237,10 +240,11 @@ export class SessionRunner {
     const tail = this.#deps.secrets.scrub(agent.tail());
     const plainDetail = outcomeDetail(outcome);
     const detail = plainDetail === null ? null : this.#deps.secrets.scrub(plainDetail);
-    await appendFile(
-      logFile,
-      `\n=== formula-runner: session ${spec.seq} ended: ${describeExit(exit)}; ${closingWords(outcome)}${detail ? `: ${detail}` : ""} ===\n`,
-    );
+    const footer = `\n=== formula-runner: session ${spec.seq} ended: ${describeExit(exit)}; ${closingWords(outcome)}${detail ? `: ${detail}` : ""} ===\n`;
+    await appendFile(logFile, footer);
+    this.#deps.runLog?.append(spec.runId, footer);
+    // Stored before the run's status changes: a follower that sees the status final has every line.
+    await this.#deps.runLog?.flush(spec.runId);
     const [ended] = await this.#deps.database.db
       .update(sessions)
       .set({

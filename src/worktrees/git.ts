@@ -58,6 +58,26 @@ function gitEnv(repo: string, base: Readonly<Record<string, string | undefined>>
   return env;
 }
 
+/**
+ * Settings on every git command of the server, whatever the repository's config says:
+ * no hooks (an agent that planted `.git/hooks/post-checkout` in a clone must not get it
+ * run with the server's environment), no fsmonitor daemon (config can name a program to
+ * run), no automatic gc or maintenance (a command must not spawn background work in a
+ * clone an agent's run borrows objects from).
+ */
+export const HARDENED_CONFIG: readonly string[] = [
+  "-c",
+  "core.hooksPath=/dev/null",
+  "-c",
+  "core.fsmonitor=false",
+  "-c",
+  "gc.auto=0",
+  "-c",
+  "maintenance.auto=false",
+  "-c",
+  "protocol.ext.allow=never",
+];
+
 export interface GitOptions {
   /** Kill git after this long (a fetch from a remote that never answers). */
   timeoutMs: number;
@@ -65,12 +85,17 @@ export interface GitOptions {
   doing: string;
   /** The server's environment, which git inherits (less the variables that redirect it). */
   env: Readonly<Record<string, string | undefined>>;
+  /**
+   * Variables set after the repository variables are cleared: a run's own object store
+   * (GIT_OBJECT_DIRECTORY + GIT_ALTERNATE_OBJECT_DIRECTORIES), an explicit GIT_DIR.
+   */
+  extraEnv?: Readonly<Record<string, string>>;
 }
 
 /** Runs `git -C <repo> <args>` and returns trimmed stdout; any failure throws WorktreeError with git's stderr. */
 export async function git(repo: string, args: readonly string[], options: GitOptions): Promise<string> {
-  const result = await execa("git", ["-C", repo, ...args], {
-    env: gitEnv(repo, options.env),
+  const result = await execa("git", [...HARDENED_CONFIG, "-C", repo, ...args], {
+    env: { ...gitEnv(repo, options.env), ...options.extraEnv },
     extendEnv: false,
     stdin: "ignore",
     reject: false,

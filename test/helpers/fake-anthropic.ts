@@ -83,7 +83,12 @@ export function messageTexts(body: any): string[] {
   return out;
 }
 
-export async function startFakeAnthropic(): Promise<FakeAnthropic> {
+/**
+ * Listens on 127.0.0.2, not 127.0.0.1: a sandboxed agent reaches other hosts through the
+ * sandbox's proxy, but its NO_PROXY sends 127.0.0.1 around the proxy, into the sandbox's own
+ * network namespace, where nothing listens.
+ */
+export async function startFakeAnthropic(host = "127.0.0.2"): Promise<FakeAnthropic> {
   const queue: FakeTurn[] = [];
   const requests: FakeRequest[] = [];
   const sideRequests: FakeSideRequest[] = [];
@@ -161,7 +166,7 @@ export async function startFakeAnthropic(): Promise<FakeAnthropic> {
 
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
+    server.listen(0, host, () => {
       server.off("error", reject);
       resolve();
     });
@@ -169,7 +174,7 @@ export async function startFakeAnthropic(): Promise<FakeAnthropic> {
   const { port } = server.address() as AddressInfo;
 
   return {
-    url: `http://127.0.0.1:${port}`,
+    url: `http://${host}:${port}`,
     script(turns) {
       queue.push(...turns);
     },

@@ -1,5 +1,5 @@
 import type { Database } from "../../db/client.js";
-import { type Config, DEFAULT_AGENTS, loadSettings, type ProjectConfig } from "../../src/config.js";
+import { type Config, DEFAULT_AGENTS, DEFAULT_SANDBOX, loadSettings, type ProjectConfig } from "../../src/config.js";
 import { EscalationService } from "../../src/escalations/escalation-service.js";
 import { DeliveryIngest } from "../../src/forge/delivery-ingest.js";
 import { ForgeClient, PermissionCache } from "../../src/forge/forge-client.js";
@@ -8,6 +8,8 @@ import { WebhookService } from "../../src/forge/webhook-service.js";
 import { FormulaStore } from "../../src/formulas/store.js";
 import { createLogger } from "../../src/logger.js";
 import { Metrics } from "../../src/metrics.js";
+import { OutputsService } from "../../src/outputs/outputs-service.js";
+import { RunLog } from "../../src/runs/run-log.js";
 import { RunService } from "../../src/runs/run-service.js";
 import { Scheduler } from "../../src/scheduler/scheduler.js";
 import { Secret, SecretRegistry } from "../../src/secrets.js";
@@ -32,6 +34,7 @@ export function testServices(options: TestServicesOptions): Services {
     settings,
     projects: options.projects ?? [],
     agents: DEFAULT_AGENTS,
+    sandbox: DEFAULT_SANDBOX,
     configFileFound: options.projects !== undefined,
     warnings: [],
   };
@@ -96,7 +99,17 @@ export function testServices(options: TestServicesOptions): Services {
       log,
     }),
     scheduler,
+    outputs: new OutputsService({
+      database: options.database,
+      secrets,
+      log,
+      env: process.env,
+      onOutbox: () => {},
+      config,
+      formulas,
+    }),
     metrics: new Metrics({ database: options.database, log }),
+    runLog: new RunLog({ database: options.database, secrets, log }),
     reloadFormulas: async () => {
       await formulas.reload();
       await scheduler.sync();

@@ -31,6 +31,7 @@ describe.each(testBackends())("database on %s", (kind) => {
       "formula_runner_migrations",
       "instances",
       "outbox",
+      "outputs",
       "phases",
       "runs",
       "schedule_slots",
@@ -167,14 +168,19 @@ postgresOnly("migrations on PostgreSQL", () => {
       await t.database.rows(sql`drop table formula_runner_migrations`);
       await t.database.rows(
         sql.raw(
-          "drop table escalation_replies, phases, escalations, sessions, worktrees, outbox, schedule_slots, runs, deliveries, instances cascade",
+          "drop table outputs, escalation_replies, phases, escalations, sessions, worktrees, outbox, schedule_slots, runs, deliveries, instances cascade",
         ),
       );
       const url = t.url as string;
       const a = await openDatabase({ url });
       const b = await openDatabase({ url });
       const [ra, rb] = await Promise.all([migrate(a), migrate(b)]);
-      expect([...ra.applied, ...rb.applied].sort()).toEqual(["0000_init", "0001_run-engine", "0002_forge-writes"]);
+      expect([...ra.applied, ...rb.applied].sort()).toEqual([
+        "0000_init",
+        "0001_run-engine",
+        "0002_forge-writes",
+        "0003_containment",
+      ]);
       await a.close();
       await b.close();
     } finally {

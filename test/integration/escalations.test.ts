@@ -1,6 +1,4 @@
-import { randomBytes } from "node:crypto";
-import { readFile, rm } from "node:fs/promises";
-import os from "node:os";
+import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { sql } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -32,8 +30,9 @@ describe.each(testBackends())("escalations through the forge, on %s", (backend) 
   let t: TestServer;
   let forge: FakeForge;
   let clock = Date.now();
-  const replyFile = path.join(os.tmpdir(), `fr-reply-${randomBytes(4).toString("hex")}`);
-  const promptFile = path.join(os.tmpdir(), `fr-prompt-${randomBytes(4).toString("hex")}`);
+  // The sandboxed agent writes only in its run's agent dir: the reply copy lands in its TMPDIR.
+  const replyFile = (runId: number) => path.join(t.dataDir, "runs", String(runId), "agent", "tmp", "reply.txt");
+  const promptFile = (runId: number) => path.join(t.dataDir, "runs", String(runId), "prompt.md");
 
   beforeAll(async () => {
     forge = await startFakeForge({ tokens: { [FORGE_TOKEN]: "runner-bot" } });
@@ -52,9 +51,10 @@ describe.each(testBackends())("escalations through the forge, on %s", (backend) 
         ask: testFormula("ask", {
           agent: "escalate",
           escalation_timeout: "1h",
-          env: { REPLY_COPY: replyFile, PROMPT_COPY: promptFile },
+          env: { REPLY_COPY: "tmp" },
         }),
-        leak: testFormula("leak", { agent: "leak", report: "always" }),
+        // The formula insists on the raw forge token, so the agent has one to leak.
+        leak: testFormula("leak", { agent: "leak", report: "always", sandbox: { forge_token: true } }),
         quick: testFormula("quick"),
       },
       agents: {
@@ -73,8 +73,6 @@ describe.each(testBackends())("escalations through the forge, on %s", (backend) 
   afterAll(async () => {
     await t?.stop();
     await forge?.close();
-    await rm(replyFile, { force: true });
-    await rm(promptFile, { force: true });
   });
 
   const comments = (issue: number) => forge.issue("acme/demo", issue).comments;
@@ -187,8 +185,8 @@ describe.each(testBackends())("escalations through the forge, on %s", (backend) 
       reply_author: "alice",
       reply_body: "Yes, drop it. Update the README too.",
     });
-    expect(await readFile(replyFile, "utf8")).toBe("Yes, drop it. Update the README too.");
-    const prompt = await readFile(promptFile, "utf8");
+    expect(await readFile(replyFile(body.id), "utf8")).toBe("Yes, drop it. Update the README too.");
+    const prompt = await readFile(promptFile(body.id), "utf8");
     expect(prompt).toMatch(/## Answer to your question[\s\S]*<<<UNTRUSTED-INPUT \w+ \(reply by @alice\)\nYes, drop it/);
     const delivered = await t.db.database.rows<{ outcome: string }>(
       sql`select outcome from escalation_replies where author = 'alice'`,
@@ -218,7 +216,7 @@ describe.each(testBackends())("escalations through the forge, on %s", (backend) 
     expect(res.status).toBe(202);
     const done = await t.waitForRun(body.id, ["done", "failed"]);
     expect(done).toMatchObject({ status: "done" });
-    expect(await readFile(replyFile, "utf8")).toBe("Keep it.");
+    expect(await readFile(replyFile(body.id), "utf8")).toBe("Keep it.");
     const again = await t.api("POST", `/api/runs/${body.id}/reply`, { body: "more" });
     expect(again.status).toBe(409);
     expect((await t.api("POST", "/api/runs/424242/reply", { body: "x" })).status).toBe(404);

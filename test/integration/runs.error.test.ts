@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { access, readdir, readFile, rm } from "node:fs/promises";
+import { access, readdir, readFile, readlink, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -13,6 +13,16 @@ const exists = (file: string) =>
     () => true,
     () => false,
   );
+/** Whether any process on the host has its working directory in `dir`. */
+async function processesIn(dir: string): Promise<boolean> {
+  for (const pid of await readdir("/proc")) {
+    if (!/^\d+$/.test(pid)) continue;
+    const cwd = await readlink(`/proc/${pid}/cwd`).catch(() => "");
+    if (cwd === dir || cwd.startsWith(`${dir}/`)) return true;
+  }
+  return false;
+}
+
 const eventually = async (check: () => boolean | Promise<boolean>, timeoutMs = 5_000) => {
   const deadline = Date.now() + timeoutMs;
   while (!(await check())) {
@@ -34,12 +44,21 @@ describe.each(testBackends())("runs that fail, on %s", (backend) => {
         crash: testFormula("crash", { agent: "crash-always", retention: "2h" }),
         idle: testFormula("idle", { agent: "hang", timeout: "1s", guards: { concurrency: "" } }),
         noisy: testFormula("noisy", { agent: "hang-noisy", timeout: "1s", max_duration: "2s" }),
-        stubborn: testFormula("stubborn", { agent: "ignore-term", timeout: "1s", preserve_on: [] }),
+        // Process-group supervision of an unsandboxed agent: in the sandbox, stopping bubblewrap
+        // kills everything inside at once (tested below with "boxed-family").
+        stubborn: testFormula("stubborn", {
+          agent: "ignore-term",
+          timeout: "1s",
+          preserve_on: [],
+          sandbox: { mode: "off" },
+        }),
         family: testFormula("family", {
           agent: "grandchild",
           timeout: "1s",
           env: { GRANDCHILD_PID_FILE: grandchildFile },
+          sandbox: { mode: "off" },
         }),
+        "boxed-family": testFormula("boxed-family", { agent: "grandchild", timeout: "1s" }),
         missing: testFormula("missing", { agent: "missing" }),
         cancel: testFormula("cancel", { agent: "hang", timeout: "60s", guards: { concurrency: "" } }),
         // Fails to load: a dispatch must say what is wrong, not that it is unknown.
@@ -127,6 +146,20 @@ describe.each(testBackends())("runs that fail, on %s", (backend) => {
     const grandchild = Number((await readFile(grandchildFile, "utf8")).trim());
     expect(grandchild).toBeGreaterThan(0);
     await eventually(() => !processRunning(grandchild));
+  });
+
+  it("a sandboxed agent and everything it started are gone when it is stopped", async () => {
+    const family = await run("boxed-family");
+    expect(family).toMatchObject({ status: "timed_out", sandboxed: true });
+    // The grandchild wrote its pid inside the sandbox's own pid namespace, in its run's agent dir.
+    const inside = Number(
+      (
+        await readFile(path.join(t.dataDir, "runs", String(family.id), "agent", "tmp", "grandchild.pid"), "utf8")
+      ).trim(),
+    );
+    expect(inside).toBeGreaterThan(0);
+    // Nothing of the run is left on the host: no process works in its worktree.
+    await eventually(async () => !(await processesIn(family.worktree.path)));
   });
 
   it("an agent that cannot start -> failed, saying which program and why", async () => {

@@ -1,6 +1,4 @@
-import { randomBytes } from "node:crypto";
-import { access, readFile, rm } from "node:fs/promises";
-import os from "node:os";
+import { access, readFile } from "node:fs/promises";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { testBackends } from "../helpers/db.js";
@@ -15,7 +13,6 @@ const exists = (file: string) =>
 
 describe.each(testBackends())("runs that succeed, on %s", (backend) => {
   let t: TestServer;
-  const envFile = path.join(os.tmpdir(), `fr-env-${randomBytes(4).toString("hex")}.txt`);
   beforeAll(async () => {
     t = await startTestServer({
       backend,
@@ -30,7 +27,7 @@ describe.each(testBackends())("runs that succeed, on %s", (backend) => {
         phases: testFormula("phases", { agent: "phases" }),
         crlf: testFormula("crlf", { agent: "crlf" }),
         recover: testFormula("recover", { agent: "crash-once" }),
-        envdump: testFormula("envdump", { agent: "env-dump", env: { ENV_COPY: envFile } }),
+        envdump: testFormula("envdump", { agent: "env-dump" }),
         parallel: testFormula("parallel", { agent: "phases", guards: { concurrency: "" } }),
       },
       agents: { phases: "phases", crlf: "crlf", "crash-once": "crash-once", "env-dump": "env-dump" },
@@ -38,7 +35,6 @@ describe.each(testBackends())("runs that succeed, on %s", (backend) => {
   });
   afterAll(async () => {
     await t?.stop();
-    await rm(envFile, { force: true });
   });
 
   it("runs an agent to done in a fresh worktree of origin's head, then removes the worktree", async () => {
@@ -76,8 +72,8 @@ describe.each(testBackends())("runs that succeed, on %s", (backend) => {
     expect(prompt).toContain(`## Context: output of \`git -C ${run.worktree.path} log --oneline -n 1\``);
     expect(prompt).toContain(head.slice(0, 7));
     expect(prompt).toContain("### 1. Work [work]");
-    expect(prompt).toContain(path.join(runDir, "phase"));
-    expect(await exists(path.join(runDir, "scratch.md"))).toBe(false);
+    expect(prompt).toContain(path.join(runDir, "agent", "phase"));
+    expect(await exists(path.join(runDir, "agent", "scratch.md"))).toBe(false);
     const log = await t.api("GET", `/api/runs/${run.id}/log`);
     expect(log.body).toContain("done.sh: work finished");
   });
@@ -126,16 +122,20 @@ describe.each(testBackends())("runs that succeed, on %s", (backend) => {
     const { body } = await t.api("POST", "/api/runs", { formula: "envdump", issue: 42 });
     const run = await t.waitForRun(body.id);
     expect(run.status).toBe("done");
+    const runDir = path.join(t.dataDir, "runs", String(run.id));
     const env = Object.fromEntries(
-      (await readFile(envFile, "utf8"))
+      (await readFile(path.join(runDir, "agent", "tmp", "env.txt"), "utf8"))
         .split("\n")
         .filter((line) => line.includes("="))
         .map((line) => [line.slice(0, line.indexOf("=")), line.slice(line.indexOf("=") + 1)]),
     );
-    const runDir = path.join(t.dataDir, "runs", String(run.id));
     expect(env).toMatchObject({
-      PHASE_FILE: path.join(runDir, "phase"),
-      SCRATCH_FILE: path.join(runDir, "scratch.md"),
+      PHASE_FILE: path.join(runDir, "agent", "phase"),
+      SCRATCH_FILE: path.join(runDir, "agent", "scratch.md"),
+      OUTPUTS_FILE: path.join(runDir, "agent", "outputs.jsonl"),
+      TMPDIR: path.join(runDir, "agent", "tmp"),
+      // Set by the sandbox: the agent ran inside it.
+      SANDBOX_RUNTIME: "1",
       RUN_ID: String(run.id),
       FORMULA: "envdump",
       PROJECT: "demo",
@@ -143,12 +143,21 @@ describe.each(testBackends())("runs that succeed, on %s", (backend) => {
       WORKTREE: run.worktree.path,
       PRIMARY_BRANCH: "main",
       ISSUE: "42",
-      ENV_COPY: envFile,
       FORMULA_RUNNER_URL: t.url,
     });
+    expect(run).toMatchObject({ sandboxed: true, sandbox_note: null, forge_token: false });
+    expect(env.FORMULA_RUNNER_TOKEN).toMatch(new RegExp(`^frr_${run.id}_`));
     expect(env.PWD).toBe(run.worktree.path);
     // The server's own settings and secrets never reach the agent.
-    for (const name of ["API_TOKEN", "DATABASE_URL", "KILL_GRACE", "DATA_DIR", "FORMULAS_DIR", "WORKTREE_ROOT"]) {
+    for (const name of [
+      "API_TOKEN",
+      "DATABASE_URL",
+      "KILL_GRACE",
+      "DATA_DIR",
+      "FORMULAS_DIR",
+      "WORKTREE_ROOT",
+      "SSH_AUTH_SOCK",
+    ]) {
       expect(env[name], name).toBeUndefined();
     }
   });

@@ -242,8 +242,89 @@ describe("loadConfig", () => {
     expect(error).toBeInstanceOf(ConfigError);
     const problems = (error as ConfigError).problems;
     expect(problems[0]).toMatch(/^environment: PORT/);
-    expect(problems.slice(1).join("\n")).toMatch(/projects\[0\]\.repo_path: required key is missing/);
     expect(problems.slice(1).join("\n")).toMatch(/projects\[0\]\.repo: required key is missing/);
+  });
+
+  it("asks for repo_path when a project has neither repo_path nor clone_url", async () => {
+    await writeFile(path.join(dir, "formula-runner.toml"), '[[projects]]\nname = "x"\nrepo = "a/b"\n');
+    const error = await loadConfig({}, dir).catch((e: unknown) => e);
+    expect((error as ConfigError).problems).toEqual([
+      `${path.join(dir, "formula-runner.toml")}: projects[0].repo_path: is required unless clone_url is given`,
+    ]);
+  });
+
+  it("puts a clone_url project without repo_path under $DATA_DIR/clones", async () => {
+    await writeFile(
+      path.join(dir, "formula-runner.toml"),
+      '[[projects]]\nname = "x"\nrepo = "a/b"\nclone_url = "https://git.example.com/a/b.git"\n',
+    );
+    const config = await loadConfig({ DATA_DIR: "/var/lib/fr" }, dir);
+    expect(config.projects[0]?.repoPath).toBe("/var/lib/fr/clones/x");
+    expect(config.projects[0]?.cloneUrl).toBe("https://git.example.com/a/b.git");
+  });
+
+  it("refuses a clone_url that is no URL git can clone from", async () => {
+    await writeFile(
+      path.join(dir, "formula-runner.toml"),
+      '[[projects]]\nname = "x"\nrepo = "a/b"\nclone_url = "--upload-pack=touch /tmp/x"\n',
+    );
+    await expect(loadConfig({}, dir)).rejects.toThrow(/projects\[0\]\.clone_url: must be an https:\/\//);
+  });
+
+  it("configures one project from PROJECT_* variables when no file exists", async () => {
+    const config = await loadConfig(
+      {
+        DATA_DIR: "/data",
+        PROJECT_NAME: "demo",
+        PROJECT_REPO: "acme/demo",
+        PROJECT_CLONE_URL: "https://github.com/acme/demo.git",
+        PROJECT_FORGE: "github",
+        PROJECT_TOKEN_ENV: "FORGE_TOKEN",
+        PROJECT_WEBHOOK_SECRET_ENV: "WEBHOOK_SECRET",
+        PROJECT_ESCALATION_ISSUE: "7",
+        PROJECT_BOT_LOGIN: "bot",
+        FORGE_TOKEN: "ghp_x",
+      },
+      dir,
+    );
+    expect(config.configFileFound).toBe(false);
+    expect(config.projects).toHaveLength(1);
+    const project = config.projects[0];
+    expect(project).toMatchObject({
+      name: "demo",
+      repo: "acme/demo",
+      repoPath: "/data/clones/demo",
+      cloneUrl: "https://github.com/acme/demo.git",
+      primaryBranch: "main",
+      escalationIssue: 7,
+      botLogin: "bot",
+      tokenEnv: "FORGE_TOKEN",
+    });
+    expect(project?.token?.reveal()).toBe("ghp_x");
+    expect(config.warnings).toEqual([
+      "environment: PROJECT_WEBHOOK_SECRET_ENV: environment variable WEBHOOK_SECRET is not set",
+    ]);
+  });
+
+  it("names the PROJECT_* variable that is wrong, and a clash with the file's projects", async () => {
+    await writeFile(path.join(dir, "formula-runner.toml"), VALID);
+    const error = await loadConfig(
+      {
+        PROJECT_NAME: "demo",
+        PROJECT_REPO: "acme/other",
+        PROJECT_REPO_PATH: "/srv/x",
+        PROJECT_ESCALATION_ISSUE: "one",
+      },
+      dir,
+    ).catch((e: unknown) => e);
+    expect((error as ConfigError).problems.join("\n")).toMatch(/^environment: PROJECT_ESCALATION_ISSUE: /m);
+    const clash = await loadConfig(
+      { PROJECT_NAME: "demo", PROJECT_REPO: "acme/other", PROJECT_REPO_PATH: "/srv/x" },
+      dir,
+    ).catch((e: unknown) => e);
+    expect((clash as ConfigError).problems).toEqual([
+      'environment: PROJECT_NAME: "demo" is already used by projects[0]',
+    ]);
   });
 
   it("loads a valid file relative to the working directory", async () => {

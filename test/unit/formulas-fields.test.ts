@@ -217,7 +217,7 @@ describe("[guards] and top-level values", () => {
       "model: expected a string, found integer 4",
       "timeout: must be longer than zero",
       'max_duration: "90 min" is not a duration: write a number and a unit, like 90s, 20m, 1.5h, 2d or 1h30m',
-      "dispatch: unknown key `dispatch`; known keys: name, description, version, agent, model, timeout, max_duration, preserve_on, retention, escalation_timeout, report, projects, on, guards, context, env, steps",
+      "dispatch: unknown key `dispatch`; known keys: name, description, version, agent, model, timeout, max_duration, preserve_on, retention, escalation_timeout, report, sandbox, untrusted_text, projects, on, guards, context, env, outputs, steps",
       "guards.min_memory_mb: must be 0 or more",
       'guards.min_permission: expected one of read, triage, write, maintain, admin; found string "owner"',
       'guards.on_busy: expected one of skip, queue, cancel-running; found string "wait"',

@@ -168,6 +168,9 @@ describe("parseFormula", () => {
       guards: { minMemoryMb: 0, minPermission: "write", concurrency: "{formula}-{project}", onBusy: "skip" },
       context: { files: [], commands: [] },
       env: {},
+      outputs: { comment: true, labels: [], pullRequest: false, issues: false, max: 5 },
+      sandbox: { allowHosts: [], forgeToken: false },
+      untrustedText: "fence",
       steps: [{ id: "only", title: "Do it", description: "Do the thing.", needs: [] }],
     });
     expect(formula).not.toHaveProperty("model");
