@@ -4,6 +4,7 @@
  * Figures, not assertions: targets are checked by reading them.
  */
 import os from "node:os";
+import { benchCli } from "./cli.js";
 import { benchDashboard } from "./dashboard.js";
 import { benchDatabase } from "./database.js";
 import { benchEngine } from "./engine.js";
@@ -13,6 +14,7 @@ import { benchWebhooks } from "./webhooks.js";
 import { benchWorktrees } from "./worktrees.js";
 
 const benchmarks: Record<string, (postgresUrl: string | undefined) => Promise<void>> = {
+  cli: () => benchCli(),
   database: benchDatabase,
   "phase-watcher": () => benchPhaseWatcher(),
   engine: benchEngine,

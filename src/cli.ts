@@ -78,8 +78,8 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     });
 
   const client = async () => {
-    const { ConfigError, loadSettings } = await import("./config.js");
-    const { settings, problems } = loadSettings(io.env, io.cwd);
+    const { ConfigError, readSettings } = await import("./settings.js");
+    const { settings, problems } = readSettings(io.env, io.cwd);
     if (problems.length > 0) throw new ConfigError(problems);
     return ApiClient.fromEnvironment(settings, io.env);
   };
@@ -268,7 +268,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     .option("--repo <owner/name>", "the repository on the forge (default: from the clone's origin)")
     .option("--name <slug>", "the project's name (default: the repository's name)")
     .addOption(
-      new Option("--forge <forge>", "default: github for github.com origins").choices(["github", "gitea", "forgejo"]),
+      new Option("--forge <forge>", "github (default), gitea or forgejo").choices(["github", "gitea", "forgejo"]),
     )
     .option("--forge-url <url>", "REST base; required for gitea/forgejo (https://host/api/v1)")
     .option("--branch <name>", "primary branch (default main)")

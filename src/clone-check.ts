@@ -23,8 +23,8 @@ export function originNames(url: string, repo: string): boolean {
 }
 
 /**
- * Checks before serving that every project's `repo_path` is a git clone with an `origin`
- * remote, so a wrong path is found at start with a fix, not by its first run. An origin
+ * Checks before serving that every project's `repo_path` (unless the server makes the
+ * clone from `clone_url`) is a git clone with an `origin` remote, so a wrong path is found at start with a fix, not by its first run. An origin
  * that does not name the configured `repo` is a warning (mirrors and local paths exist).
  */
 export async function checkClones(
@@ -34,7 +34,9 @@ export async function checkClones(
   const problems: string[] = [];
   const warnings: string[] = [];
   await Promise.all(
+    // A project with clone_url gets its clone from the server itself (the "clones" component).
     projects.map(async (project) => {
+      if (project.cloneUrl !== undefined) return;
       const at = `project ${project.name}: repo_path ${project.repoPath}`;
       const info = await stat(project.repoPath).catch(() => undefined);
       if (!info?.isDirectory()) {

@@ -1,6 +1,6 @@
 import { readFile } from "node:fs/promises";
 import { apiTokenPath } from "../api-token.js";
-import type { Settings } from "../config.js";
+import type { Settings } from "../settings.js";
 
 /** A failed API call: the server's error envelope, or why the server could not be reached. */
 export class ApiError extends Error {

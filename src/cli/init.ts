@@ -92,7 +92,7 @@ export async function initCommand(args: InitArgs, cwd: string, out: Output, err:
     );
     return 1;
   }
-  const forge = args.forge ?? (origin && !/github\.com[/:]/.test(origin) ? "gitea" : "github");
+  const forge = args.forge ?? "github";
   const name = (args.name ?? repo.split("/")[1] ?? "project").toLowerCase().replace(/[^a-z0-9_-]/g, "-");
   const text = configText({
     name,
