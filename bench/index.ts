@@ -4,6 +4,7 @@
  * Figures, not assertions: targets are checked by reading them.
  */
 import os from "node:os";
+import { benchDashboard } from "./dashboard.js";
 import { benchDatabase } from "./database.js";
 import { benchEngine } from "./engine.js";
 import { benchPhaseWatcher } from "./phase-watcher.js";
@@ -16,6 +17,7 @@ const benchmarks: Record<string, (postgresUrl: string | undefined) => Promise<vo
   engine: benchEngine,
   worktrees: () => benchWorktrees(),
   webhooks: benchWebhooks,
+  dashboard: benchDashboard,
 };
 
 const wanted = process.argv.slice(2);

@@ -84,7 +84,7 @@ async function formulaRunner(backend: "pglite" | "postgres", postgresUrl: string
   await mkdir(path.join(dir, "formulas"));
   await writeFile(
     path.join(dir, "formula-runner.toml"),
-    `[[projects]]\nname = "demo"\nrepo_path = "${dir}"\nrepo = "acme/demo"\nwebhook_secret_env = "BENCH_WEBHOOK_SECRET"\n`,
+    `[[projects]]\nname = "demo"\nrepo_path = "${dir}"\nrepo = "acme/demo"\nformulas = ["*"]\nwebhook_secret_env = "BENCH_WEBHOOK_SECRET"\n`,
   );
   let schema: string | undefined;
   let databaseUrl = "";

@@ -5,9 +5,9 @@ import { listDeliveries } from "../src/forge/deliveries.js";
 import type { Services } from "../src/services.js";
 import { queryParams } from "./input.js";
 
-const listQuery = z
+export const listQuery = z
   .object({
-    outcome: z.enum(["queued", "ignored"]).optional(),
+    outcome: z.enum(["queued", "ignored", "answered"]).optional(),
     project: z.string().optional(),
     event: z.string().optional(),
     limit: z.coerce.number().int().min(1).max(500).default(50),

@@ -1,12 +1,14 @@
 import { Hono } from "hono";
 import type { AppEnv } from "../src/app.js";
 import { formatProblem } from "../src/formulas/load.js";
+import { projectsOf } from "../src/formulas/projects.js";
 import type { Formula } from "../src/formulas/schema.js";
 import type { Services } from "../src/services.js";
 
 /** A formula as the API shows it: what fires it (with the next schedule times) and its guards. */
-function formulaJson(formula: Formula, services: Services) {
+export function formulaJson(formula: Formula, services: Services) {
   const { on } = formula;
+  const projects = projectsOf(formula, services.config.projects);
   return {
     name: formula.name,
     description: formula.description,
@@ -17,6 +19,9 @@ function formulaJson(formula: Formula, services: Services) {
     timeout_ms: formula.timeoutMs,
     max_duration_ms: formula.maxDurationMs,
     report: formula.report,
+    /** The projects its schedules and webhooks fire on (opt-in: a project's `formulas` or the formula's `projects`). */
+    projects,
+    fires_on_no_project: projects.length === 0,
     triggers: {
       dispatch: on.dispatch,
       schedule: services.scheduler.nextRuns(formula.name, 3),

@@ -51,10 +51,15 @@ export function queryParams<T extends z.ZodType>(c: Context, schema: T): z.outpu
   return parsed.data;
 }
 
-/** A positive integer path parameter, or 404 (an id that cannot exist names nothing). */
+/**
+ * A positive integer path parameter. Anything else is the caller's mistake, not a missing
+ * record: 400 saying what an id looks like (`runs show abc` must not read "not found").
+ */
 export function idParam(c: Context, name = "id"): number {
   const raw = c.req.param(name) ?? "";
   const id = /^\d{1,15}$/.test(raw) ? Number(raw) : Number.NaN;
-  if (!Number.isSafeInteger(id) || id <= 0) throw new AppError({ code: "not_found", message: `no such id "${raw}"` });
+  if (!Number.isSafeInteger(id) || id <= 0) {
+    throw new AppError({ code: "bad_request", message: `"${raw}" is not an id: ids are positive whole numbers` });
+  }
   return id;
 }

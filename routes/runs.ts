@@ -4,11 +4,12 @@ import { streamSSE } from "hono/streaming";
 import { z } from "zod";
 import { RUN_STATUSES, type RunStatus } from "../db/schema/index.js";
 import type { AppEnv } from "../src/app.js";
+import { MAX_OUTPUTS_PER_REQUEST } from "../src/outputs/outputs-service.js";
 import { runJson } from "../src/runs/run-service.js";
 import type { Services } from "../src/services.js";
 import { idParam, jsonBody, queryParams } from "./input.js";
 
-const dispatchBody = z
+export const dispatchBody = z
   .object({
     formula: z.string().min(1),
     project: z.string().min(1).optional(),
@@ -17,14 +18,20 @@ const dispatchBody = z
   })
   .strict();
 
-const replyBody = z
+export const replyBody = z
   .object({
     body: z.string().trim().min(1, "must not be empty").max(65_536),
     author: z.string().min(1).max(100).optional(),
   })
   .strict();
 
-const listQuery = z
+/** One output object (`{"type": ...}`) or `{outputs: [...]}`; each object is judged like a line of the outputs file. */
+export const outputsBody = z.union([
+  z.object({ outputs: z.array(z.record(z.string(), z.unknown())).min(1).max(MAX_OUTPUTS_PER_REQUEST) }).strict(),
+  z.looseObject({ type: z.string() }),
+]);
+
+export const listQuery = z
   .object({
     status: z
       .string()
@@ -79,7 +86,11 @@ export function runRoutes(services: Services): Hono<AppEnv> {
     return c.json({ runs: page.runs.map((r) => runJson(r, services.secrets)), next_cursor: page.nextCursor });
   });
 
-  app.get("/api/runs/:id", async (c) => c.json(await services.runs.detail(idParam(c))));
+  app.get("/api/runs/:id", async (c) => {
+    const id = idParam(c);
+    const [detail, outputs] = await Promise.all([services.runs.detail(id), services.outputs.list(id)]);
+    return c.json({ ...detail, outputs });
+  });
 
   app.post("/api/runs/:id/cancel", async (c) => {
     const run = await services.runs.cancel(idParam(c));
@@ -92,6 +103,15 @@ export function runRoutes(services: Services): Hono<AppEnv> {
     const body = await jsonBody(c, replyBody);
     const escalation = await services.escalations.replyViaApi(id, body.body, body.author ?? "api");
     return c.json({ run_id: id, escalation_id: escalation.id, state: escalation.state, resuming: true }, 202);
+  });
+
+  /** The agent's forge-write requests (safe outputs), decided at once: 202 with the decisions. */
+  app.post("/api/runs/:id/outputs", async (c) => {
+    const id = idParam(c);
+    const body = await jsonBody(c, outputsBody);
+    const items = "outputs" in body && Array.isArray(body.outputs) ? body.outputs : [body];
+    const decisions = await services.outputs.append(id, items);
+    return c.json({ run_id: id, outputs: decisions }, 202);
   });
 
   /**

@@ -5,7 +5,7 @@ import type { AppEnv } from "../src/app.js";
 import { AppError } from "../src/errors.js";
 import { normalizeEvent } from "../src/forge/normalize.js";
 import { projectsSigning, readWebhookHeaders } from "../src/forge/webhook-request.js";
-import { parsePayload } from "../src/forge/webhook-service.js";
+import { formPayload, isFormEncoded, parsePayload } from "../src/forge/webhook-service.js";
 import type { Services } from "../src/services.js";
 
 /** Forges send at most a few hundred KiB; anything over this is refused unread. */
@@ -39,10 +39,22 @@ export function webhookRoutes(services: Services): Hono<AppEnv> {
       });
     }
     let payload: unknown;
+    // GitHub's default content type is a form with the JSON in `payload`; the signature
+    // above covered the body as sent, so decoding comes only now.
+    const form = isFormEncoded(c.req.header("content-type"));
+    let json = body;
+    if (form) {
+      try {
+        json = formPayload(body);
+      } catch (error) {
+        throw new AppError({ code: "bad_request", message: (error as Error).message });
+      }
+    }
     try {
-      payload = parsePayload(body);
+      payload = parsePayload(json);
     } catch (error) {
-      throw new AppError({ code: "invalid_json", message: `the body is not valid JSON: ${(error as Error).message}` });
+      const what = form ? "the payload field is not valid JSON" : "the body is not valid JSON";
+      throw new AppError({ code: "invalid_json", message: `${what}: ${(error as Error).message}` });
     }
     const event = normalizeEvent(headers.forge, headers.event, headers.deliveryId, payload);
     if (!event.repository) {
@@ -69,6 +81,7 @@ export function webhookRoutes(services: Services): Hono<AppEnv> {
         project: project.name,
         runs: outcome.runIds,
         ...(outcome.ignored !== undefined && { ignored: outcome.ignored }),
+        ...(outcome.answered !== undefined && { answered: outcome.answered }),
       },
       202,
     );

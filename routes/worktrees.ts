@@ -3,11 +3,12 @@ import { z } from "zod";
 import { WORKTREE_STATES } from "../db/schema/index.js";
 import type { AppEnv } from "../src/app.js";
 import { AppError } from "../src/errors.js";
+import { durationProblem, parseDuration } from "../src/formulas/duration.js";
 import type { Services } from "../src/services.js";
 import { worktreeJson } from "../src/worktrees/worktree-manager.js";
 import { idParam, jsonBody, queryParams } from "./input.js";
 
-const listQuery = z
+export const listQuery = z
   .object({
     state: z.enum(WORKTREE_STATES).optional(),
     project: z.string().optional(),
@@ -18,16 +19,26 @@ const listQuery = z
   })
   .strict();
 
-const purgeBody = z
+export const purgeBody = z
   .object({
+    /** Hours, any non-negative number (0.5, 24). */
     older_than_hours: z
       .number()
       .min(0)
       .max(24 * 365)
-      .default(24),
+      .optional(),
+    /** The same age as a duration string, as formulas and the CLI write it: `90m`, `1.5h`, `2d`. */
+    older_than: z
+      .string()
+      .refine((text) => parseDuration(text) !== undefined, { error: (issue) => durationProblem(String(issue.input)) })
+      .optional(),
     dry_run: z.boolean().default(false),
   })
-  .strict();
+  .strict()
+  .refine((body) => body.older_than === undefined || body.older_than_hours === undefined, {
+    error: "give older_than or older_than_hours, not both",
+    path: ["older_than"],
+  });
 
 export function worktreeRoutes(services: Services): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
@@ -65,7 +76,15 @@ export function worktreeRoutes(services: Services): Hono<AppEnv> {
         message: `worktree ${id} is in use by run ${worktree.runId}; cancel the run first`,
       });
     }
-    if (worktree.state === "removed") return c.json({ worktree: worktreeJson(worktree) });
+    if (worktree.state === "removed") {
+      // Nothing was purged now: say so, as a purge by id lists it (docs/worktrees.md).
+      const when = worktree.removedAt ? ` at ${worktree.removedAt.toISOString()}` : "";
+      throw new AppError({
+        code: "conflict",
+        message: `worktree ${id} was not removed: already removed${when}${worktree.removedBy ? ` (by ${worktree.removedBy})` : ""}`,
+        details: { worktree: worktreeJson(worktree) },
+      });
+    }
     const result = await services.worktrees.purge({ ids: [id], by: "api", projects: services.config.projects });
     const kept = result.kept.find((k) => k.id === id);
     if (kept) throw new AppError({ code: "conflict", message: `worktree ${id} was not removed: ${kept.reason}` });
@@ -76,7 +95,10 @@ export function worktreeRoutes(services: Services): Hono<AppEnv> {
   app.post("/api/worktrees/purge", async (c) => {
     const body = await jsonBody(c, purgeBody);
     const result = await services.worktrees.purge({
-      olderThanMs: body.older_than_hours * 3_600_000,
+      olderThanMs:
+        body.older_than !== undefined
+          ? (parseDuration(body.older_than) as number)
+          : (body.older_than_hours ?? 24) * 3_600_000,
       dryRun: body.dry_run,
       by: "api",
       projects: services.config.projects,

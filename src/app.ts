@@ -3,10 +3,13 @@ import { bodyLimit } from "hono/body-limit";
 import { HTTPException } from "hono/http-exception";
 import { requestId } from "hono/request-id";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
+import { isDatabaseUnavailable } from "../db/unavailable.js";
+import { dashboardRoutes } from "../routes/dashboard/index.js";
 import { deliveryRoutes } from "../routes/deliveries.js";
 import { formulaRoutes } from "../routes/formulas.js";
 import { healthRoutes } from "../routes/health.js";
 import { metricsRoutes } from "../routes/metrics.js";
+import { openApiRoutes } from "../routes/openapi.js";
 import { runRoutes } from "../routes/runs.js";
 import { webhookRoutes } from "../routes/webhooks.js";
 import { worktreeRoutes } from "../routes/worktrees.js";
@@ -16,6 +19,8 @@ import type { Logger } from "./logger.js";
 import type { Services } from "./services.js";
 
 const API_BODY_LIMIT = 1024 * 1024;
+/** What a 503 tells clients to wait before retrying. */
+const RETRY_AFTER_SECONDS = 5;
 
 /** Typed per-request variables every route can read. */
 export interface AppEnv {
@@ -61,6 +66,7 @@ export function createApp(services: Services): Hono<AppEnv> {
 
   app.onError((error, c) => {
     const request_id = c.get("requestId");
+    if (error instanceof AppError && error.code === "unavailable") c.header("Retry-After", String(RETRY_AFTER_SECONDS));
     if (error instanceof AppError) {
       return c.json(
         { error: { code: error.code, message: error.message, ...error.details, request_id } },
@@ -72,6 +78,15 @@ export function createApp(services: Services): Hono<AppEnv> {
       return c.json(
         { error: { code: codeForStatus(status), message: error.message || "request failed", request_id } },
         status,
+      );
+    }
+    if (isDatabaseUnavailable(error)) {
+      // Not a bug of this request: the database is out of reach. Say when to try again.
+      (c.get("log")?.() ?? services.log).warn({ err: error }, "database unavailable");
+      c.header("Retry-After", String(RETRY_AFTER_SECONDS));
+      return c.json(
+        { error: { code: "unavailable", message: "database unavailable; try again later", request_id } },
+        503,
       );
     }
     (c.get("log")?.() ?? services.log).error({ err: error }, "unhandled error");
@@ -94,6 +109,7 @@ export function createApp(services: Services): Hono<AppEnv> {
   app.route("/", healthRoutes(services));
   app.route("/", metricsRoutes(services));
   app.route("/", webhookRoutes(services));
+  app.route("/", openApiRoutes(services));
   app.use(
     "/api/*",
     requireApiAuth(services.apiToken, (runId) => services.runs.liveTokenHash(runId)),
@@ -111,6 +127,7 @@ export function createApp(services: Services): Hono<AppEnv> {
   app.route("/", worktreeRoutes(services));
   app.route("/", formulaRoutes(services));
   app.route("/", deliveryRoutes(services));
+  app.route("/", dashboardRoutes(services));
 
   return app;
 }

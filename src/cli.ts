@@ -2,23 +2,17 @@ import { readdir } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
-import { RUN_STATUSES, WORKTREE_STATES } from "../db/schema/index.js";
 import { ApiClient, ApiError } from "./cli/api-client.js";
-import {
-  type Output,
-  parseAge,
-  runCommand,
-  runsList,
-  runsShow,
-  worktreesList,
-  worktreesPurge,
-} from "./cli/commands.js";
-import { ConfigError, loadConfig, loadSettings } from "./config.js";
+import { type Output, runCommand, runsList, runsShow, worktreesList, worktreesPurge } from "./cli/commands.js";
+import { RUN_STATUS_NAMES, WORKTREE_STATE_NAMES } from "./cli/vocabulary.js";
 import { errorMessage } from "./errors.js";
-import { formatProblem, validateFiles } from "./formulas/load.js";
-import { createLogger } from "./logger.js";
+import { durationProblem, parseDuration } from "./formulas/duration.js";
+import type { Logger } from "./logger.js";
 import { VERSION } from "./package-info.js";
-import { collectSecrets, openAndMigrate, type RunningServer, startServer } from "./server.js";
+
+// Only what every command needs is imported above. The server (database drivers, octokit,
+// pino, zod schemas) is imported by the commands that use it, so `--version`, `--help` and
+// the API commands start in a fraction of the time.
 
 /** What the CLI needs from its surroundings, injectable for tests. */
 export interface CliIo {
@@ -31,8 +25,12 @@ export interface CliIo {
    * before starting so a signal during start-up still stops cleanly.
    */
   untilSignal: () => Promise<string>;
+  /** The whole of stdin as text (`reply` without --body); absent: nothing to read. */
+  readStdin?: () => Promise<string>;
   /** Calls `reload` on SIGHUP until the returned function is called. */
   onHangup?: (reload: () => void) => () => void;
+  /** Keeps `serve` up through database driver faults no caller can catch (see process-guard.ts). */
+  guardProcess?: (log: Logger) => () => void;
 }
 
 const line = (out: CliIo["stdout"], text = "") => out.write(`${text}\n`);
@@ -80,6 +78,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     });
 
   const client = async () => {
+    const { ConfigError, loadSettings } = await import("./config.js");
     const { settings, problems } = loadSettings(io.env, io.cwd);
     if (problems.length > 0) throw new ConfigError(problems);
     return ApiClient.fromEnvironment(settings, io.env);
@@ -120,7 +119,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     .option("-p, --project <name>", "only runs of this project")
     .option("-n, --limit <n>", "how many (default 50, at most 500)", positiveInt)
     .option("--json", "print JSON", false)
-    .addHelpText("after", `\nStatuses: ${RUN_STATUSES.join(", ")}.${apiHelp}`)
+    .addHelpText("after", `\nStatuses: ${RUN_STATUS_NAMES.join(", ")}.${apiHelp}`)
     .action((opts: { status?: string; formula?: string; project?: string; limit?: number; json: boolean }) =>
       api((c) => runsList(c, opts, io.stdout))(),
     );
@@ -136,7 +135,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
   worktreesCommand
     .command("list")
     .description("worktrees, newest first")
-    .addOption(new Option("-s, --state <state>", "only this state").choices([...WORKTREE_STATES]))
+    .addOption(new Option("-s, --state <state>", "only this state").choices([...WORKTREE_STATE_NAMES]))
     .option("-p, --project <name>", "only this project")
     .option("--json", "print JSON", false)
     .addHelpText("after", apiHelp)
@@ -147,10 +146,9 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     .command("purge")
     .description("remove preserved worktrees: one by id, or all older than an age (default 24h)")
     .addOption(new Option("--id <id>", "remove this preserved worktree").conflicts("olderThan"))
-    .option("--older-than <age>", "age like 24h, 90m or 2d (default 24h)", (value: string) => {
-      const hours = parseAge(value);
-      if (hours === undefined) throw new InvalidArgumentError("expected an age like 24h, 90m or 2d");
-      return hours;
+    .option("--older-than <age>", "a duration like 24h, 90m, 1.5h or 2d (default 24h)", (value: string) => {
+      if (parseDuration(value) === undefined) throw new InvalidArgumentError(durationProblem(value));
+      return value;
     })
     .option("--dry-run", "say what would be removed, remove nothing", false)
     .option("--json", "print JSON", false)
@@ -158,19 +156,130 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
       "after",
       `\nNever removes a worktree whose run is still active, nor anything outside WORKTREE_ROOT.${apiHelp}`,
     )
-    .action((opts: { id?: string; olderThan?: number; dryRun: boolean; json: boolean }) =>
+    .action((opts: { id?: string; olderThan?: string; dryRun: boolean; json: boolean }) =>
       api((c) =>
         worktreesPurge(
           c,
           {
             ...(opts.id !== undefined && { id: opts.id }),
-            ...(opts.olderThan !== undefined && { olderThanHours: opts.olderThan }),
+            ...(opts.olderThan !== undefined && { olderThan: opts.olderThan }),
             dryRun: opts.dryRun,
             json: opts.json,
           },
           io.stdout,
         ),
       )(),
+    );
+
+  const verbs = () => import("./cli/verbs.js");
+  program
+    .command("logs")
+    .description("a run's log; with --follow, streamed until the run ends (exit 0 only if it ends done)")
+    .argument("<id>", "run id")
+    .option("-f, --follow", "keep streaming until the run ends", false)
+    .addHelpText("after", apiHelp)
+    .action((id: string, opts: { follow: boolean }) =>
+      api(async (c) => (await verbs()).logsCommand(c, { id, follow: opts.follow }, io.stdout, io.stderr))(),
+    );
+  program
+    .command("cancel")
+    .description("stop a run's agent; the run ends cancelled")
+    .argument("<id>", "run id")
+    .addHelpText("after", apiHelp)
+    .action((id: string) => api(async (c) => (await verbs()).cancelCommand(c, id, io.stdout))());
+  program
+    .command("reply")
+    .description("answer a run's open question (the text from stdin when --body is left out); the run resumes")
+    .argument("<id>", "run id")
+    .option("-b, --body <text>", "the answer")
+    .addHelpText("after", apiHelp)
+    .action((id: string, opts: { body?: string }) =>
+      api(async (c) => {
+        const body = opts.body ?? (await (io.readStdin?.() ?? Promise.resolve("")));
+        if (body.trim() === "") {
+          line(io.stderr, "formula-runner: no answer: pass --body TEXT or pipe the text on stdin");
+          return 1;
+        }
+        return (await verbs()).replyCommand(c, { id, body, author: `cli:${safeUser()}` }, io.stdout);
+      })(),
+    );
+
+  const deliveriesCommand = program.command("deliveries").description("webhook deliveries the server received");
+  deliveriesCommand
+    .command("list")
+    .description("newest first: what each delivery fired, or why it fired nothing")
+    .addOption(new Option("-o, --outcome <outcome>", "only this outcome").choices(["queued", "ignored", "answered"]))
+    .option("-p, --project <name>", "only this project")
+    .option("-n, --limit <n>", "how many (default 50, at most 500)", positiveInt)
+    .option("--json", "print JSON", false)
+    .addHelpText("after", apiHelp)
+    .action((opts: { outcome?: string; project?: string; limit?: number; json: boolean }) =>
+      api(async (c) => (await verbs()).deliveriesList(c, opts, io.stdout))(),
+    );
+
+  const formulasCommand = program.command("formulas").description("the formulas the server has loaded");
+  formulasCommand
+    .command("list")
+    .description("formulas with the projects they fire on, their triggers and any load problems")
+    .option("--json", "print JSON", false)
+    .addHelpText("after", apiHelp)
+    .action((opts: { json: boolean }) =>
+      api(async (c) => (await verbs()).formulasList(c, opts.json, io.stdout, io.stderr))(),
+    );
+  formulasCommand
+    .command("reload")
+    .description("make the server read the formulas directory again (what SIGHUP does)")
+    .option("--json", "print JSON", false)
+    .addHelpText("after", apiHelp)
+    .action((opts: { json: boolean }) =>
+      api(async (c) => (await verbs()).formulasReload(c, opts.json, io.stdout, io.stderr))(),
+    );
+
+  program
+    .command("init")
+    .description(
+      "write a commented formula-runner.toml for one project (the clone in the current directory by default)",
+    )
+    .option("--repo-path <path>", "the project's local clone (default: the current directory)")
+    .option("--repo <owner/name>", "the repository on the forge (default: from the clone's origin)")
+    .option("--name <slug>", "the project's name (default: the repository's name)")
+    .addOption(
+      new Option("--forge <forge>", "default: github for github.com origins").choices(["github", "gitea", "forgejo"]),
+    )
+    .option("--forge-url <url>", "REST base; required for gitea/forgejo (https://host/api/v1)")
+    .option("--branch <name>", "primary branch (default main)")
+    .option("--formulas <names>", 'formulas that fire on the project, comma-separated ("*" = all; default none)')
+    .option("--force", "overwrite an existing file", false)
+    .action(
+      async (opts: {
+        repoPath?: string;
+        repo?: string;
+        name?: string;
+        forge?: string;
+        forgeUrl?: string;
+        branch?: string;
+        formulas?: string;
+        force: boolean;
+      }) => {
+        const { initCommand } = await import("./cli/init.js");
+        const file = path.resolve(io.cwd, io.env.FORMULA_RUNNER_CONFIG?.trim() || "formula-runner.toml");
+        const { formulas, ...rest } = opts;
+        exitCode = await initCommand(
+          {
+            ...rest,
+            file,
+            ...(formulas !== undefined && {
+              formulas: formulas
+                .split(",")
+                .map((f) => f.trim())
+                .filter(Boolean),
+            }),
+          },
+          io.cwd,
+          io.stdout,
+          io.stderr,
+        );
+      },
     );
 
   try {
@@ -187,12 +296,14 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
 
 async function serve(io: CliIo): Promise<number> {
   const signalled = io.untilSignal();
-  let server: RunningServer;
+  let server: import("./server.js").RunningServer;
   try {
+    const { startServer } = await import("./server.js");
     server = await startServer({ env: io.env, cwd: io.cwd });
   } catch (error) {
     return reportStartError(error, io);
   }
+  const unguard = io.guardProcess?.(server.services.log);
   const unhook = io.onHangup?.(() => {
     server.services.log.info("SIGHUP: reloading formulas and schedules");
     server.services
@@ -203,11 +314,17 @@ async function serve(io: CliIo): Promise<number> {
   unhook?.();
   server.services.log.info({ signal }, `received ${signal}`);
   await server.stop();
+  unguard?.();
   return 0;
 }
 
 async function migrateCommand(io: CliIo): Promise<number> {
   try {
+    const [{ loadConfig }, { createLogger }, { collectSecrets, openAndMigrate }] = await Promise.all([
+      import("./config.js"),
+      import("./logger.js"),
+      import("./server.js"),
+    ]);
     const config = await loadConfig(io.env, io.cwd);
     const log = createLogger({ level: config.settings.logLevel, secrets: collectSecrets(config, io.env) });
     const database = await openAndMigrate(config, log);
@@ -219,6 +336,10 @@ async function migrateCommand(io: CliIo): Promise<number> {
 }
 
 async function validateCommand(files: string[], io: CliIo): Promise<number> {
+  const [{ ConfigError, loadConfig }, { formatProblem, validateFiles }] = await Promise.all([
+    import("./config.js"),
+    import("./formulas/load.js"),
+  ]);
   let targets = files.map((f) => path.resolve(io.cwd, f));
   let agents: readonly string[] | undefined;
   try {
@@ -274,9 +395,11 @@ function reportStartError(error: unknown, io: CliIo): number {
     line(io.stderr, `formula-runner: ${error.message}`);
     return 1;
   }
-  if (error instanceof ConfigError) {
+  // ConfigError, recognised without importing config.js (and zod) into every command.
+  const problems = (error as { name?: string; problems?: unknown }).problems;
+  if ((error as { name?: string }).name === "ConfigError" && Array.isArray(problems)) {
     line(io.stderr, "formula-runner: invalid configuration:");
-    for (const problem of error.problems) line(io.stderr, `  ${problem}`);
+    for (const problem of problems) line(io.stderr, `  ${String(problem)}`);
     return 1;
   }
   line(io.stderr, `formula-runner: ${errorMessage(error)}`);

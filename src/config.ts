@@ -2,7 +2,7 @@ import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { parse as parseToml, TomlError } from "smol-toml";
 import { z } from "zod";
-import { parseDuration } from "./formulas/duration.js";
+import { durationProblem, parseDuration } from "./formulas/duration.js";
 import { HOST_PATTERN } from "./formulas/schema.js";
 import { Secret } from "./secrets.js";
 import { fieldIssues, formatPath, schemaKeysAt } from "./validation.js";
@@ -57,6 +57,11 @@ export interface ProjectConfig {
   escalationIssue: number | undefined;
   /** Forge logins whose text may enter prompts unfenced (default: none). */
   trustedAuthors?: readonly string[];
+  /**
+   * The formulas this project's schedules and webhooks fire (`*`: all). Unset or empty:
+   * none, unless a formula lists the project in its own `projects`.
+   */
+  formulas?: readonly string[];
 }
 
 /** The server's `[sandbox]` table: defaults for every formula and the programs to use. */
@@ -190,6 +195,7 @@ const projectSchema = z
     bot_login: z.string().min(1).optional(),
     escalation_issue: z.number().int().positive().optional(),
     trusted_authors: z.array(z.string().min(1)).default([]),
+    formulas: z.array(z.string().regex(/^(?:\*|[a-z0-9][a-z0-9-]*)$/, 'must be a formula name or "*"')).optional(),
   })
   .strict();
 
@@ -249,9 +255,9 @@ export function loadSettings(env: Env = process.env, cwd = process.cwd()): { set
   const duration = (key: string, fallback: number) => {
     const raw = text(key);
     if (raw === undefined) return fallback;
-    const ms = /^\d+$/.test(raw) ? Number(raw) * 1000 : parseDuration(raw);
+    const ms = parseDuration(raw);
     if (ms === undefined) {
-      bad(key, `expected a duration like 30s, 2m or a number of seconds, found "${raw}"`);
+      bad(key, durationProblem(raw));
       return fallback;
     }
     return ms;
@@ -322,7 +328,7 @@ function projectFromEnv(env: Env, cwd: string): { entry?: ProjectEntry; problems
     raw[key] =
       key === "escalation_issue" && /^\d+$/.test(value)
         ? Number(value)
-        : key === "trusted_authors"
+        : key === "trusted_authors" || key === "formulas"
           ? value
               .split(",")
               .map((v) => v.trim())
@@ -399,6 +405,7 @@ function buildProjects(
       botLogin: p.bot_login,
       escalationIssue: p.escalation_issue,
       trustedAuthors: Object.freeze([...p.trusted_authors]),
+      formulas: Object.freeze([...(p.formulas ?? [])]),
     });
   });
   return { projects, problems, warnings };

@@ -1,4 +1,5 @@
 import { runCli } from "./cli.js";
+import { installProcessGuard } from "./process-guard.js";
 
 /**
  * Process entry point: wires the CLI to the real process (argv, env, signals). The first
@@ -26,6 +27,16 @@ process.exitCode = await runCli(process.argv.slice(2), {
   stdout: process.stdout,
   stderr: process.stderr,
   untilSignal,
+  guardProcess: (log) =>
+    installProcessGuard(process, log, (code) => {
+      process.exit(code);
+    }),
+  readStdin: async () => {
+    if (process.stdin.isTTY) return "";
+    const chunks: Buffer[] = [];
+    for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+    return Buffer.concat(chunks).toString("utf8");
+  },
   onHangup: (reload) => {
     process.on("SIGHUP", reload);
     return () => process.off("SIGHUP", reload);

@@ -1,11 +1,14 @@
+import { existsSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
+import path from "node:path";
 import { type ServerType, serve } from "@hono/node-server";
 import { type Database, openDatabase } from "../db/client.js";
 import { migrate } from "../db/migrate.js";
 import { ensureApiToken } from "./api-token.js";
 import { createApp } from "./app.js";
-import { type Config, loadConfig, type ProjectConfig } from "./config.js";
+import { checkClones } from "./clone-check.js";
+import { type Config, ConfigError, loadConfig, type ProjectConfig } from "./config.js";
 import { errorMessage } from "./errors.js";
 import { EscalationMonitor, EscalationService } from "./escalations/escalation-service.js";
 import { DeliveryIngest } from "./forge/delivery-ingest.js";
@@ -14,12 +17,14 @@ import { OutboxWorker } from "./forge/outbox.js";
 import { ForgeReporter } from "./forge/reporter.js";
 import { renderStatusFor } from "./forge/status-comment.js";
 import { WebhookService } from "./forge/webhook-service.js";
+import { logFiring } from "./formulas/projects.js";
 import { FormulaStore } from "./formulas/store.js";
 import { Housekeeping } from "./housekeeping.js";
 import { InstanceHeartbeat, resolveInstanceId } from "./instance.js";
 import { createLogger, type Logger, type LoggerOptions } from "./logger.js";
 import { type MemoryProbe, readAvailableMemoryMb } from "./memory.js";
 import { Metrics } from "./metrics.js";
+import { OutputsService } from "./outputs/outputs-service.js";
 import { VERSION } from "./package-info.js";
 import { rootRefusal } from "./runs/agent-env.js";
 import type { RunObserver } from "./runs/run-executor.js";
@@ -97,7 +102,13 @@ export async function openAndMigrate(config: Config, log: Logger): Promise<Datab
   const { settings } = config;
   const url = settings.databaseUrl?.reveal();
   if (!url) {
-    log.info({ dataDir: settings.dataDir }, "opening the embedded database (the first start takes a few seconds)");
+    const fresh = !existsSync(path.join(settings.dataDir, "pgdata", "PG_VERSION"));
+    log.info(
+      { dataDir: settings.dataDir },
+      fresh
+        ? "creating the embedded database: this first start takes 10-25 s (later starts open it in about a second)"
+        : "opening the embedded database",
+    );
   }
   const database = await openDatabase(url ? { url } : { dataDir: `${settings.dataDir}/pgdata` });
   try {
@@ -142,6 +153,26 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
       `${config.projects.length} project(s) configured`,
     );
   }
+  // Before the slow part (the database): a wrong repo_path fails now, with the fix.
+  const clones = await checkClones(config.projects, options.env);
+  for (const warning of clones.warnings) instanceLog.warn(`config: ${warning}`);
+  if (clones.problems.length > 0) throw new ConfigError(clones.problems);
+
+  // Bind the port first: a port in use fails in milliseconds, not after the database is
+  // open, and probes get an answer (503 "starting") while the rest starts.
+  const starting = startingHandler(VERSION);
+  let handler: (request: Request, env: unknown) => Response | Promise<Response> = starting.fetch;
+  const httpServer = await listen(settings.host, settings.port, (request, env) => handler(request, env));
+  const address = httpServer.address() as AddressInfo;
+  const host = address.address.includes(":") ? `[${address.address}]` : address.address;
+  const url = `http://${host}:${address.port}`;
+  instanceLog.info(
+    { url },
+    `bound ${url}; answering 503 until ready${
+      config.settings.databaseUrl ? "" : " (the first start creates the embedded database: 10-25 s)"
+    }`,
+  );
+
   for (const profile of Object.values(config.agents)) {
     // Said at start, not only when a run fails: the fix is how the server is started.
     const refusal = rootRefusal(profile.command, { IS_SANDBOX: options.env.IS_SANDBOX ?? "" });
@@ -163,7 +194,14 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     );
   }
 
-  const database = options.database ?? (await openAndMigrate(config, instanceLog));
+  starting.doing = "opening the database";
+  let database: Database;
+  try {
+    database = options.database ?? (await openAndMigrate(config, instanceLog));
+  } catch (error) {
+    await closeHttpServer(httpServer);
+    throw error;
+  }
   const formulas = new FormulaStore(settings.formulasDir, instanceLog);
   const now = options.now ?? (() => new Date());
   const worktrees = new WorktreeManager({
@@ -174,7 +212,7 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     now,
     env: options.env,
   });
-  let serverUrl: string | undefined;
+  const serverUrl: string | undefined = url;
   const forgeClients = new Map<string, ForgeClient>();
   const forgeClient = (project: ProjectConfig) => {
     let client = forgeClients.get(project.name);
@@ -193,6 +231,16 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     secrets,
     log: instanceLog,
     now,
+  });
+  // The executor calls outputs.collect(...) after each session; the API appends to the same path.
+  const outputs = new OutputsService({
+    database,
+    secrets,
+    log: instanceLog,
+    env: options.env,
+    onOutbox: () => outbox.notify(),
+    config,
+    formulas,
   });
   const reporter = new ForgeReporter({
     database,
@@ -269,6 +317,7 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
       .catch(() => {})
       .then(async () => {
         await formulas.reload();
+        logFiring(instanceLog, formulas.list(), config.projects);
         await scheduler.sync();
       });
     return reloadChain;
@@ -288,6 +337,7 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     escalations: escalationService,
     outbox,
     scheduler,
+    outputs,
     metrics,
     runLog,
     reloadFormulas,
@@ -302,6 +352,7 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     name: "formulas",
     start: async () => {
       await formulas.reload();
+      logFiring(instanceLog, formulas.list(), config.projects);
     },
     stop: async () => {},
   });
@@ -337,13 +388,12 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
   components.push({ name: "run worker", start: () => worker.start(), stop: () => worker.stop() });
   components.push({ name: "scheduler", start: () => scheduler.start(), stop: () => scheduler.stop() });
 
-  let httpServer: ServerType | undefined;
   let stopping: Promise<void> | undefined;
   const stop = () => {
     stopping ??= (async () => {
       services.intake.accepting = false;
       instanceLog.info("stopping: no new work accepted");
-      if (httpServer) await closeHttpServer(httpServer);
+      await closeHttpServer(httpServer);
       for (const component of [...started].reverse()) {
         try {
           await component.stop();
@@ -362,18 +412,12 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
 
   try {
     for (const component of components) {
+      starting.doing = `starting ${component.name}`;
       await component.start();
       started.push(component);
     }
     const app = createApp(services);
-    const address = await new Promise<AddressInfo>((resolve, reject) => {
-      const server = serve({ fetch: app.fetch, port: settings.port, hostname: settings.host }, (info) => resolve(info));
-      server.once("error", reject);
-      httpServer = server;
-    });
-    const host = address.address.includes(":") ? `[${address.address}]` : address.address;
-    const url = `http://${host}:${address.port}`;
-    serverUrl = url;
+    handler = (request, env) => app.fetch(request, env);
     instanceLog.info(
       { url, version: VERSION, database: database.kind },
       `formula-runner ${VERSION} listening on ${url}`,
@@ -383,6 +427,48 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     await stop();
     throw error;
   }
+}
+
+/**
+ * What the port answers while the server starts: `/healthz` 200 (the process is alive),
+ * everything else 503 with what it is doing, so probes and clients know to wait.
+ */
+function startingHandler(version: string) {
+  const state = {
+    doing: "starting",
+    fetch: (request: Request): Response => {
+      const { pathname } = new URL(request.url);
+      if (pathname === "/healthz") return Response.json({ status: "starting", version });
+      return Response.json(
+        { error: { code: "unavailable", message: `starting (${state.doing}); try again in a few seconds` } },
+        { status: 503, headers: { "retry-after": "5" } },
+      );
+    },
+  };
+  return state;
+}
+
+/** Listens on host:port; a port in use is an error that says so and what to do. */
+function listen(
+  host: string,
+  port: number,
+  fetch: (request: Request, env: unknown) => Response | Promise<Response>,
+): Promise<ServerType> {
+  return new Promise((resolve, reject) => {
+    const server = serve({ fetch, port, hostname: host }, () => resolve(server));
+    server.once("error", (error: NodeJS.ErrnoException) => {
+      if (error.code === "EADDRINUSE") {
+        reject(
+          new Error(
+            `port ${port} on ${host} is already in use (another formula-runner?); stop it or set PORT to a free port`,
+            { cause: error },
+          ),
+        );
+      } else {
+        reject(error);
+      }
+    });
+  });
 }
 
 /** How long requests in flight (a streamed log, say) may take to finish at shutdown. */

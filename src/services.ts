@@ -6,6 +6,7 @@ import type { WebhookService } from "./forge/webhook-service.js";
 import type { FormulaStore } from "./formulas/store.js";
 import type { Logger } from "./logger.js";
 import type { Metrics } from "./metrics.js";
+import type { OutputsService } from "./outputs/outputs-service.js";
 import type { RunLog } from "./runs/run-log.js";
 import type { RunService } from "./runs/run-service.js";
 import type { Scheduler } from "./scheduler/scheduler.js";
@@ -34,6 +35,8 @@ export interface Services {
   /** Sends forge writes (comments, edits, labels); `notify()` wakes it. */
   outbox: OutboxWorker;
   scheduler: Scheduler;
+  /** Decides and queues the forge writes agents ask for (safe outputs). */
+  outputs: OutputsService;
   /** Prometheus metrics for GET /metrics; also a run observer. */
   metrics: Metrics;
   /** Run logs in the database: GET /api/runs/:id/log on any instance. */

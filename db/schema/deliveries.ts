@@ -15,7 +15,7 @@ export const deliveries = pgTable(
     repository: text("repository"),
     sender: text("sender"),
     payload: jsonb("payload").notNull(),
-    /** `queued` when it fired at least one run, `ignored` otherwise (see `reason`). */
+    /** `queued` when it fired at least one run, `answered` when its comment answered a run's question, else `ignored` (see `reason`). */
     outcome: text("outcome").notNull(),
     reason: text("reason"),
     receivedAt: timestamp("received_at", { withTimezone: true }).notNull().defaultNow(),

@@ -8,6 +8,8 @@ export class ApiError extends Error {
     message: string,
     readonly status: number | undefined,
     readonly code: string | undefined,
+    /** The rest of the server's error envelope (validation problems, the record concerned). */
+    readonly details: Readonly<Record<string, unknown>> = {},
   ) {
     super(message);
     this.name = "ApiError";
@@ -50,9 +52,37 @@ export class ApiClient {
   }
 
   async request<T>(method: string, route: string, body?: unknown): Promise<T> {
-    let res: Response;
+    const res = await this.#send(method, route, body, AbortSignal.timeout(60_000));
+    const text = await res.text();
+    let parsed: unknown;
     try {
-      res = await fetch(`${this.baseUrl}${route}`, {
+      parsed = text === "" ? undefined : JSON.parse(text);
+    } catch {
+      parsed = undefined;
+    }
+    if (!res.ok) throw errorOf(res.status, route, parsed);
+    return parsed as T;
+  }
+
+  /** A response whose body the caller reads (plain text, a server-sent event stream); no time limit. */
+  async open(route: string): Promise<Response> {
+    const res = await this.#send("GET", route, undefined, undefined);
+    if (!res.ok) {
+      const text = await res.text();
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(text);
+      } catch {
+        parsed = undefined;
+      }
+      throw errorOf(res.status, route, parsed);
+    }
+    return res;
+  }
+
+  async #send(method: string, route: string, body: unknown, signal: AbortSignal | undefined): Promise<Response> {
+    try {
+      return await fetch(`${this.baseUrl}${route}`, {
         method,
         headers: {
           authorization: `Bearer ${this.token}`,
@@ -60,7 +90,7 @@ export class ApiClient {
           ...(body === undefined ? {} : { "content-type": "application/json" }),
         },
         body: body === undefined ? undefined : JSON.stringify(body),
-        signal: AbortSignal.timeout(60_000),
+        ...(signal && { signal }),
       });
     } catch (error) {
       const cause = (error as { cause?: { code?: string } }).cause?.code ?? (error as Error).message;
@@ -70,17 +100,12 @@ export class ApiClient {
         undefined,
       );
     }
-    const text = await res.text();
-    let parsed: unknown;
-    try {
-      parsed = text === "" ? undefined : JSON.parse(text);
-    } catch {
-      parsed = undefined;
-    }
-    if (!res.ok) {
-      const envelope = (parsed as { error?: { code?: string; message?: string } } | undefined)?.error;
-      throw new ApiError(envelope?.message ?? `HTTP ${res.status} from ${route}`, res.status, envelope?.code);
-    }
-    return parsed as T;
   }
+}
+
+/** The server's error envelope as an ApiError. */
+function errorOf(status: number, route: string, parsed: unknown): ApiError {
+  const envelope = (parsed as { error?: { code?: string; message?: string } } | undefined)?.error;
+  const { code, message, ...details } = envelope ?? {};
+  return new ApiError(message ?? `HTTP ${status} from ${route}`, status, code, details);
 }

@@ -1,5 +1,5 @@
 import type { RunJson } from "../runs/run-service.js";
-import type { ApiClient } from "./api-client.js";
+import { type ApiClient, ApiError } from "./api-client.js";
 import { bytes, duration, relative, table } from "./format.js";
 
 /** Where CLI commands write; `isTTY` turns on live progress lines. */
@@ -59,6 +59,24 @@ function elapsed(run: RunJson, now = Date.now()): string {
   return duration((run.finished_at ? Date.parse(run.finished_at) : now) - Date.parse(run.started_at));
 }
 
+/** What to type to answer a run's question. */
+export function replyHint(id: string | number): string {
+  return `answer with: formula-runner reply ${id} --body "..."  (or reply on the issue)`;
+}
+
+/** What to type to follow a run. */
+export function followHint(id: string | number): string {
+  return `follow it with: formula-runner logs ${id} --follow  (or formula-runner runs show ${id})`;
+}
+
+/** How a run ended, in words: `done after 12s`, `skipped (busy): ...` (a run that never started took no time). */
+export function outcomeLine(run: RunJson): string {
+  const how = run.started_at
+    ? `${run.status} after ${elapsed(run)}`
+    : `${run.status}${run.skip_reason ? ` (${run.skip_reason.replaceAll("_", " ")})` : ""}`;
+  return `${how}${run.detail ? `: ${run.detail}` : ""}`;
+}
+
 /** `run FORMULA`: dispatch, and with `--wait` follow it to the end (exit 0 only if done). */
 export async function runCommand(
   client: ApiClient,
@@ -73,7 +91,10 @@ export async function runCommand(
     actor: args.actor,
   });
   println(out, `run ${run.id} queued: ${run.formula} on ${run.project}${run.issue ? ` (issue #${run.issue})` : ""}`);
-  if (!args.wait) return 0;
+  if (!args.wait) {
+    println(out, followHint(run.id));
+    return 0;
+  }
 
   const tty = out.isTTY === true;
   let lastLine = "";
@@ -103,10 +124,7 @@ export async function runCommand(
     await new Promise((resolve) => setTimeout(resolve, args.pollMs ?? 500));
   }
   if (tty) out.write("\r\x1b[K");
-  println(
-    out,
-    `run ${run.id} ${current.status} after ${elapsed(current)}${current.detail ? `: ${current.detail}` : ""}`,
-  );
+  println(out, `run ${run.id} ${outcomeLine(current)}`);
   if (current.worktree?.state === "preserved") {
     println(
       out,
@@ -116,6 +134,7 @@ export async function runCommand(
   if (current.status === "escalated") {
     const question = current.escalations?.find((e) => e.state === "open")?.question;
     if (question) println(err, `the agent asked:\n${question}`);
+    println(err, replyHint(run.id));
   }
   return current.status === "done" ? 0 : 1;
 }
@@ -247,18 +266,9 @@ export async function worktreesList(
   return 0;
 }
 
-/** `--older-than 24h` / `90m` / `2d` in hours (the API's unit). */
-export function parseAge(text: string): number | undefined {
-  const match = /^(\d+(?:\.\d+)?)\s*(m|h|d)?$/.exec(text.trim());
-  if (!match) return undefined;
-  const value = Number(match[1]);
-  const unit = match[2] ?? "h";
-  return unit === "m" ? value / 60 : unit === "d" ? value * 24 : value;
-}
-
 export async function worktreesPurge(
   client: ApiClient,
-  args: { id?: string; olderThanHours?: number; dryRun: boolean; json: boolean },
+  args: { id?: string; olderThan?: string; dryRun: boolean; json: boolean },
   out: Output,
 ): Promise<number> {
   let purged: PurgeEntry[];
@@ -276,19 +286,30 @@ export async function worktreesPurge(
       purged = worktree.state === "preserved" ? [entry] : [];
       kept = worktree.state === "preserved" ? [] : [entry];
     } else {
-      const { worktree: removed } = await client.request<{ worktree: WorktreeJson }>(
-        "DELETE",
-        `/api/worktrees/${encodeURIComponent(args.id)}`,
-      );
-      purged = [{ ...removed, reason: "removed on request" }];
-      kept = [];
+      try {
+        const { worktree: removed } = await client.request<{ worktree: WorktreeJson }>(
+          "DELETE",
+          `/api/worktrees/${encodeURIComponent(args.id)}`,
+        );
+        purged = [{ ...removed, reason: "removed on request" }];
+        kept = [];
+      } catch (error) {
+        // Removed before: nothing purged now, listed as kept with the reason (as a purge by id does).
+        const worktree = error instanceof ApiError ? (error.details.worktree as WorktreeJson | undefined) : undefined;
+        if (error instanceof ApiError && error.status === 409 && worktree?.state === "removed") {
+          purged = [];
+          kept = [{ ...worktree, reason: error.message.replace(/^worktree \d+ was not removed: /, "") }];
+        } else {
+          throw error;
+        }
+      }
     }
   } else {
     ({ purged, kept } = await client.request<{ purged: PurgeEntry[]; kept: PurgeEntry[] }>(
       "POST",
       "/api/worktrees/purge",
       {
-        older_than_hours: args.olderThanHours ?? 24,
+        older_than: args.olderThan ?? "24h",
         dry_run: args.dryRun,
       },
     ));

@@ -29,6 +29,12 @@ export interface EscalationDeps {
   onExpired?: (run: Run) => Promise<void>;
 }
 
+/** What a comment did to an open question: answered it, was refused as an answer (and why), or neither. */
+export type CommentReply =
+  | { outcome: "delivered"; runId: number }
+  | { outcome: "ignored"; runId: number; reason: string }
+  | { outcome: "none" };
+
 /**
  * Questions agents ask (PHASE:escalate) and the answers people give: from an issue
  * comment (the first one after the question by someone with write access, not a bot)
@@ -42,8 +48,9 @@ export class EscalationService {
   constructor(private readonly deps: EscalationDeps) {}
 
   /** An issue comment, seen through a webhook: maybe the answer to an open question. */
-  async handleComment(project: ProjectConfig, event: ForgeEvent): Promise<"delivered" | "ignored" | "none"> {
-    if (event.kind !== "issue_comment" || event.action !== "created" || !event.comment || !event.issue) return "none";
+  async handleComment(project: ProjectConfig, event: ForgeEvent): Promise<CommentReply> {
+    const none = { outcome: "none" } as const;
+    if (event.kind !== "issue_comment" || event.action !== "created" || !event.comment || !event.issue) return none;
     const comment = event.comment;
     const open = await this.deps.database.db
       .select({ escalation: escalations })
@@ -60,16 +67,16 @@ export class EscalationService {
       .orderBy(asc(escalations.id));
     // The first reply AFTER the question: comment ids grow on both GitHub and Gitea.
     const target = open.map((o) => o.escalation).find((e) => (e.commentId ?? Number.MAX_SAFE_INTEGER) < comment.id);
-    if (!target) return "none";
+    if (!target) return none;
     const log = this.deps.log.child({ runId: target.runId, escalationId: target.id });
 
     const author = comment.author;
     const refuse = async (outcome: string) => {
       await this.#record(target.id, { source: "comment", commentId: comment.id, author, body: comment.body, outcome });
       log.info({ author, outcome }, `reply by ${author} not delivered: ${outcome}`);
-      return "ignored" as const;
+      return { outcome: "ignored", runId: target.runId, reason: outcome } as const;
     };
-    if (project.botLogin && author.toLowerCase() === project.botLogin.toLowerCase()) return "none";
+    if (project.botLogin && author.toLowerCase() === project.botLogin.toLowerCase()) return none;
     if (event.sender?.bot || author.endsWith("[bot]")) return refuse("bot");
     let level: AccessLevel;
     try {
@@ -83,7 +90,7 @@ export class EscalationService {
       { source: "comment", commentId: comment.id, author, body: comment.body },
       project,
     );
-    return claimed ? "delivered" : refuse("already answered");
+    return claimed ? { outcome: "delivered", runId: target.runId } : refuse("already answered");
   }
 
   /** POST /api/runs/:id/reply: the API token holder answers the run's open question. */

@@ -4,7 +4,7 @@ import { deliveries, runs } from "../../db/schema/index.js";
 import { AppError } from "../errors.js";
 
 export interface DeliveryFilter {
-  outcome?: "queued" | "ignored" | undefined;
+  outcome?: "queued" | "ignored" | "answered" | undefined;
   project?: string | undefined;
   event?: string | undefined;
   limit?: number | undefined;

@@ -84,6 +84,36 @@ interface ListedComment {
   body?: string | null;
 }
 
+/** A pull request or issue the forge answered with: its number and web address. */
+export interface ForgeItem {
+  number: number;
+  url: string | undefined;
+}
+
+interface ListedPull {
+  number: number;
+  state?: string;
+  html_url?: string | null;
+  head?: { ref?: string };
+}
+
+interface ListedIssue {
+  number: number;
+  body?: string | null;
+  html_url?: string | null;
+  pull_request?: unknown;
+}
+
+/** Pages of pull requests or issues read when looking for one (100 or 50 each). */
+const FIND_PAGES = 20;
+
+function itemOf(data: { number: number; html_url?: string | null }): ForgeItem {
+  return {
+    number: data.number,
+    url: typeof data.html_url === "string" && data.html_url !== "" ? data.html_url : undefined,
+  };
+}
+
 interface RepoLabel {
   id: number;
   name: string;
@@ -249,6 +279,142 @@ export class ForgeClient {
         request: { signal },
       }),
     );
+  }
+
+  /**
+   * Removes labels from an issue. A label the issue does not carry (404), or that the
+   * repository does not know (Gitea, which removes by id), is already removed.
+   */
+  async removeLabels(issue: number, labels: string[]): Promise<void> {
+    if (labels.length === 0) return;
+    const known = this.#gitea ? await this.#giteaLabels() : [];
+    for (const name of labels) {
+      let key: string | number = name;
+      if (this.#gitea) {
+        const label = findLabel(known, name);
+        if (!label) continue;
+        key = label.id;
+      }
+      try {
+        await this.#call(`removing label ${name} from ${this.project.repo}#${issue}`, (signal) =>
+          this.octokit.request("DELETE /repos/{owner}/{repo}/issues/{issue_number}/labels/{name}", {
+            owner: this.#owner,
+            repo: this.#repo,
+            issue_number: issue,
+            name: String(key),
+            request: { signal },
+          }),
+        );
+      } catch (error) {
+        if (!(error instanceof ForgeError && error.status === 404)) throw error;
+      }
+    }
+  }
+
+  /**
+   * The open pull request whose head is the branch `head` of this repository, if any.
+   * GitHub filters by `owner:branch`; Gitea lists the open pull requests, read page by page.
+   */
+  async findOpenPullRequest(head: string): Promise<ForgeItem | undefined> {
+    const perPage = this.#gitea ? 50 : 100;
+    for (let page = 1; page <= FIND_PAGES; page++) {
+      const { data } = await this.#call(`listing the pull requests of ${this.project.repo}`, (signal) =>
+        this.octokit.request("GET /repos/{owner}/{repo}/pulls", {
+          owner: this.#owner,
+          repo: this.#repo,
+          state: "open",
+          ...(this.#gitea ? { limit: perPage } : { per_page: perPage, head: `${this.#owner}:${head}` }),
+          page,
+          request: { signal },
+        }),
+      );
+      const pulls = (Array.isArray(data) ? data : []) as ListedPull[];
+      const found = pulls.find((p) => p.head?.ref === head && (p.state === undefined || p.state === "open"));
+      if (found) return itemOf(found);
+      if (pulls.length < perPage) return undefined;
+    }
+    return undefined;
+  }
+
+  /** Opens a pull request from branch `head`; Gitea and Forgejo take no draft flag, so a draft's title says "WIP: ". */
+  async createPullRequest(request: {
+    head: string;
+    base: string;
+    title: string;
+    body: string;
+    draft: boolean;
+  }): Promise<ForgeItem> {
+    const title = this.#gitea && request.draft ? `WIP: ${request.title}` : request.title;
+    const { data } = await this.#call(`opening a pull request on ${this.project.repo}`, (signal) =>
+      this.octokit.request("POST /repos/{owner}/{repo}/pulls", {
+        owner: this.#owner,
+        repo: this.#repo,
+        head: request.head,
+        base: request.base,
+        title,
+        body: request.body,
+        ...(this.#gitea ? {} : { draft: request.draft }),
+        request: { signal },
+      }),
+    );
+    return itemOf(data as ListedPull);
+  }
+
+  /** Replaces a pull request's title and body (a draft on Gitea keeps its "WIP: "). */
+  async updatePullRequest(number: number, request: { title: string; body: string; draft: boolean }): Promise<void> {
+    const title = this.#gitea && request.draft ? `WIP: ${request.title}` : request.title;
+    await this.#call(`editing pull request ${this.project.repo}#${number}`, (signal) =>
+      this.octokit.request("PATCH /repos/{owner}/{repo}/pulls/{pull_number}", {
+        owner: this.#owner,
+        repo: this.#repo,
+        pull_number: number,
+        title,
+        body: request.body,
+        request: { signal },
+      }),
+    );
+  }
+
+  /**
+   * The open issue (not pull request) whose body contains `marker`, among those updated
+   * since `since`, newest first, about 1000 at most.
+   */
+  async findIssue(marker: string, since: Date): Promise<ForgeItem | undefined> {
+    const perPage = this.#gitea ? 50 : 100;
+    for (let page = 1; page <= FIND_PAGES; page++) {
+      const { data } = await this.#call(`listing the issues of ${this.project.repo}`, (signal) =>
+        this.octokit.request("GET /repos/{owner}/{repo}/issues", {
+          owner: this.#owner,
+          repo: this.#repo,
+          state: "open",
+          since: since.toISOString(),
+          ...(this.#gitea
+            ? { type: "issues", limit: perPage }
+            : { sort: "created", direction: "desc", per_page: perPage }),
+          page,
+          request: { signal },
+        }),
+      );
+      const issues = (Array.isArray(data) ? data : []) as ListedIssue[];
+      const found = issues.find((i) => !i.pull_request && typeof i.body === "string" && i.body.includes(marker));
+      if (found) return itemOf(found);
+      if (issues.length < perPage) return undefined;
+    }
+    return undefined;
+  }
+
+  /** Opens an issue. */
+  async createIssue(title: string, body: string): Promise<ForgeItem> {
+    const { data } = await this.#call(`opening an issue on ${this.project.repo}`, (signal) =>
+      this.octokit.request("POST /repos/{owner}/{repo}/issues", {
+        owner: this.#owner,
+        repo: this.#repo,
+        title,
+        body,
+        request: { signal },
+      }),
+    );
+    return itemOf(data as ListedIssue);
   }
 
   /** Every label of the repository (Gitea pages them by `limit`). */

@@ -1,7 +1,7 @@
 import { and, asc, eq, inArray, lt, lte, notExists, sql } from "drizzle-orm";
 import { alias } from "drizzle-orm/pg-core";
 import type { Database, Db, Tx } from "../../db/client.js";
-import { escalations, type OutboxEntry, type OutboxKind, outbox, runs } from "../../db/schema/index.js";
+import { escalations, type OutboxEntry, type OutboxKind, outbox, outputs, runs } from "../../db/schema/index.js";
 import type { ProjectConfig } from "../config.js";
 import { errorMessage } from "../errors.js";
 import type { Logger } from "../logger.js";
@@ -15,7 +15,15 @@ export type OutboxPayload =
   /** A new comment; with `escalationId`, its forge id is stored on that escalation once posted. */
   | { kind: "comment"; body: string; escalationId?: number }
   | { kind: "comment_edit"; commentId: number; body: string }
-  | { kind: "label"; labels: string[] };
+  /** Labels added to the issue, and (from an agent's `label` output) removed. */
+  | { kind: "label"; labels: string[]; remove?: string[] }
+  /**
+   * An agent's `pull_request` output: the server has pushed its commits to `head`; the
+   * open pull request from `head` is updated, or one is opened.
+   */
+  | { kind: "pull_request"; head: string; base: string; title: string; body: string; draft: boolean }
+  /** An agent's `issue` output; `marker` (in the body) finds it again so it is opened once. */
+  | { kind: "issue"; title: string; body: string; marker: string };
 
 type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
 
@@ -323,7 +331,26 @@ export class OutboxWorker {
         return { kind: "sent" };
       case "label":
         await client.addLabels(row.issue, payload.labels);
+        await client.removeLabels(row.issue, payload.remove ?? []);
         return { kind: "sent" };
+      case "pull_request": {
+        const request = { title: scrub(payload.title), body: scrub(payload.body), draft: payload.draft };
+        // Found by its branch: a try that opened it and never heard back updates it instead.
+        const open = await client.findOpenPullRequest(payload.head);
+        if (open) {
+          await client.updatePullRequest(open.number, request);
+          return { kind: "sent", result: { number: open.number, url: open.url, updated: true } };
+        }
+        const created = await client.createPullRequest({ ...request, head: payload.head, base: payload.base });
+        return { kind: "sent", result: { number: created.number, url: created.url } };
+      }
+      case "issue": {
+        const found = await client.findIssue(payload.marker, new Date(row.createdAt.getTime() - CLOCK_SKEW_MS));
+        if (found) return { kind: "sent", result: { number: found.number, url: found.url, recovered: true } };
+        const body = `${scrub(payload.body)}\n\n${payload.marker}`;
+        const created = await client.createIssue(scrub(payload.title), body);
+        return { kind: "sent", result: { number: created.number, url: created.url } };
+      }
     }
   }
 
@@ -418,6 +445,8 @@ export class OutboxWorker {
         if (typeof escalationId === "number" && typeof commentId === "number") {
           await tx.update(escalations).set({ commentId }).where(eq(escalations.id, escalationId));
         }
+        // An agent's output this row carries is sent too.
+        await tx.update(outputs).set({ status: "sent" }).where(eq(outputs.outboxId, row.id));
         return true;
       });
       if (!sent && row.kind === "status") {
@@ -433,7 +462,19 @@ export class OutboxWorker {
     // Only while the lease is still ours: otherwise another instance has the row now.
     const ours = and(eq(outbox.id, row.id), eq(outbox.state, "pending"), eq(outbox.nextAttemptAt, lease));
     if (outcome.kind === "failed") {
-      await db.update(outbox).set({ state: "failed", lastError: outcome.error }).where(ours);
+      await db.transaction(async (tx) => {
+        const [failed] = await tx
+          .update(outbox)
+          .set({ state: "failed", lastError: outcome.error })
+          .where(ours)
+          .returning({ id: outbox.id });
+        if (failed) {
+          await tx
+            .update(outputs)
+            .set({ status: "failed", reason: outcome.error.slice(0, 1_000) })
+            .where(eq(outputs.outboxId, row.id));
+        }
+      });
       log.error(
         { ...fields, status: outcome.status },
         `outbox: ${row.kind} write to ${row.project}#${row.issue} failed for good: ${outcome.error}`,
@@ -488,11 +529,29 @@ function parsePayload(kind: OutboxKind, payload: unknown): OutboxPayload | undef
       return typeof p.commentId === "number" && typeof p.body === "string"
         ? { kind, commentId: p.commentId, body: p.body }
         : undefined;
-    case "label":
-      return Array.isArray(p.labels) && p.labels.every((l) => typeof l === "string")
-        ? { kind, labels: p.labels as string[] }
+    case "label": {
+      const remove = p.remove ?? [];
+      return isStrings(p.labels) && isStrings(remove)
+        ? { kind, labels: p.labels, ...(remove.length > 0 ? { remove } : {}) }
+        : undefined;
+    }
+    case "pull_request":
+      return typeof p.head === "string" &&
+        typeof p.base === "string" &&
+        typeof p.title === "string" &&
+        typeof p.body === "string" &&
+        typeof p.draft === "boolean"
+        ? { kind, head: p.head, base: p.base, title: p.title, body: p.body, draft: p.draft }
+        : undefined;
+    case "issue":
+      return typeof p.title === "string" && typeof p.body === "string" && typeof p.marker === "string"
+        ? { kind, title: p.title, body: p.body, marker: p.marker }
         : undefined;
     default:
       return undefined;
   }
+}
+
+function isStrings(value: unknown): value is string[] {
+  return Array.isArray(value) && value.every((v) => typeof v === "string");
 }

@@ -87,6 +87,9 @@ export function renderStatus(input: StatusInput): string {
     facts.push(
       `**Sessions:** ${input.sessions.map((s) => `${s.seq} ${s.kind}${s.outcome ? ` (${s.outcome})` : ""}`).join(", ")}`,
     );
+  if (run.sandboxed === true) facts.push("**Sandbox:** on");
+  if (run.sandboxed === false) facts.push("**Sandbox:** ⚠️ off");
+  if (run.forgeToken) facts.push("**Forge token:** ⚠️ given to the agent");
   lines.push(facts.join(" · "));
 
   if (input.phases.length > 0) {

@@ -1,6 +1,8 @@
 import { isUtf8 } from "node:buffer";
 import type { ProjectConfig } from "../config.js";
 import { errorMessage } from "../errors.js";
+import type { CommentReply } from "../escalations/escalation-service.js";
+import { firesOn } from "../formulas/projects.js";
 import type { FormulaStore } from "../formulas/store.js";
 import { matchFormulas, runEventOf } from "../formulas/triggers.js";
 import type { Logger } from "../logger.js";
@@ -12,8 +14,10 @@ import { hasAtLeast, type PermissionCache } from "./forge-client.js";
 export interface WebhookOutcome {
   duplicate: boolean;
   runIds: number[];
-  /** Why nothing fired, when nothing did. */
+  /** Why nothing fired, when nothing did (and the delivery answered no question). */
   ignored: string | undefined;
+  /** The run whose open question this delivery's comment answered. */
+  answered: number | undefined;
 }
 
 /**
@@ -50,6 +54,24 @@ export function parsePayload(body: Uint8Array): unknown {
   return SUSPECT_ESCAPE.test(text) ? storable(value) : value;
 }
 
+/** Whether a Content-Type is HTML-form encoding (GitHub's default webhook content type). */
+export function isFormEncoded(contentType: string | undefined): boolean {
+  return /^\s*application\/x-www-form-urlencoded\s*(;|$)/i.test(contentType ?? "");
+}
+
+/**
+ * The JSON inside a form-encoded delivery: GitHub (and Gitea, when asked) send
+ * `payload=<url-encoded JSON>`. Call it only after the signature was checked on the body
+ * as sent. Throws a SyntaxError saying what is missing.
+ */
+export function formPayload(body: Uint8Array): Uint8Array {
+  const buffer = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+  if (!isUtf8(buffer)) throw new SyntaxError("the body is not UTF-8");
+  const payload = new URLSearchParams(buffer.toString("utf8")).get("payload");
+  if (payload === null) throw new SyntaxError("the form-encoded body has no payload field");
+  return Buffer.from(payload, "utf8");
+}
+
 /**
  * Decides what an accepted delivery fires (formula triggers, then sender rules: bots and
  * the runner's own login fire nothing, nor senders below a formula's `min_permission`)
@@ -65,7 +87,7 @@ export class WebhookService {
       log: Logger;
       onQueued: () => void;
       /** Answers to agents' questions arrive as issue comments. */
-      escalations?: { handleComment(project: ProjectConfig, event: ForgeEvent): Promise<unknown> };
+      escalations?: { handleComment(project: ProjectConfig, event: ForgeEvent): Promise<CommentReply> };
     },
   ) {}
 
@@ -80,22 +102,28 @@ export class WebhookService {
         action: event.action,
         project: project.name,
       }));
+    let reply: CommentReply = { outcome: "none" };
     if (event.kind === "issue_comment" && event.action === "created" && this.deps.escalations) {
       // Before the delivery is recorded: if we die in between, the forge's redelivery is
       // not a duplicate yet and the answer is not lost. The claim itself is exactly-once.
-      await this.deps.escalations
-        .handleComment(project, event)
-        .catch((error: unknown) => log().error({ err: error }, `escalation reply: ${errorMessage(error)}`));
+      reply = await this.deps.escalations.handleComment(project, event).catch((error: unknown) => {
+        log().error({ err: error }, `escalation reply: ${errorMessage(error)}`);
+        return { outcome: "none" } as const;
+      });
     }
-    const matches = matchFormulas(this.deps.formulas.list(), event);
+    const triggered = matchFormulas(this.deps.formulas.list(), event);
+    const matches = triggered.filter((m) => firesOn(m.formula, project));
     let ignored: string | undefined;
     let fired = matches;
     const sender = event.sender;
-    if (matches.length === 0) {
+    if (triggered.length === 0) {
       ignored =
         event.kind === undefined
           ? `event "${event.event}" is not one formulas react to`
           : `no formula matches ${event.event}${event.action ? `/${event.action}` : ""}`;
+    } else if (matches.length === 0) {
+      const names = triggered.map((m) => m.formula.name).join(", ");
+      ignored = `${names} would fire on ${event.event}${event.action ? `/${event.action}` : ""} but project ${project.name} does not run it (list it in the project's formulas = [...])`;
     } else if (!sender) {
       ignored = "the delivery names no sender";
       fired = [];
@@ -127,6 +155,16 @@ export class WebhookService {
       }
     }
 
+    // A comment that answered a question is recorded as that, not as an ignored event; one
+    // refused as an answer says why, so the record explains why the run did not resume.
+    let outcome: "queued" | "ignored" | "answered" = fired.length > 0 ? "queued" : "ignored";
+    if (reply.outcome === "delivered" && fired.length === 0) {
+      outcome = "answered";
+      ignored = `answered the question of run ${reply.runId}`;
+    } else if (reply.outcome === "ignored" && fired.length === 0) {
+      const refused = `not accepted as the answer to run ${reply.runId}'s question: ${reply.reason}`;
+      ignored = triggered.length > 0 && ignored !== undefined ? `${refused}; ${ignored}` : refused;
+    }
     const result = await this.deps.ingest.submit({
       delivery: {
         id: event.deliveryId,
@@ -137,7 +175,7 @@ export class WebhookService {
         repository: event.repository ?? null,
         sender: sender?.login ?? null,
         payload,
-        outcome: fired.length > 0 ? "queued" : "ignored",
+        outcome,
         reason: fired.length > 0 ? null : (ignored ?? null),
       },
       runs: fired.map((m) => ({
@@ -159,10 +197,12 @@ export class WebhookService {
     } else if (this.deps.log.isLevelEnabled("debug")) {
       log().debug({ reason: ignored }, "delivery fired nothing");
     }
+    const answered = reply.outcome === "delivered" && !result.duplicate ? reply.runId : undefined;
     return {
       duplicate: result.duplicate,
       runIds: result.runIds,
-      ignored: result.duplicate || result.runIds.length > 0 ? undefined : ignored,
+      ignored: result.duplicate || result.runIds.length > 0 || outcome === "answered" ? undefined : ignored,
+      answered,
     };
   }
 }

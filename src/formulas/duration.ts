@@ -1,9 +1,13 @@
 /**
- * Durations as written in formula files: whole numbers with a unit, largest unit first,
- * each unit at most once: `500ms`, `30s`, `20m`, `2h`, `1d`, `1h30m`, `1d2h3m4s5ms`.
+ * The one duration syntax of formula-runner, in formula files, environment variables,
+ * CLI flags (`--older-than`) and the REST API (`older_than`): numbers with a unit,
+ * largest unit first, each unit at most once: `500ms`, `90s`, `20m`, `1.5h`, `2d`,
+ * `1h30m`, `1d2h3m4s5ms`. A number may have a decimal part (`1.5h`); the result is
+ * rounded to whole milliseconds.
  *
- * Deliberately narrower than libraries like `ms`: no fractions, no spaces, no words,
- * so a duration reads the same to people, to the server and to the JSON Schema pattern.
+ * Deliberately narrower than libraries like `ms`: no spaces, no words, no bare numbers
+ * (is `24` hours or seconds?), so a duration reads the same to people, to the server and
+ * to the JSON Schema pattern.
  */
 
 /** Units from largest to smallest with their length in milliseconds. */
@@ -17,6 +21,9 @@ const UNITS = [
 
 type Unit = (typeof UNITS)[number][0];
 
+/** A number as a duration writes it: digits, optionally a decimal point and more digits. */
+const NUMBER = "\\d+(?:\\.\\d+)?";
+
 /**
  * A regular expression source (anchored) that matches exactly the strings
  * {@link parseDuration} accepts. It avoids look-around so that editor schema validators
@@ -27,20 +34,20 @@ export const DURATION_PATTERN: string = (() => {
   // This keeps the empty string out without a look-ahead.
   const alternatives = UNITS.map(([unit], i) => {
     const optional = UNITS.slice(i + 1)
-      .map(([smaller]) => `(?:\\d+${smaller})?`)
+      .map(([smaller]) => `(?:${NUMBER}${smaller})?`)
       .join("");
-    return `\\d+${unit}${optional}`;
+    return `${NUMBER}${unit}${optional}`;
   });
   return `^(?:${alternatives.join("|")})$`;
 })();
 
 /** One `<digits><unit>` token; `ms` is tried before `m` so `5ms` is not read as `5m` + `s`. */
-const TOKEN = /(\d+)(ms|d|h|m|s)/y;
+const TOKEN = /(\d+(?:\.\d+)?)(ms|d|h|m|s)/y;
 
 /**
  * Parses a duration such as `1h30m` into milliseconds.
- * Returns `undefined` for anything else (empty, unknown unit, units out of order or
- * repeated, fractions, signs, spaces, or a value beyond `Number.MAX_SAFE_INTEGER`).
+ * Returns `undefined` for anything else (empty, a bare number, unknown unit, units out of
+ * order or repeated, signs, spaces, or a value beyond `Number.MAX_SAFE_INTEGER`).
  */
 export function parseDuration(text: string): number | undefined {
   if (typeof text !== "string" || text.length === 0) return undefined;
@@ -60,7 +67,8 @@ export function parseDuration(text: string): number | undefined {
     total += Number(digits) * unitMs;
     position += token.length;
   }
-  return Number.isSafeInteger(total) ? total : undefined;
+  const rounded = Math.round(total);
+  return Number.isSafeInteger(rounded) ? rounded : undefined;
 }
 
 /**
@@ -81,4 +89,12 @@ export function formatDuration(ms: number): string {
     }
   }
   return ms < 0 ? `-${text}` : text;
+}
+
+/** What to tell someone whose duration did not parse: the syntax, with examples. */
+export function durationProblem(text: string): string {
+  const hint = /^\d+(?:\.\d+)?$/.test(text.trim())
+    ? ` (a bare number has no unit: write ${text.trim()}s, ${text.trim()}m or ${text.trim()}h)`
+    : "";
+  return `${JSON.stringify(text)} is not a duration: write a number and a unit, like 90s, 20m, 1.5h, 2d or 1h30m${hint}`;
 }

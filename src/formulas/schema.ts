@@ -11,7 +11,7 @@ import path from "node:path";
 import { Cron } from "croner";
 import { z } from "zod";
 import { closestMatch, schemaKeysAt } from "../validation.js";
-import { DURATION_PATTERN, parseDuration } from "./duration.js";
+import { DURATION_PATTERN, durationProblem, parseDuration } from "./duration.js";
 import {
   COMMAND_PLACEHOLDERS,
   CONCURRENCY_PLACEHOLDERS,
@@ -71,6 +71,10 @@ export type OnBusyPolicy = (typeof ON_BUSY_POLICIES)[number];
 /** Environment variables the server sets for every agent; `[env]` may not override them. */
 export const RESERVED_ENV_NAMES = [
   "PHASE_FILE",
+  "SCRATCH_FILE",
+  "OUTPUTS_FILE",
+  "FORMULA_RUNNER_URL",
+  "FORMULA_RUNNER_TOKEN",
   "RUN_ID",
   "FORMULA",
   "PROJECT",
@@ -101,6 +105,8 @@ export const HOST_PATTERN =
 
 /** Formula names and step ids. */
 export const SLUG_PATTERN = "^[a-z0-9][a-z0-9-]*$";
+/** A project name in a formula's `projects` list (as config.ts checks names), or `*`. */
+const PROJECT_PATTERN = "^(?:\\*|[a-z0-9][a-z0-9_-]*)$";
 /** POSIX environment variable names. */
 export const ENV_NAME_PATTERN = "^[A-Za-z_][A-Za-z0-9_]*$";
 
@@ -124,6 +130,8 @@ export const FORMULA_DEFAULTS = Object.freeze({
   min_permission: "write" as Permission,
   concurrency: "{formula}-{project}",
   on_busy: "skip" as OnBusyPolicy,
+  outputs_comment: true,
+  outputs_max: 5,
 });
 
 // ---------------------------------------------------------------------------------------
@@ -215,9 +223,7 @@ const duration = (description: string, fallback: string) =>
   z
     .string()
     .regex(new RegExp(DURATION_PATTERN), {
-      error: (issue) =>
-        `${quote(issue.input)} is not a duration: write a whole number and a unit, largest first, ` +
-        "e.g. 30s, 20m, 2h, 1d, 1h30m, 500ms",
+      error: (issue) => durationProblem(String(issue.input)),
     })
     .refine((text) => parseDuration(text) !== 0, { error: "must be longer than zero" })
     .default(fallback)
@@ -421,6 +427,44 @@ const envTable = z
   .default({})
   .describe("Extra environment variables for the agent. Never put secrets here; name the variable that holds one.");
 
+const outputsPullRequest = z
+  .union([
+    z.literal(false),
+    z
+      .object({
+        base: nonEmptyString("Branch the pull request targets. Default: the project's primary branch.").optional(),
+        draft: z.boolean().default(false).describe('Open it as a draft (Gitea/Forgejo: a "WIP: " title).'),
+      })
+      .strict(),
+  ])
+  .default(false)
+  .describe("Whether the agent may ask for a pull request of its commits (false, or { base, draft }).");
+
+const outputsTable = z
+  .object({
+    comment: z
+      .boolean()
+      .default(FORMULA_DEFAULTS.outputs_comment)
+      .describe("May the agent comment on the run's issue (runs without an issue never can)."),
+    labels: z
+      .array(nonEmptyString("A label name."))
+      .max(100, { error: "at most 100 labels" })
+      .superRefine(uniqueItems)
+      .meta({ uniqueItems: true })
+      .default([])
+      .describe("Labels the agent may add to or remove from the run's issue."),
+    pull_request: outputsPullRequest,
+    issues: z.boolean().default(false).describe("May the agent open new issues."),
+    max: z
+      .int()
+      .min(1, { error: "must be 1 or more" })
+      .max(100, { error: "must be 100 or less" })
+      .default(FORMULA_DEFAULTS.outputs_max)
+      .describe("How many outputs one run may send (refused ones do not count)."),
+  })
+  .strict()
+  .describe("What the agent may ask the server to write to the forge (lines of $OUTPUTS_FILE).");
+
 const stepTable = z
   .object({
     id: slug("step id").describe("Identifies the step; unique in the formula."),
@@ -550,10 +594,24 @@ export const formulaFileSchema = z
       .describe(
         "fence: text strangers wrote enters the prompt inside a random fence marked as data; omit: it is left out.",
       ),
+    projects: z
+      .array(
+        z.string().regex(new RegExp(PROJECT_PATTERN), {
+          error: (issue) => `${quote(issue.input)} is not a project name (a slug) or "*"`,
+        }),
+      )
+      .superRefine(uniqueItems)
+      .meta({ uniqueItems: true })
+      .default([])
+      .describe(
+        'Projects whose schedules and webhooks fire this formula; "*" means all. A project can also list ' +
+          "the formula in its `formulas`. Listed on neither side, the formula fires on no project.",
+      ),
     on: onTable.prefault({}),
     guards: guardsTable.prefault({}),
     context: contextTable.prefault({}),
     env: envTable,
+    outputs: outputsTable.prefault({}),
     steps: stepsArray,
   })
   .strict()
@@ -636,6 +694,20 @@ export interface FormulaContext {
   readonly commands: readonly (readonly string[])[];
 }
 
+/** `[outputs]`: the forge writes the agent may ask for. */
+export interface FormulaOutputs {
+  /** A comment on the run's issue (only runs with an issue). */
+  readonly comment: boolean;
+  /** Labels it may add or remove on the run's issue. */
+  readonly labels: readonly string[];
+  /** A pull request of its commits; `base` unset means the project's primary branch. */
+  readonly pullRequest: false | { readonly base?: string; readonly draft: boolean };
+  /** New issues. */
+  readonly issues: boolean;
+  /** Outputs sent per run at most. */
+  readonly max: number;
+}
+
 /** One `[[steps]]` entry. */
 export interface FormulaStep {
   readonly id: string;
@@ -668,10 +740,13 @@ export interface Formula {
   /** How long an escalation waits for a reply. */
   readonly escalationTimeoutMs: number;
   readonly report: ReportMode;
+  /** Projects this formula fires on from its side (`*`: all); see `firesOn`. */
+  readonly projects: readonly string[];
   readonly on: FormulaTriggers;
   readonly guards: FormulaGuards;
   readonly context: FormulaContext;
   readonly env: Readonly<Record<string, string>>;
+  readonly outputs: FormulaOutputs;
   readonly steps: readonly FormulaStep[];
   readonly sandbox: FormulaSandbox;
   readonly untrustedText: UntrustedTextMode;
@@ -715,6 +790,7 @@ export function toFormula(file: FormulaFile, absolutePath: string): Formula {
     retentionMs: milliseconds(file.retention),
     escalationTimeoutMs: milliseconds(file.escalation_timeout),
     report: file.report,
+    projects: [...file.projects],
     on: {
       schedule: on.schedule.map((entry) =>
         typeof entry === "string"
@@ -744,6 +820,19 @@ export function toFormula(file: FormulaFile, absolutePath: string): Formula {
     },
     context: { files: [...context.files], commands: context.commands.map((argv) => [...argv]) },
     env: { ...file.env },
+    outputs: {
+      comment: file.outputs.comment,
+      labels: [...file.outputs.labels],
+      pullRequest:
+        file.outputs.pull_request === false
+          ? false
+          : {
+              ...(file.outputs.pull_request.base !== undefined && { base: file.outputs.pull_request.base }),
+              draft: file.outputs.pull_request.draft,
+            },
+      issues: file.outputs.issues,
+      max: file.outputs.max,
+    },
     sandbox: {
       ...(file.sandbox.mode !== undefined && { mode: file.sandbox.mode }),
       allowHosts: [...file.sandbox.allow_hosts],

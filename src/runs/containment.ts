@@ -58,12 +58,12 @@ export interface PolicyInput {
   adminDir: string;
   paths: RunPaths;
   env: Readonly<Record<string, string>>;
-  home?: string;
 }
 
 export function sandboxPolicy(input: PolicyInput): SandboxPolicy {
   const { config, project, paths, worktree, adminDir } = input;
-  const home = input.home ?? os.homedir();
+  // The HOME agents get (the server's environment) and the server process's own, when they differ.
+  const homes = [...new Set([input.env.HOME, os.homedir()].filter((h): h is string => h !== undefined && h !== ""))];
   const otherClones = config.projects.filter((p) => p.name !== project.name).map((p) => p.repoPath);
   return {
     allowWrite: [worktree, adminDir, paths.agentDir],
@@ -73,7 +73,7 @@ export function sandboxPolicy(input: PolicyInput): SandboxPolicy {
       config.settings.dataDir,
       config.settings.worktreeRoot,
       ...otherClones,
-      ...HOME_SECRETS.map((p) => path.join(home, p)),
+      ...homes.flatMap((home) => HOME_SECRETS.map((p) => path.join(home, p))),
       // The library's shared scratch directory: private per sandbox once denied.
       "/tmp/claude",
       ...config.sandbox.denyRead,

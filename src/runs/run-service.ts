@@ -1,6 +1,8 @@
+import path from "node:path";
 import { and, asc, desc, eq, inArray, lt, type SQL, sql } from "drizzle-orm";
 import type { Database } from "../../db/client.js";
 import {
+  escalationReplies,
   escalations,
   FINAL_RUN_STATUSES,
   phases,
@@ -12,6 +14,7 @@ import {
 } from "../../db/schema/index.js";
 import type { Config } from "../config.js";
 import { AppError } from "../errors.js";
+import { formatProblem } from "../formulas/problems.js";
 import type { FormulaStore } from "../formulas/store.js";
 import type { Logger } from "../logger.js";
 import type { SecretRegistry } from "../secrets.js";
@@ -92,6 +95,19 @@ export class RunService {
   async dispatch(request: DispatchRequest): Promise<Run> {
     const formula = this.deps.formulas.get(request.formula);
     if (!formula) {
+      // A file that is there but failed to load is not "unknown": say what is wrong with it.
+      const broken = this.deps.formulas
+        .problems()
+        .filter((p) => p.severity === "error" && path.basename(p.file, ".toml") === request.formula);
+      if (broken.length > 0) {
+        throw new AppError({
+          code: "conflict",
+          message:
+            `formula "${request.formula}" has errors: ${broken.map((p) => `${p.field}: ${p.message}`).join("; ")} ` +
+            "(fix the file, then `formula-runner formulas reload`)",
+          details: { problems: broken.map(formatProblem) },
+        });
+      }
       const known = this.deps.formulas.list().map((f) => f.name);
       throw new AppError({
         code: "not_found",
@@ -165,6 +181,34 @@ export class RunService {
     return row?.hash ?? undefined;
   }
 
+  /**
+   * Agent turns and cost summed over each run's sessions, for a page of runs (one grouped
+   * query); a run whose agent reported neither is absent from the map.
+   */
+  async totals(ids: readonly number[]): Promise<Map<number, { numTurns: number | null; costUsd: number | null }>> {
+    if (ids.length === 0) return new Map();
+    const rows = await this.deps.database.db
+      .select({
+        runId: sessions.runId,
+        numTurns: sql<number | null>`sum(${sessions.numTurns})::int`,
+        costUsd: sql<number | null>`sum(${sessions.costUsd})::float8`,
+      })
+      .from(sessions)
+      .where(inArray(sessions.runId, [...ids]))
+      .groupBy(sessions.runId);
+    return new Map(
+      rows
+        .filter((r) => r.numTurns !== null || r.costUsd !== null)
+        .map((r) => [
+          Number(r.runId),
+          {
+            numTurns: r.numTurns === null ? null : Number(r.numTurns),
+            costUsd: r.costUsd === null ? null : Number(r.costUsd),
+          },
+        ]),
+    );
+  }
+
   async get(id: number): Promise<Run> {
     const [run] = await this.deps.database.db.select().from(runs).where(eq(runs.id, id));
     if (!run) throw new AppError({ code: "not_found", message: `no run ${id}` });
@@ -181,6 +225,20 @@ export class RunService {
       db.select().from(worktrees).where(eq(worktrees.runId, id)).orderBy(desc(worktrees.id)).limit(1),
       db.select().from(escalations).where(eq(escalations.runId, id)).orderBy(asc(escalations.id)),
     ]);
+    // Every comment considered as an answer, accepted or not, with why not.
+    const replyRows =
+      escalationRows.length === 0
+        ? []
+        : await db
+            .select()
+            .from(escalationReplies)
+            .where(
+              inArray(
+                escalationReplies.escalationId,
+                escalationRows.map((e) => e.id),
+              ),
+            )
+            .orderBy(asc(escalationReplies.id));
     const scrub = (text: string | null) => (text === null ? null : this.deps.secrets.scrub(text));
     const worktree = worktreeRows[0];
     const sum = (pick: (s: (typeof sessionRows)[number]) => number | null) =>
@@ -239,6 +297,15 @@ export class RunService {
         reply_author: e.replyAuthor,
         reply_body: scrub(e.replyBody),
         claimed_at: e.claimedAt?.toISOString() ?? null,
+        replies: replyRows
+          .filter((r) => r.escalationId === e.id)
+          .map((r) => ({
+            source: r.source,
+            author: r.author,
+            outcome: r.outcome,
+            comment_id: r.commentId,
+            received_at: r.receivedAt.toISOString(),
+          })),
       })),
     };
   }

@@ -5,6 +5,7 @@ import type { Database } from "../../db/client.js";
 import { type Phase, phases, runs, type Session, type SessionKind, sessions } from "../../db/schema/index.js";
 import type { AgentOutput } from "../config.js";
 import { errorMessage } from "../errors.js";
+import { formatDuration } from "../formulas/duration.js";
 import type { Logger } from "../logger.js";
 import type { SecretRegistry } from "../secrets.js";
 import { type AgentExit, type AgentProcess, startAgentProcess } from "../sessions/agent-process.js";
@@ -153,7 +154,7 @@ export class SessionRunner {
             lingerTimer = setTimeout(() => {
               log.warn(
                 { phase: signal.phase },
-                `agent still running ${spec.terminalLingerMs} ms after PHASE:${signal.phase}; stopping it`,
+                `agent still running ${formatDuration(spec.terminalLingerMs)} after PHASE:${signal.phase}; stopping it`,
               );
               void this.#process?.stop(`lingered after PHASE:${signal.phase}`);
             }, spec.terminalLingerMs);
@@ -181,8 +182,8 @@ export class SessionRunner {
         if (exited || this.#terminal) return;
         resultTimer = setTimeout(() => {
           this.#resultLingered = true;
-          log.warn(`agent still running ${spec.resultLingerMs} ms after its final result; stopping it`);
-          void this.#process?.stop(`lingered ${spec.resultLingerMs} ms after its final result`);
+          log.warn(`agent still running ${formatDuration(spec.resultLingerMs)} after its final result; stopping it`);
+          void this.#process?.stop(`lingered ${formatDuration(spec.resultLingerMs)} after its final result`);
         }, spec.resultLingerMs);
       };
     }
@@ -210,12 +211,15 @@ export class SessionRunner {
     log.info({ pid: agent.pid, kind: spec.kind }, `session ${spec.seq} started`);
 
     const maxTimer = setTimeout(() => {
-      this.stop({ kind: "timed_out", why: `max_duration of ${spec.maxDurationMs} ms reached` });
+      this.stop({ kind: "timed_out", why: `max_duration of ${formatDuration(spec.maxDurationMs)} reached` });
     }, spec.maxDurationMs);
     const idleEvery = Math.min(1000, Math.max(50, Math.floor(spec.timeoutMs / 10)));
     const idleTimer = setInterval(() => {
       if (Date.now() - Math.max(this.#lastActivity, agent.lastOutputAt) >= spec.timeoutMs) {
-        this.stop({ kind: "timed_out", why: `no phase change and no output for ${spec.timeoutMs} ms` });
+        this.stop({
+          kind: "timed_out",
+          why: `no phase change and no output for ${formatDuration(spec.timeoutMs)} (timeout)`,
+        });
       }
     }, idleEvery);
 
@@ -236,7 +240,7 @@ export class SessionRunner {
     const tail = this.#deps.secrets.scrub(agent.tail());
     const plainDetail = outcomeDetail(outcome);
     const detail = plainDetail === null ? null : this.#deps.secrets.scrub(plainDetail);
-    const footer = `\n=== formula-runner: session ${spec.seq} ended: ${describeExit(exit)}; ${outcome.kind}${detail ? `: ${detail}` : ""} ===\n`;
+    const footer = `\n=== formula-runner: session ${spec.seq} ended: ${describeExit(exit)}; ${closingWords(outcome)}${detail ? `: ${detail}` : ""} ===\n`;
     await appendFile(logFile, footer);
     this.#deps.runLog?.append(spec.runId, footer);
     // Stored before the run's status changes: a follower that sees the status final has every line.
@@ -321,6 +325,11 @@ export class SessionRunner {
     if (exit.kind === "exited" && exit.code === 0) return { kind: "no_phase" };
     return { kind: "crash", exit };
   }
+}
+
+/** The log's closing line names the phase the agent wrote (`phase done`), not the outcome's kind. */
+function closingWords(outcome: SessionOutcome): string {
+  return outcome.kind === "phase" ? `phase ${outcome.phase}` : outcome.kind.replaceAll("_", " ");
 }
 
 function outcomeName(outcome: SessionOutcome): string {

@@ -3,6 +3,7 @@ import type { Database } from "../../db/client.js";
 import type { Run } from "../../db/schema/index.js";
 import type { ProjectConfig } from "../config.js";
 import { errorMessage } from "../errors.js";
+import { firesOn } from "../formulas/projects.js";
 import type { Formula, FormulaSchedule } from "../formulas/schema.js";
 import type { FormulaStore } from "../formulas/store.js";
 import type { Logger } from "../logger.js";
@@ -29,7 +30,7 @@ export interface ScheduleForecast {
   next: string[];
 }
 
-/** One croner job: one schedule entry of one formula, firing for every project. */
+/** One croner job: one schedule entry of one formula, firing for every project that opted in. */
 interface ScheduleJob {
   readonly key: string;
   /** Replaced by sync() when the file changed but this entry did not, so a tick uses the current formula. */
@@ -64,8 +65,8 @@ export class Scheduler {
   }
 
   /**
-   * Creates one croner job per (formula, schedule entry), each firing for every configured
-   * project, then catches up the latest slot missed while down. Idempotent.
+   * Creates one croner job per (formula, schedule entry), each firing for the projects the
+   * formula fires on (see `firesOn`), then catches up the latest slot missed while down. Idempotent.
    */
   start(): Promise<void> {
     return this.#inTurn(async () => {
@@ -175,10 +176,10 @@ export class Scheduler {
   /** Makes the jobs match the store's formulas, keeping the jobs of unchanged entries. */
   #replaceJobs(): void {
     const wanted = new Map<string, { formula: Formula; schedule: FormulaSchedule }>();
-    if (this.#deps.projects.length > 0) {
-      for (const formula of this.#deps.formulas.list()) {
-        for (const schedule of formula.on.schedule) wanted.set(jobKey(formula.name, schedule), { formula, schedule });
-      }
+    for (const formula of this.#deps.formulas.list()) {
+      // A formula that fires on no project gets no job: nothing ticks that cannot fire.
+      if (!this.#deps.projects.some((project) => firesOn(formula, project))) continue;
+      for (const schedule of formula.on.schedule) wanted.set(jobKey(formula.name, schedule), { formula, schedule });
     }
     for (const [key, job] of this.#jobs) {
       if (wanted.has(key)) continue;
@@ -236,7 +237,8 @@ export class Scheduler {
     const firedAt = cron.currentRun() ?? new Date();
     const [slotAt] = cron.previousRuns(1, new Date(firedAt.getTime() + 1));
     if (!slotAt) return;
-    await Promise.all(this.#deps.projects.map((project) => this.fire(job.formula, project, slotAt)));
+    const projects = this.#deps.projects.filter((project) => firesOn(job.formula, project));
+    await Promise.all(projects.map((project) => this.fire(job.formula, project, slotAt)));
   }
 
   /**
@@ -269,6 +271,7 @@ export class Scheduler {
       }
       if (!due) continue;
       for (const project of this.#deps.projects) {
+        if (!firesOn(formula, project)) continue;
         const last = latest.get(slotKey(formula.name, project.name));
         if (last === undefined || due.getTime() <= last.getTime()) continue;
         fires.push(this.fire(formula, project, due, "missed"));

@@ -20,12 +20,15 @@ import {
 } from "../../db/schema/index.js";
 import type { ProjectConfig } from "../config.js";
 import { AppError, errorMessage } from "../errors.js";
+import { formatDuration } from "../formulas/duration.js";
 import type { Logger } from "../logger.js";
 import { CloneQueue } from "./clone-lock.js";
+import { chunks, mapLimit } from "./concurrency.js";
+import { type DeleteOutcome, deleteBelowRoot, isEntryName } from "./delete-below.js";
 import { diskUsage } from "./disk-size.js";
-import { git, WorktreeError, worktreeCommonDir, worktreeHead } from "./git.js";
+import { git, WorktreeError, worktreeHead } from "./git.js";
 import { ensureClone, gitCredentials } from "./managed-clone.js";
-import { checkDeletable, depthBelow, isInside, isSafeSegment, parseWorktreeDirName, worktreePath } from "./paths.js";
+import { isInside, isLexicallyInside, isSafeSegment, parseWorktreeDirName, worktreePath } from "./paths.js";
 
 export { WorktreeError } from "./git.js";
 
@@ -106,17 +109,17 @@ const ID_CHUNK = 5_000;
 
 /** A clone in which `git worktree prune` must run after directories were deleted. */
 interface PruneTarget {
-  /** The queue key: the project's repo_path, or the common git dir for a clone no project names any more. */
+  /** The queue key: the project's repo_path (the key `create` uses too). */
   key: string;
-  /** Where git runs. */
+  /** Where git runs: always a configured project's clone, never one a worktree's `.git` file names. */
   repo: string;
 }
 
 /** A purge candidate that passed every check. */
 interface Removal {
   row: WorktreeRow;
-  /** The path to delete; undefined when the directory is already gone. */
-  realPath: string | undefined;
+  /** False when the directory was already gone when it was inspected. */
+  present: boolean;
   reason: string;
 }
 
@@ -139,6 +142,8 @@ export class WorktreeManager {
   private readonly fetches = new Map<string, { startedAt: number; sha: string }>();
   /** Each clone's git directory (`git rev-parse --absolute-git-dir`), asked once. */
   private readonly gitDirs = new Map<string, string>();
+  /** WORKTREE_ROOT's real path, once known. */
+  private realRoot: string | undefined;
 
   constructor(deps: WorktreeManagerDeps) {
     if (!path.isAbsolute(deps.root)) throw new Error(`WORKTREE_ROOT must be absolute, got ${deps.root}`);
@@ -258,23 +263,21 @@ export class WorktreeManager {
         details: { id: current.id, instance_id: current.instanceId },
       });
     }
-    const check = await this.checkPath(current.path);
-    if (check.kind === "refused") {
+    const outcome = await this.deleteDir(current.path);
+    if (outcome.kind === "kept") {
       throw new AppError({
         code: "conflict",
-        message: `will not delete ${current.path} of worktree ${current.id}: ${check.reason}`,
+        message: `will not delete ${current.path} of worktree ${current.id}: ${outcome.reason}`,
         details: { id: current.id },
       });
     }
-    const targets = await this.pruneTargets([current], project ? [project] : []);
-    if (check.kind === "deletable") await rm(check.realPath, { recursive: true, force: true, maxRetries: 2 });
-    await this.prune(targets, log);
+    await this.prune(this.pruneTargets([current], project ? [project] : []), log);
     const [row] = await this.database.db
       .update(worktrees)
       .set({ state: "removed", removedAt: this.now(), removedBy: by })
       .where(and(eq(worktrees.id, current.id), inArray(worktrees.state, ["active", "preserved"])))
       .returning();
-    log.info({ path: current.path, by, gone: check.kind === "gone" }, "worktree removed");
+    log.info({ path: current.path, by, gone: outcome.kind === "gone" }, "worktree removed");
     return row ?? ((await this.get(current.id)) as WorktreeRow);
   }
 
@@ -364,21 +367,21 @@ export class WorktreeManager {
         return keep(row.expiresAt === null ? "has no expiry" : `expires at ${row.expiresAt.toISOString()}`);
       }
       if (cutoff && (row.preservedAt === null || row.preservedAt > cutoff)) {
-        return keep(`preserved less than ${formatAge(olderThanMs as number)} ago`);
+        return keep(`preserved less than ${formatDuration(olderThanMs as number)} ago`);
       }
       if (row.instanceId !== this.instanceId) return keep(`lives on instance ${row.instanceId}`);
       const busy = inUse(row.runId, runStatus);
       if (busy) return keep(busy);
-      const check = await this.checkPath(row.path);
-      if (check.kind === "refused") return keep(check.reason);
+      const check = await this.deleteDir(row.path, { inspect: true });
+      if (check.kind === "kept") return keep(check.reason);
       const why = opts.ids
         ? "requested"
         : opts.expiredOnly
           ? `expired at ${row.expiresAt?.toISOString()}`
-          : `preserved more than ${formatAge(olderThanMs as number)} ago`;
+          : `preserved more than ${formatDuration(olderThanMs as number)} ago`;
       removals.push({
         row,
-        realPath: check.kind === "deletable" ? check.realPath : undefined,
+        present: check.kind === "deleted",
         reason: check.kind === "gone" ? `${why}; directory already gone` : why,
       });
     });
@@ -390,17 +393,23 @@ export class WorktreeManager {
       return { purged: removals.map((r) => entry(r.row, r.reason)), kept };
     }
 
-    // 1. every directory (and where its clone is, read from its .git file before it goes)
-    const targets = await this.pruneTargets(
+    // 1. every directory, by descriptor below the root (checked again: the disk may have changed since)
+    const targets = this.pruneTargets(
       removals.map((r) => r.row),
       opts.projects,
     );
     const deleted: Removal[] = [];
     await mapLimit(removals, DELETE_CONCURRENCY, async (removal) => {
-      if (removal.realPath === undefined) return void deleted.push(removal);
+      if (!removal.present) return void deleted.push(removal);
       try {
-        await rm(removal.realPath, { recursive: true, force: true, maxRetries: 2 });
-        deleted.push(removal);
+        const outcome = await this.deleteDir(removal.row.path);
+        if (outcome.kind === "kept") {
+          log.warn({ path: removal.row.path, worktreeId: removal.row.id, reason: outcome.reason }, "worktree kept");
+          kept.push(entry(removal.row, outcome.reason));
+        } else
+          deleted.push(
+            outcome.kind === "gone" ? { ...removal, reason: `${removal.reason}; directory already gone` } : removal,
+          );
       } catch (error) {
         log.error(
           { err: error, path: removal.row.path, worktreeId: removal.row.id },
@@ -665,48 +674,59 @@ export class WorktreeManager {
   /** Undoes a half-made worktree; failures are logged, the error that caused the undo is what the caller sees. */
   private async discard(dir: string, repo: string, log: Logger): Promise<void> {
     try {
-      const check = await this.checkPath(dir);
-      if (check.kind === "deletable") await rm(check.realPath, { recursive: true, force: true, maxRetries: 2 });
+      const outcome = await this.deleteDir(dir);
+      if (outcome.kind === "kept")
+        log.error({ path: dir, reason: outcome.reason }, "left a half-made worktree in place");
       await this.prune([{ key: repo, repo }], log);
     } catch (error) {
       log.error({ err: error, path: dir }, "could not clean up a half-made worktree");
     }
   }
 
-  /** checkDeletable, plus the layout rule: only `<root>/<project>/<name>` is ever a worktree. */
-  private async checkPath(candidate: string): ReturnType<typeof checkDeletable> {
-    const check = await checkDeletable(this.root, candidate);
-    if (check.kind !== "refused" && depthBelow(this.root, candidate) !== 2) {
-      return { kind: "refused", reason: "not a worktree path (<WORKTREE_ROOT>/<project>/<name>)" };
+  /** WORKTREE_ROOT's real path, resolved once (the first time it exists) and trusted from then on. */
+  private async rootReal(): Promise<string | undefined> {
+    if (this.realRoot === undefined) {
+      try {
+        this.realRoot = await realpath(this.root);
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+        throw error;
+      }
     }
-    return check;
+    return this.realRoot;
   }
 
   /**
-   * The clones to prune once `rows` are deleted: each configured project's clone, plus the
-   * clone a worktree's `.git` file names when that is another one (repo_path changed, or
-   * the project is no longer configured). Must be read before the directories go.
+   * Deletes (or with `inspect`, checks) a worktree directory. Only `<root>/<project>/<name>`
+   * as written is ever a worktree; the walk itself goes by descriptor (deleteBelowRoot).
    */
-  private async pruneTargets(rows: readonly WorktreeRow[], projects: readonly ProjectConfig[]): Promise<PruneTarget[]> {
-    const byName = new Map(projects.map((p) => [p.name, p]));
+  private async deleteDir(candidate: string, options: { inspect?: boolean } = {}): Promise<DeleteOutcome> {
+    const resolved = path.resolve(candidate);
+    if (resolved === this.root) return { kind: "kept", reason: "is WORKTREE_ROOT itself" };
+    if (!isLexicallyInside(this.root, resolved)) return { kind: "kept", reason: "outside WORKTREE_ROOT" };
+    const segments = path.relative(this.root, resolved).split(path.sep);
+    if (segments.length !== 2 || !segments.every(isEntryName)) {
+      return { kind: "kept", reason: "not a worktree path (<WORKTREE_ROOT>/<project>/<name>)" };
+    }
+    const realRoot = await this.rootReal();
+    if (realRoot === undefined) return { kind: "gone" };
+    return deleteBelowRoot(realRoot, segments, options);
+  }
+
+  /**
+   * The clones to prune once `rows` are deleted: the configured clone of each row's
+   * project. Never a clone named by a worktree's `.git` file: that file is the agent's to
+   * write, and pointing it at another repository must not make the server prune there.
+   * Rows of a project no longer configured leave their clone's stale entries to git's own gc.
+   */
+  private pruneTargets(rows: readonly WorktreeRow[], projects: readonly ProjectConfig[]): PruneTarget[] {
+    const names = new Set(rows.map((r) => r.project));
     const targets = new Map<string, PruneTarget>();
-    const knownGitDirs = new Set<string>();
-    for (const project of new Set(
-      rows.map((r) => byName.get(r.project)).filter((p): p is ProjectConfig => p !== undefined),
-    )) {
+    for (const project of projects) {
+      if (!names.has(project.name)) continue;
       const repo = path.resolve(project.repoPath);
       targets.set(repo, { key: repo, repo });
-      knownGitDirs.add(path.join(repo, ".git")).add(repo);
-      const real = await realpathOrUndefined(repo);
-      if (real) knownGitDirs.add(path.join(real, ".git")).add(real);
     }
-    await mapLimit(rows, DELETE_CONCURRENCY, async (row) => {
-      const common = await worktreeCommonDir(row.path);
-      if (!common) return;
-      const real = (await realpathOrUndefined(common)) ?? common;
-      if (!knownGitDirs.has(common) && !knownGitDirs.has(real) && !targets.has(real))
-        targets.set(real, { key: real, repo: real });
-    });
     return [...targets.values()];
   }
 
@@ -823,17 +843,6 @@ function entry(row: WorktreeRow, reason: string): PurgeEntry {
 }
 
 /** "24h", "90m", "30s", "1500ms": for reasons people read (hours, like `--older-than 24h`). */
-function formatAge(ms: number): string {
-  for (const [unit, size] of [
-    ["h", 3_600_000],
-    ["m", 60_000],
-    ["s", 1_000],
-  ] as const) {
-    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
-  }
-  return `${ms}ms`;
-}
-
 async function exists(p: string): Promise<boolean> {
   try {
     await lstat(p);
@@ -844,14 +853,6 @@ async function exists(p: string): Promise<boolean> {
   }
 }
 
-async function realpathOrUndefined(p: string): Promise<string | undefined> {
-  try {
-    return await realpath(p);
-  } catch {
-    return undefined;
-  }
-}
-
 async function readdirOrEmpty(dir: string) {
   try {
     return await readdir(dir, { withFileTypes: true });
@@ -859,30 +860,6 @@ async function readdirOrEmpty(dir: string) {
     if ((error as NodeJS.ErrnoException).code === "ENOENT") return [];
     throw error;
   }
-}
-
-function chunks<T>(items: readonly T[], size: number): T[][] {
-  const out: T[][] = [];
-  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
-  return out;
-}
-
-/** Runs `task` over `items`, at most `limit` at once; rejects with the first failure after all settle. */
-async function mapLimit<T>(items: readonly T[], limit: number, task: (item: T) => Promise<unknown>): Promise<void> {
-  let next = 0;
-  let failure: { error: unknown } | undefined;
-  const worker = async () => {
-    while (next < items.length && !failure) {
-      const item = items[next++] as T;
-      try {
-        await task(item);
-      } catch (error) {
-        failure ??= { error };
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  if (failure) throw failure.error;
 }
 
 /** A worktree as the API shows it (listJson writes the same fields on PGlite). */

@@ -13,6 +13,7 @@ describe("CLI against a running server (real processes)", () => {
       formulas: {
         hello: testFormula("hello", { agent: "phases" }),
         broken: testFormula("broken", { agent: "crash", retention: "1h" }),
+        greedy: testFormula("greedy", { guards: { min_memory_mb: 100_000_000 } }),
       },
       agents: { phases: "phases", crash: "crash-always" },
     });
@@ -37,6 +38,21 @@ describe("CLI against a running server (real processes)", () => {
     expect(result.code).toBe(1);
     expect(result.stdout).toMatch(/run \d+ crashed after .*: the agent crashed twice/);
     expect(result.stdout).toMatch(/worktree kept for debugging: .*broken-\d+ \(expires in (59m|1h)/);
+  });
+
+  it("run --wait on a skipped run says why it was skipped, not `after -`", async () => {
+    const written: string[] = [];
+    const out = { write: (text: string) => written.push(text) };
+    const code = await runCommand(
+      new ApiClient(t.url, TEST_TOKEN),
+      { formula: "greedy", wait: true, actor: "test", pollMs: 20 },
+      out,
+      out,
+    );
+    expect(code).toBe(1);
+    const last = written.join("").trim().split("\n").at(-1);
+    expect(last).toMatch(/^run \d+ skipped \(low memory\): \S/);
+    expect(last).not.toContain("after -");
   });
 
   it("shows progress on a line rewritten in place on a TTY", async () => {
@@ -77,6 +93,9 @@ describe("CLI against a running server (real processes)", () => {
     const missing = await runBin(["runs", "show", "424242"], { env });
     expect(missing.code).toBe(1);
     expect(missing.stderr).toBe("formula-runner: no run 424242\n");
+    const notAnId = await runBin(["runs", "show", "abc"], { env });
+    expect(notAnId.code).toBe(1);
+    expect(notAnId.stderr).toBe('formula-runner: "abc" is not an id: ids are positive whole numbers\n');
   });
 
   it("worktrees list and purge: dry run, by id, nothing left to purge", async () => {
@@ -101,6 +120,10 @@ describe("CLI against a running server (real processes)", () => {
       state: "removed",
       removed_by: "api",
     });
+    const again = await runBin(["worktrees", "purge", "--id", id], { env });
+    expect(again.code).toBe(0);
+    expect(again.stdout).toMatch(/^purged 0 worktree\(s\), kept 1\n/);
+    expect(again.stdout).toMatch(/already removed at \S+ \(by api\)/);
     const nothing = await runBin(["worktrees", "purge", "--older-than", "0h"], { env });
     expect(nothing.stdout).toBe("Nothing to purge.\n");
     const both = await runBin(["worktrees", "purge", "--id", id, "--older-than", "1h"], { env });

@@ -93,6 +93,7 @@ if (testBackends().includes("postgres")) {
           'name = "demo"',
           `repo_path = ${JSON.stringify(repo.clone)}`,
           'repo = "acme/demo"',
+          'formulas = ["*"]',
           "[agents.done]",
           `command = ["bash", ${JSON.stringify(agentPath("done"))}]`,
         ].join("\n"),

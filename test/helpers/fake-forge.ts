@@ -23,6 +23,10 @@ export interface FakeForge {
   addLabel(repo: string, name: string, color?: string): FakeLabel;
   /** A snapshot of an issue's comments and labels (an unknown issue is empty). */
   issue(repo: string, number: number): FakeIssue;
+  /** The pull requests of a repository, oldest first (snapshots). */
+  pullRequests(repo: string): FakePull[];
+  /** The issues opened through the API (POST /repos/:o/:r/issues), oldest first (snapshots). */
+  openedIssues(repo: string): FakeOpenedIssue[];
   /** Injects a comment as if a person wrote it (e.g. a reply to an escalation). */
   addComment(repo: string, number: number, comment: { login: string; body: string; at?: Date }): FakeComment;
   /** The next `count` matching requests get this answer instead of the real one. */
@@ -52,6 +56,31 @@ export interface FakeLabel {
   id: number;
   name: string;
   color: string;
+}
+/** A pull request as the fake keeps it (GitHub's shape, a subset). */
+export interface FakePull {
+  number: number;
+  title: string;
+  body: string;
+  state: "open" | "closed";
+  draft: boolean;
+  head: { ref: string; label: string };
+  base: { ref: string };
+  user: { login: string };
+  html_url: string;
+  created_at: string;
+  updated_at: string;
+}
+/** An issue opened through the API. */
+export interface FakeOpenedIssue {
+  number: number;
+  title: string;
+  body: string;
+  state: "open" | "closed";
+  user: { login: string };
+  html_url: string;
+  created_at: string;
+  updated_at: string;
 }
 export interface FakeIssue {
   comments: FakeComment[];
@@ -112,6 +141,8 @@ interface RepoState {
   labels: Map<string, FakeLabel>;
   issues: Map<number, IssueState>;
   roles: Map<string, Role>;
+  pulls: FakePull[];
+  opened: FakeOpenedIssue[];
 }
 type Env = { Variables: { login: string; body: unknown } };
 
@@ -139,7 +170,7 @@ export async function startFakeForge(opts: FakeForgeOptions = {}): Promise<FakeF
     const key = repo.toLowerCase();
     let state = repos.get(key);
     if (!state) {
-      state = { labels: new Map(), issues: new Map(), roles: new Map() };
+      state = { labels: new Map(), issues: new Map(), roles: new Map(), pulls: [], opened: [] };
       repos.set(key, state);
     }
     return state;
@@ -294,6 +325,102 @@ export async function startFakeForge(opts: FakeForgeOptions = {}): Promise<FakeF
       return flavor === "github" ? c.json(issueLabels(repo, issue)) : c.body(null, 204);
     });
 
+    /** Issues and pull requests share numbers, above any issue a test has used. */
+    const nextNumber = (repo: string) => {
+      const state = repoState(repo);
+      const used = [...state.issues.keys(), ...state.pulls.map((p) => p.number), ...state.opened.map((i) => i.number)];
+      return Math.max(100, ...used) + 1;
+    };
+    const pageOf = <T>(c: Context<Env>, items: T[]): T[] => {
+      const sizeParam = flavor === "github" ? "per_page" : "limit";
+      const perPage = Math.min(Number(c.req.query(sizeParam) ?? 30) || 30, flavor === "github" ? 100 : 50);
+      const page = Math.max(Number(c.req.query("page") ?? 1) || 1, 1);
+      return items.slice((page - 1) * perPage, page * perPage);
+    };
+
+    r.get("/repos/:owner/:repo/pulls", (c) => {
+      const repo = repoOf(c);
+      const state = c.req.query("state") ?? "open";
+      // GitHub filters by "owner:branch"; Gitea has no head filter on this listing.
+      const head = flavor === "github" ? c.req.query("head") : undefined;
+      const pulls = repoState(repo)
+        .pulls.filter((p) => state === "all" || p.state === state)
+        .filter((p) => head === undefined || p.head.label === head)
+        .sort((a, b) => b.number - a.number);
+      return c.json(pageOf(c, pulls));
+    });
+    r.post("/repos/:owner/:repo/pulls", (c) => {
+      const repo = repoOf(c);
+      const body = c.get("body") as Record<string, unknown> | undefined;
+      const { title, head, base } = body ?? {};
+      if (typeof title !== "string" || typeof head !== "string" || typeof base !== "string") return invalid(c);
+      const pulls = repoState(repo).pulls;
+      if (pulls.some((p) => p.state === "open" && p.head.ref === head && p.base.ref === base)) {
+        // What each forge answers for a second pull request of the same branches.
+        return flavor === "github"
+          ? invalid(c, `A pull request already exists for ${repo.split("/")[0]}:${head}.`)
+          : c.json({ message: "pull request already exists for these targets" }, 409);
+      }
+      const at = now().toISOString();
+      const number = nextNumber(repo);
+      const pull: FakePull = {
+        number,
+        title,
+        body: typeof body?.body === "string" ? body.body : "",
+        state: "open",
+        draft: flavor === "github" && body?.draft === true,
+        head: { ref: head, label: `${repo.split("/")[0]}:${head}` },
+        base: { ref: base },
+        user: { login: c.get("login") },
+        html_url: `${origin}/${repo}/pull/${number}`,
+        created_at: at,
+        updated_at: at,
+      };
+      pulls.push(pull);
+      return c.json(structuredClone(pull), 201);
+    });
+    r.patch("/repos/:owner/:repo/pulls/:number{[0-9]+}", (c) => {
+      const pull = repoState(repoOf(c)).pulls.find((p) => p.number === numberOf(c));
+      if (!pull) return notFound(c);
+      const body = c.get("body") as Record<string, unknown> | undefined;
+      if (typeof body?.title === "string") pull.title = body.title;
+      if (typeof body?.body === "string") pull.body = body.body;
+      if (body?.state === "open" || body?.state === "closed") pull.state = body.state;
+      pull.updated_at = now().toISOString();
+      return c.json(structuredClone(pull));
+    });
+
+    r.get("/repos/:owner/:repo/issues", (c) => {
+      const state = c.req.query("state") ?? "open";
+      const since = c.req.query("since");
+      if (since !== undefined && Number.isNaN(Date.parse(since))) return invalid(c);
+      const issues = repoState(repoOf(c))
+        .opened.filter((i) => state === "all" || i.state === state)
+        .filter((i) => since === undefined || Date.parse(i.updated_at) >= Date.parse(since))
+        .sort((a, b) => b.number - a.number);
+      return c.json(pageOf(c, issues));
+    });
+    r.post("/repos/:owner/:repo/issues", (c) => {
+      const repo = repoOf(c);
+      const body = c.get("body") as Record<string, unknown> | undefined;
+      if (typeof body?.title !== "string" || body.title === "") return invalid(c);
+      const at = now().toISOString();
+      const number = nextNumber(repo);
+      const issue: FakeOpenedIssue = {
+        number,
+        title: body.title,
+        body: typeof body.body === "string" ? body.body : "",
+        state: "open",
+        user: { login: c.get("login") },
+        html_url: `${origin}/${repo}/issues/${number}`,
+        created_at: at,
+        updated_at: at,
+      };
+      repoState(repo).opened.push(issue);
+      issueState(repo, number);
+      return c.json(structuredClone(issue), 201);
+    });
+
     r.get("/repos/:owner/:repo/collaborators/:username/permission", (c) => {
       const login = c.req.param("username");
       const role = repoState(repoOf(c)).roles.get(login.toLowerCase()) ?? "none";
@@ -390,6 +517,8 @@ export async function startFakeForge(opts: FakeForgeOptions = {}): Promise<FakeF
       const issue = repoState(repo).issues.get(number) ?? { comments: [], labels: [] };
       return { comments: structuredClone(issue.comments), labels: issueLabels(repo, issue) };
     },
+    pullRequests: (repo) => structuredClone(repoState(repo).pulls),
+    openedIssues: (repo) => structuredClone(repoState(repo).opened),
     addComment: (repo, number, { login, body, at }) => createComment(repo, number, login, body, at),
     failNext: (fault = {}) => void faults.push({ ...fault, left: fault.count ?? 1 }),
     setDown: (value) => {

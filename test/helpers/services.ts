@@ -8,6 +8,7 @@ import { WebhookService } from "../../src/forge/webhook-service.js";
 import { FormulaStore } from "../../src/formulas/store.js";
 import { createLogger } from "../../src/logger.js";
 import { Metrics } from "../../src/metrics.js";
+import { OutputsService } from "../../src/outputs/outputs-service.js";
 import { RunLog } from "../../src/runs/run-log.js";
 import { RunService } from "../../src/runs/run-service.js";
 import { Scheduler } from "../../src/scheduler/scheduler.js";
@@ -98,6 +99,15 @@ export function testServices(options: TestServicesOptions): Services {
       log,
     }),
     scheduler,
+    outputs: new OutputsService({
+      database: options.database,
+      secrets,
+      log,
+      env: process.env,
+      onOutbox: () => {},
+      config,
+      formulas,
+    }),
     metrics: new Metrics({ database: options.database, log }),
     runLog: new RunLog({ database: options.database, secrets, log }),
     reloadFormulas: async () => {

@@ -24,6 +24,8 @@ export interface SignedWebhookOptions {
   secret: string;
   /** A random UUID by default, like every forge sends. */
   deliveryId?: string;
+  /** `form`: GitHub's default content type, `payload=<url-encoded JSON>`. JSON by default. */
+  contentType?: "json" | "form";
 }
 
 /**
@@ -33,12 +35,16 @@ export interface SignedWebhookOptions {
  */
 export function signedWebhook(opts: SignedWebhookOptions): { headers: Record<string, string>; body: string } {
   const deliveryId = opts.deliveryId ?? randomUUID();
-  const body =
+  const json =
     typeof opts.payload === "string"
       ? opts.payload
       : opts.forge === "github"
         ? JSON.stringify(opts.payload)
         : JSON.stringify(opts.payload, null, 2);
+  const form = opts.contentType === "form";
+  // A form body is signed as sent, like the forge does: the encoded bytes, not the JSON.
+  const body = form ? new URLSearchParams({ payload: json }).toString() : json;
+  const contentType = form ? "application/x-www-form-urlencoded" : "application/json";
   const hex = createHmac("sha256", opts.secret).update(body).digest("hex");
   const sha1 = createHmac("sha1", opts.secret).update(body).digest("hex");
   const signature = signatureHeader(opts.forge, body, opts.secret);
@@ -47,7 +53,7 @@ export function signedWebhook(opts: SignedWebhookOptions): { headers: Record<str
     return {
       body,
       headers: {
-        "Content-Type": "application/json",
+        "Content-Type": contentType,
         "User-Agent": "GitHub-Hookshot/7a2b5c1",
         "X-GitHub-Event": opts.event,
         "X-GitHub-Delivery": deliveryId,
@@ -60,7 +66,7 @@ export function signedWebhook(opts: SignedWebhookOptions): { headers: Record<str
 
   const eventType = giteaEventType(opts.event, opts.payload);
   const headers: Record<string, string> = {
-    "Content-Type": "application/json",
+    "Content-Type": contentType,
     "User-Agent": "Go-http-client/1.1",
   };
   const family = opts.forge === "forgejo" ? ["Forgejo", "Gitea", "Gogs"] : ["Gitea", "Gogs"];

@@ -3,6 +3,7 @@ import path from "node:path";
 import type { MemoryProbe } from "../../src/memory.js";
 import { type RunningServer, startServer } from "../../src/server.js";
 import { agentPath, type TestAgent } from "./agents/index.js";
+import { checkApiAnswer } from "./api-contract.js";
 import { type BackendKind, openTestDatabase, type TestDatabase } from "./db.js";
 import { createTestRepo, type TestRepo } from "./git.js";
 import { makeTempDir, removeTempDir } from "./tmp.js";
@@ -11,8 +12,9 @@ export const TEST_TOKEN = "test-server-token-0123456789";
 
 /** A formula for tests: one step, a test agent, short timeouts; override any field. */
 export function testFormula(name: string, fields: Record<string, unknown> = {}): string {
-  const { guards, env, context, on, ...top } = fields as {
+  const { guards, env, context, on, sandbox, ...top } = fields as {
     guards?: Record<string, unknown>;
+    sandbox?: Record<string, unknown>;
     env?: Record<string, string>;
     context?: Record<string, unknown>;
     on?: Record<string, unknown>;
@@ -24,6 +26,7 @@ export function testFormula(name: string, fields: Record<string, unknown> = {}):
   lines.push("[on]", `dispatch = ${toml((on?.dispatch as boolean | undefined) ?? true)}`);
   for (const [table, values] of [
     ["guards", guards],
+    ["sandbox", sandbox],
     ["context", context],
     ["env", env],
   ] as const) {
@@ -42,9 +45,12 @@ export interface TestServerOptions {
   /** Agent profiles: name -> test agent script, a full command, or a whole `[agents.NAME]` table. */
   agents?: Record<string, TestAgent | string[] | AgentTable>;
   env?: Record<string, string>;
-  /** More keys of the "demo" project (webhook_secret_env, forge_url, bot_login...). */
-  project?: Record<string, string | number>;
-  /** More TOML appended to formula-runner.toml (other [[projects]]). */
+  /**
+   * More keys of the "demo" project (webhook_secret_env, forge_url, bot_login...). The
+   * project runs every formula (`formulas = ["*"]`) unless this sets `formulas`.
+   */
+  project?: Record<string, string | number | string[]>;
+  /** More TOML appended to formula-runner.toml (other [[projects]]); `{clone}` stands for the demo clone's path. */
   extraConfig?: string;
   readMemory?: MemoryProbe;
   now?: () => Date;
@@ -116,9 +122,11 @@ export async function startTestServer(options: TestServerOptions): Promise<TestS
       'name = "demo"',
       `repo_path = ${JSON.stringify(repo.clone)}`,
       'repo = "acme/demo"',
-      ...Object.entries(options.project ?? {}).map(([key, value]) => `${key} = ${JSON.stringify(value)}`),
+      ...Object.entries({ formulas: ["*"], ...options.project }).map(
+        ([key, value]) => `${key} = ${JSON.stringify(value)}`,
+      ),
       "",
-      options.extraConfig ?? "",
+      (options.extraConfig ?? "").replaceAll("{clone}", repo.clone),
       ...agentTables,
     ].join("\n"),
   );
@@ -159,6 +167,7 @@ export async function startTestServer(options: TestServerOptions): Promise<TestS
     } catch {
       // not JSON: keep the text
     }
+    checkApiAnswer(method, route, res.status, res.headers.get("content-type") ?? "", parsed);
     return { status: res.status, body: parsed as any };
   };
   let stopped = false;

@@ -86,7 +86,7 @@ describe.each(testBackends())("claude agent runs, on %s", (backend) => {
     const first = fake.requests[0]?.body;
     expect(first.model).toContain("sonnet");
     // The whole prompt reached the model, with the exact phase file.
-    expect(texts(first).join("\n")).toContain(path.join(t.dataDir, "runs", String(body.id), "phase"));
+    expect(texts(first).join("\n")).toContain(path.join(t.dataDir, "runs", String(body.id), "agent", "phase"));
   });
 
   it("asks, gets the answer through --resume of the same conversation, and finishes", async () => {
@@ -189,9 +189,10 @@ describe.each(testBackends())("claude agent runs, on %s", (backend) => {
     fake.script([writePhase("PHASE:escalate\\nWhich port?\\n"), { text: "Asked." }]);
     const { body } = await t.api("POST", "/api/runs", { formula: "work", issue: 5 });
     await t.waitForRun(body.id, ["escalated"], 60_000);
-    // Claude Code keeps conversations under ~/.claude/projects: gone, as on a fresh machine.
-    await rm(path.join(home, ".claude", "projects"), { recursive: true, force: true });
-    await mkdir(path.join(home, ".claude", "projects"), { recursive: true });
+    // Claude Code keeps conversations under its run's CLAUDE_CONFIG_DIR: gone, as on a fresh machine.
+    const projects = path.join(t.dataDir, "runs", String(body.id), "agent", "claude", "projects");
+    await rm(projects, { recursive: true, force: true });
+    await mkdir(projects, { recursive: true });
 
     fake.script([writePhase("PHASE:done\\n"), { text: "Port 8080." }]);
     await t.api("POST", `/api/runs/${body.id}/reply`, { body: "8080" });

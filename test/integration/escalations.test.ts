@@ -134,12 +134,26 @@ describe.each(testBackends())("escalations through the forge, on %s", (backend) 
 
     // A reply from someone with read access only: recorded, not delivered.
     const early = forge.addComment("acme/demo", 7, { login: "mallory", body: "just do it" });
-    expect((await replyWebhook(early, 7)).status).toBe(202);
+    const earlyRes = await replyWebhook(early, 7, "refused-1");
+    expect(earlyRes.status).toBe(202);
+    expect(((await earlyRes.json()) as { ignored: string }).ignored).toBe(
+      `not accepted as the answer to run ${body.id}'s question: not permitted (read access; write needed)`,
+    );
     const replies = await t.db.database.rows<{ author: string; outcome: string }>(
       sql`select author, outcome from escalation_replies order by id`,
     );
     expect(replies).toEqual([{ author: "mallory", outcome: "not permitted (read access; write needed)" }]);
-    expect((await t.api("GET", `/api/runs/${body.id}`)).body.status).toBe("escalated");
+    const waiting = (await t.api("GET", `/api/runs/${body.id}`)).body;
+    expect(waiting.status).toBe("escalated");
+    // The refusal is on the run's record, not only in the database.
+    expect(waiting.escalations[0].replies).toEqual([
+      expect.objectContaining({
+        source: "comment",
+        author: "mallory",
+        outcome: "not permitted (read access; write needed)",
+        comment_id: early.id,
+      }),
+    ]);
 
     // A permitted reply, delivered twice with one delivery id and once more with another.
     const answer = forge.addComment("acme/demo", 7, { login: "alice", body: "Yes, drop it. Update the README too." });
@@ -149,6 +163,16 @@ describe.each(testBackends())("escalations through the forge, on %s", (backend) 
       replyWebhook(answer, 7, "dup-2"),
     ]);
     expect(deliveries.every((d) => d.status === 200 || d.status === 202)).toBe(true);
+    // The answering delivery is recorded as an answer, not as an event no formula matched.
+    const recorded = (await t.api("GET", "/api/deliveries?limit=10")).body.deliveries as {
+      id: string;
+      outcome: string;
+      reason: string | null;
+    }[];
+    const answering = recorded.filter((d) => d.outcome === "answered");
+    expect(answering).toHaveLength(1);
+    expect(answering[0]?.reason).toBe(`answered the question of run ${body.id}`);
+    expect(recorded.find((d) => d.id === "refused-1")).toMatchObject({ outcome: "ignored" });
 
     const done = await t.waitForRun(body.id, ["done", "failed", "crashed"]);
     expect(done.status).toBe("done");

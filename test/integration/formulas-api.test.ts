@@ -17,6 +17,7 @@ describe("GET /api/formulas and reloading", () => {
     t = await startTestServer({
       backend: "pglite",
       now: () => new Date("2026-01-15T10:00:00Z"),
+      project: { formulas: ["nightly"] },
       formulas: {
         nightly: scheduled("nightly", "0 3 * * *"),
         berlin: testFormula("berlin", { on: {} }).replace(
@@ -35,6 +36,9 @@ describe("GET /api/formulas and reloading", () => {
     expect(status).toBe(200);
     expect(body.formulas.map((f: { name: string }) => f.name)).toEqual(["berlin", "nightly"]);
     const [berlin, nightly] = body.formulas;
+    // Opt-in: the project lists nightly only, so berlin is marked as firing nowhere.
+    expect(nightly).toMatchObject({ projects: ["demo"], fires_on_no_project: false });
+    expect(berlin).toMatchObject({ projects: [], fires_on_no_project: true });
     expect(nightly.triggers).toMatchObject({
       dispatch: true,
       schedule: [

@@ -61,6 +61,8 @@ describe.each(testBackends())("runs that fail, on %s", (backend) => {
         "boxed-family": testFormula("boxed-family", { agent: "grandchild", timeout: "1s" }),
         missing: testFormula("missing", { agent: "missing" }),
         cancel: testFormula("cancel", { agent: "hang", timeout: "60s", guards: { concurrency: "" } }),
+        // Fails to load: a dispatch must say what is wrong, not that it is unknown.
+        typo: testFormula("typo", { timeout: "20 minutes" }),
       },
       agents: {
         fail: "fail",
@@ -119,14 +121,14 @@ describe.each(testBackends())("runs that fail, on %s", (backend) => {
 
   it("no output and no phase change for `timeout` -> timed_out", async () => {
     const idle = await run("idle");
-    expect(idle).toMatchObject({ status: "timed_out", detail: "no phase change and no output for 1000 ms" });
+    expect(idle).toMatchObject({ status: "timed_out", detail: "no phase change and no output for 1s (timeout)" });
     expect(idle.sessions[0].signal).toBe("SIGTERM");
     expect(idle.worktree.state).toBe("removed");
   });
 
   it("output without progress still ends at max_duration -> timed_out", async () => {
     const noisy = await run("noisy");
-    expect(noisy).toMatchObject({ status: "timed_out", detail: "max_duration of 2000 ms reached" });
+    expect(noisy).toMatchObject({ status: "timed_out", detail: "max_duration of 2s reached" });
     const took = Date.parse(noisy.sessions[0].ended_at) - Date.parse(noisy.sessions[0].started_at);
     expect(took).toBeGreaterThanOrEqual(2000);
   });
@@ -217,6 +219,12 @@ describe.each(testBackends())("runs that fail, on %s", (backend) => {
     const unknown = await t.api("POST", "/api/runs", { formula: "nope" });
     expect(unknown.status).toBe(404);
     expect(unknown.body.error.message).toMatch(/no formula "nope" \(known: .*fail/);
+    const broken = await t.api("POST", "/api/runs", { formula: "typo" });
+    expect(broken.status).toBe(409);
+    expect(broken.body.error.message).toMatch(
+      /^formula "typo" has errors: timeout: "20 minutes" is not a duration: .*\(fix the file, then `formula-runner formulas reload`\)$/,
+    );
+    expect(broken.body.error.problems).toEqual([expect.stringMatching(/typo\.toml:\d+: timeout: /)]);
     const project = await t.api("POST", "/api/runs", { formula: "fail", project: "other" });
     expect(project.status).toBe(404);
     const body = await t.api("POST", "/api/runs", { formula: 3, issue: -1, extra: true });
@@ -234,7 +242,13 @@ describe.each(testBackends())("runs that fail, on %s", (backend) => {
     expect(res.status).toBe(400);
     expect(((await res.json()) as { error: { code: string } }).error.code).toBe("invalid_json");
     expect((await t.api("GET", "/api/runs/999999")).status).toBe(404);
-    expect((await t.api("GET", "/api/runs/abc")).status).toBe(404);
+    const notAnId = await t.api("GET", "/api/runs/abc");
+    expect(notAnId.status).toBe(400);
+    expect(notAnId.body.error).toMatchObject({
+      code: "bad_request",
+      message: '"abc" is not an id: ids are positive whole numbers',
+    });
+    expect((await t.api("GET", "/api/runs/0")).status).toBe(400);
   });
 });
 

@@ -209,5 +209,7 @@ describe.each(testBackends())("runs that succeed, on %s", (backend) => {
     const text = await res.text();
     expect(text).toMatch(/event: log\n(data: .*\n)*data: === formula-runner: session 1 \(initial\) started/);
     expect(text).toMatch(/event: end\ndata: \{"status":"done"\}/);
+    // The closing line names the phase the agent wrote.
+    expect(text).toMatch(/data: === formula-runner: session 1 ended: exit code 0; phase done ===/);
   });
 });

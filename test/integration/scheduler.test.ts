@@ -27,7 +27,7 @@ function scheduledFormula(name: string, schedule: ScheduleEntry[], fields: Recor
   return text.replace("[on]\n", `[on]\nschedule = [${entries.join(", ")}]\n`);
 }
 
-const project = (name: string): ProjectConfig => ({
+const project = (name: string, formulas: string[] = ["*"]): ProjectConfig => ({
   name,
   repoPath: `/nonexistent/${name}`,
   primaryBranch: "main",
@@ -40,6 +40,7 @@ const project = (name: string): ProjectConfig => ({
   webhookSecret: undefined,
   botLogin: undefined,
   escalationIssue: undefined,
+  formulas,
 });
 
 const ALPHA = project("alpha");
@@ -327,6 +328,30 @@ describe.each(testBackends())("scheduler on %s", (backend) => {
     expect((await allRuns()).slice(recordedBefore + 1).map((r) => [r.project, r.triggerRef])).toEqual([
       ["alpha", "2026-03-02T16:00:00.000Z"],
     ]);
+  });
+
+  it("fires a schedule only on the projects that opted in: a project listing no formula gets no run", async () => {
+    await writeFormulas({
+      listed: scheduledFormula("listed", ["* * * * * *"], { guards: { concurrency: "" } }),
+      unlisted: scheduledFormula("unlisted", ["* * * * * *"], { guards: { concurrency: "" } }),
+      opted: scheduledFormula("opted", ["* * * * * *"], { projects: ["quiet"], guards: { concurrency: "" } }),
+    });
+    const quiet = project("quiet", []);
+    const picky = project("picky", ["listed"]);
+    const scheduler = makeScheduler({ projects: [quiet, picky] });
+    await scheduler.start();
+    const fired = async () => (await allRuns()).map((r) => `${r.formula}/${r.project}`);
+    await eventually(async () => {
+      const names = await fired();
+      return names.filter((n) => n === "listed/picky").length >= 2 &&
+        names.filter((n) => n === "opted/quiet").length >= 2
+        ? true
+        : undefined;
+    });
+    await scheduler.stop();
+    expect([...new Set(await fired())].sort()).toEqual(["listed/picky", "opted/quiet"]);
+    const added = lines.filter((l) => l.msg.startsWith("schedule added")).map((l) => l.formula);
+    expect(added.sort()).toEqual(["listed", "opted"]);
   });
 
   it("sync() replaces changed schedules, stops removed ones and keeps unchanged ones ticking", async () => {

@@ -1,9 +1,12 @@
-import { mkdtemp, readFile, rm, stat } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type RunningServer, startServer } from "../../src/server.js";
 import { openTestDatabase, type TestDatabase, testBackends } from "../helpers/db.js";
+import { createTestRepo } from "../helpers/git.js";
 
 describe.each(testBackends())("server skeleton on %s", (kind) => {
   let dir: string;
@@ -112,6 +115,83 @@ describe("server start-up", () => {
         startServer({ env: { DATA_DIR: dir, PORT: "x", FORMULA_RUNNER_CONFIG: "nope.toml" }, cwd: dir }),
       ).rejects.toMatchObject({ problems: [expect.stringMatching(/PORT/), expect.stringMatching(/nope\.toml/)] });
     } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("fails fast on a port in use, before the database is opened", async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), "fr-busyport-"));
+    const blocker = net.createServer();
+    await new Promise<void>((resolve) => blocker.listen(0, "127.0.0.1", resolve));
+    const port = (blocker.address() as net.AddressInfo).port;
+    try {
+      await expect(
+        startServer({ env: { DATA_DIR: dir, PORT: String(port) }, cwd: dir, logDestination: { write: () => {} } }),
+      ).rejects.toThrow(`port ${port} on 127.0.0.1 is already in use (another formula-runner?); stop it or set PORT`);
+      expect(existsSync(path.join(dir, "pgdata"))).toBe(false);
+    } finally {
+      await new Promise((resolve) => blocker.close(resolve));
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("answers 503 'starting' on its port while the embedded database is created, then serves", async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), "fr-starting-"));
+    let bound: (url: string) => void = () => {};
+    const boundUrl = new Promise<string>((resolve) => (bound = resolve));
+    const logDestination = {
+      write: (line: string) => {
+        const match = /"msg":"bound (http:\/\/[^;]+);/.exec(line);
+        if (match?.[1]) bound(match[1]);
+      },
+    };
+    try {
+      const starting = startServer({ env: { DATA_DIR: dir, PORT: "0", FORMULAS_DIR: dir }, cwd: dir, logDestination });
+      const url = await boundUrl;
+      // Creating PGlite's data directory takes seconds: the port already answers.
+      const ready = await fetch(`${url}/readyz`);
+      expect(ready.status).toBe(503);
+      expect(ready.headers.get("retry-after")).toBe("5");
+      expect(((await ready.json()) as { error: { message: string } }).error.message).toMatch(/^starting \(/);
+      expect(await (await fetch(`${url}/healthz`)).json()).toMatchObject({ status: "starting" });
+      const server = await starting;
+      expect(server.url).toBe(url);
+      expect((await fetch(`${url}/readyz`)).status).toBe(200);
+      await server.stop();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("refuses a repo_path that is no git clone, or has no origin, before serving", async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), "fr-clones-"));
+    const repo = await createTestRepo({ files: { "README.md": "x\n" } });
+    try {
+      await writeFile(
+        path.join(dir, "formula-runner.toml"),
+        [
+          ["missing", path.join(dir, "nowhere")],
+          ["plain", dir],
+          ["good", repo.clone],
+        ]
+          .map(
+            ([name, repoPath]) =>
+              `[[projects]]\nname = "${name}"\nrepo_path = ${JSON.stringify(repoPath)}\nrepo = "acme/${name}"\n`,
+          )
+          .join("\n"),
+      );
+      const error = await startServer({
+        env: { DATA_DIR: path.join(dir, "data"), PORT: "0", PATH: process.env.PATH ?? "/usr/bin:/bin" },
+        cwd: dir,
+        logDestination: { write: () => {} },
+      }).catch((e: unknown) => e);
+      expect((error as { problems: string[] }).problems).toEqual([
+        `project missing: repo_path ${path.join(dir, "nowhere")} does not exist; clone the repository there (git clone <url of acme/missing> ${path.join(dir, "nowhere")}) or fix repo_path in the config file`,
+        `project plain: repo_path ${dir} is not a git clone; clone acme/plain there or fix repo_path`,
+      ]);
+      expect(existsSync(path.join(dir, "data", "pgdata"))).toBe(false);
+    } finally {
+      await repo.cleanup();
       await rm(dir, { recursive: true, force: true });
     }
   });

@@ -37,17 +37,28 @@ describe.each(testBackends())("POST /webhooks on %s", (backend) => {
       extraConfig: [
         "[[projects]]",
         'name = "open"',
-        'repo_path = "/nonexistent"',
+        'repo_path = "{clone}"',
         'repo = "acme/open"',
+        'formulas = ["*"]',
         "",
         "[[projects]]",
         'name = "tea"',
-        'repo_path = "/nonexistent"',
+        'repo_path = "{clone}"',
         'repo = "acme/tea"',
+        'formulas = ["*"]',
         'forge = "gitea"',
         `forge_url = "${forge.giteaUrl}"`,
         'webhook_secret_env = "OTHER_SECRET"',
         'token_env = "DEMO_FORGE_TOKEN"',
+        "",
+        // Lists no formula: webhooks fire nothing on it.
+        "[[projects]]",
+        'name = "quiet"',
+        'repo_path = "{clone}"',
+        'repo = "acme/quiet"',
+        'webhook_secret_env = "DEMO_WEBHOOK_SECRET"',
+        'token_env = "DEMO_FORGE_TOKEN"',
+        `forge_url = "${forge.url}"`,
       ].join("\n"),
       formulas: {
         triage: testFormula("triage", { agent: "hang", timeout: "60s", on: {} }).replace(
@@ -71,6 +82,7 @@ describe.each(testBackends())("POST /webhooks on %s", (backend) => {
     });
     for (const login of ["Codertocat", "acme", "alice"]) forge.setPermission("acme/demo", login, "write");
     forge.setPermission("acme/tea", "acme", "write");
+    forge.setPermission("acme/quiet", "Codertocat", "admin");
     forge.setPermission("acme/tea", "alice", "admin");
   });
   afterAll(async () => {
@@ -88,6 +100,7 @@ describe.each(testBackends())("POST /webhooks on %s", (backend) => {
     payload: unknown;
     secret?: string;
     deliveryId?: string;
+    contentType?: "json" | "form";
   }) => {
     const signed = signedWebhook({
       forge: opts.forge ?? "github",
@@ -95,6 +108,7 @@ describe.each(testBackends())("POST /webhooks on %s", (backend) => {
       payload: opts.payload,
       secret: opts.secret ?? SECRET,
       deliveryId: opts.deliveryId,
+      contentType: opts.contentType,
     });
     return fetch(`${t.url}/webhooks`, { method: "POST", headers: signed.headers, body: signed.body });
   };
@@ -125,6 +139,59 @@ describe.each(testBackends())("POST /webhooks on %s", (backend) => {
       sender: "Codertocat",
       runs: body.runs,
     });
+  });
+
+  it("takes GitHub's default form-encoded deliveries like JSON ones, the signature checked on the body as sent", async () => {
+    const payload = fixture("github/issue_comment.created.json", (p) => (p.comment.body = "/run dev please & thanks"));
+    const results = [];
+    for (const contentType of ["json", "form"] as const) {
+      const res = await send({ event: "issue_comment", payload, contentType });
+      expect(res.status).toBe(202);
+      const body = (await res.json()) as { runs: number[] };
+      expect(body.runs).toHaveLength(1);
+      const run = (await t.api("GET", `/api/runs/${body.runs[0]}`)).body;
+      results.push({ formula: run.formula, issue: run.issue, trigger: run.trigger.kind });
+      await t.api("POST", `/api/runs/${body.runs[0]}/cancel`);
+    }
+    expect(results[1]).toEqual(results[0]);
+    expect(results[0]).toEqual({ formula: "dev", issue: payload.issue.number, trigger: "webhook" });
+
+    // Signed over the JSON but sent as a form: the bytes differ, so the signature does not match.
+    const json = JSON.stringify(payload);
+    const form = new URLSearchParams({ payload: json }).toString();
+    const mismatched = signedWebhook({ forge: "github", event: "issue_comment", payload: json, secret: SECRET });
+    mismatched.headers["Content-Type"] = "application/x-www-form-urlencoded";
+    expect((await fetch(`${t.url}/webhooks`, { method: "POST", headers: mismatched.headers, body: form })).status).toBe(
+      401,
+    );
+    // A form without the payload field.
+    const noPayload = signedWebhook({ forge: "github", event: "issue_comment", payload: "other=1", secret: SECRET });
+    noPayload.headers["Content-Type"] = "application/x-www-form-urlencoded";
+    const empty = await fetch(`${t.url}/webhooks`, {
+      method: "POST",
+      headers: noPayload.headers,
+      body: noPayload.body,
+    });
+    expect(empty.status).toBe(400);
+    expect(((await empty.json()) as { error: { message: string } }).error.message).toBe(
+      "the form-encoded body has no payload field",
+    );
+  });
+
+  it("fires nothing on a project that lists no formula, and records why", async () => {
+    const deliveryId = randomUUID();
+    const payload = fixture("github/issues.labeled.json", (p) => (p.repository.full_name = "acme/quiet"));
+    const res = await send({ event: "issues", payload, deliveryId });
+    expect(res.status).toBe(202);
+    const body = (await res.json()) as { runs: number[]; ignored: string; project: string };
+    expect(body).toMatchObject({ runs: [], project: "quiet" });
+    expect(body.ignored).toBe(
+      "triage would fire on issues/labeled but project quiet does not run it (list it in the project's formulas = [...])",
+    );
+    const stored = (await t.api("GET", "/api/deliveries?limit=5")).body.deliveries.find(
+      (d: { id: string }) => d.id === deliveryId,
+    );
+    expect(stored).toMatchObject({ outcome: "ignored", reason: body.ignored, runs: [] });
   });
 
   it("answers a redelivery 200 duplicate and creates nothing, even 50 copies at once", async () => {

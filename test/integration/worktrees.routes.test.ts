@@ -94,6 +94,13 @@ describe.each(testBackends())("worktrees over REST, on %s", (backend) => {
     });
     await expect(readdir(run.worktree.path)).rejects.toThrow();
     expect(await runGit(t.repo.clone, "worktree", "list")).not.toContain(run.worktree.path);
+    // A second DELETE purges nothing, and says so instead of answering 200.
+    const again = await t.api("DELETE", `/api/worktrees/${id}`);
+    expect(again.status).toBe(409);
+    expect(again.body.error.message).toBe(
+      `worktree ${id} was not removed: already removed at ${res.body.worktree.removed_at} (by api)`,
+    );
+    expect(again.body.error.worktree).toMatchObject({ id, state: "removed" });
     expect((await t.api("DELETE", "/api/worktrees/987654")).status).toBe(404);
 
     const { body } = await t.api("POST", "/api/runs", { formula: "hold" });
@@ -145,6 +152,14 @@ describe.each(testBackends())("worktrees over REST, on %s", (backend) => {
     expect(last.body.purged.map((p: { id: number }) => p.id)).toEqual([busy.worktree.id]);
     const bad = await t.api("POST", "/api/worktrees/purge", { older_than_hours: "soon" });
     expect(bad.status).toBe(400);
+    // The same age as a duration string, the syntax formulas and the CLI use.
+    const asText = await t.api("POST", "/api/worktrees/purge", { older_than: "1.5h", dry_run: true });
+    expect(asText.status).toBe(200);
+    const badText = await t.api("POST", "/api/worktrees/purge", { older_than: "24" });
+    expect(badText.status).toBe(400);
+    expect(badText.body.error.message).toMatch(/"24" is not a duration: .*write 24s, 24m or 24h/);
+    const both = await t.api("POST", "/api/worktrees/purge", { older_than: "1h", older_than_hours: 1 });
+    expect(both.status).toBe(400);
   });
 
   it("refuses path traversal and symlink escapes out of WORKTREE_ROOT, deleting nothing outside", async () => {

@@ -1,5 +1,5 @@
 import { existsSync } from "node:fs";
-import { mkdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
+import { mkdir, readFile, rename, rm, symlink, writeFile } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { eq, sql } from "drizzle-orm";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
@@ -281,10 +281,12 @@ describe.each(testBackends())("worktrees on %s", (kind) => {
       expect(await manager.remove(row, "api", project)).toEqual(removed);
     });
 
-    it("finds the clone to prune from the worktree's .git file when no project is given", async () => {
+    it("never runs git in a clone named by the worktree's .git file: without a project nothing is pruned", async () => {
       const row = await manager.create({ runId: await insertRun(), project, formula: "dev" });
       await manager.remove(row, "api");
       expect(existsSync(row.path)).toBe(false);
+      expect(await linked(repo)).toEqual([row.path]); // stale until the project's clone is pruned
+      await manager.remove(await manager.create({ runId: await insertRun(), project, formula: "dev" }), "api", project);
       expect(await linked(repo)).toEqual([]);
     });
 
@@ -475,8 +477,8 @@ describe.each(testBackends())("worktrees on %s", (kind) => {
       const { purged, kept } = await manager.purge({ expiredOnly: true, by: "housekeeping", projects: [project] });
       expect(purged).toEqual([]);
       expect(kept.map((k) => [k.id, k.reason])).toEqual([
-        [row.id, "symlink leads outside WORKTREE_ROOT"],
-        [viaProject?.id, "symlink leads outside WORKTREE_ROOT"],
+        [row.id, `demo/${basename(row.path)} is a symlink`],
+        [viaProject?.id, "linked is a symlink"],
       ]);
       expect(await readFile(join(outside, "precious.txt"), "utf8")).toBe("keep me\n");
       expect(existsSync(join(outside, "dev-1"))).toBe(true);
@@ -507,12 +509,87 @@ describe.each(testBackends())("worktrees on %s", (kind) => {
       expect(await linked(repo)).toEqual([]);
     });
 
-    it("prunes a clone found through the .git file when the project is no longer configured", async () => {
+    it("deletes the directory of a project no longer configured and runs git in no clone", async () => {
       const row = await preserved(HOUR);
       clock = new Date(T0.getTime() + 2 * HOUR);
       const { purged } = await manager.purge({ expiredOnly: true, by: "housekeeping", projects: [] });
       expect(purged.map((p) => p.id)).toEqual([row.id]);
-      expect(await linked(repo)).toEqual([]);
+      expect(existsSync(row.path)).toBe(false);
+      expect(await linked(repo)).toEqual([row.path]); // its clone is not configured: left to git's own gc
+    });
+
+    it("ignores a .git file redirected at another repository: that repository is never pruned", async () => {
+      const other = await createTestRepo();
+      try {
+        // A stale entry in the other clone that any `git worktree prune` there would delete.
+        const victim = join(await makeTempDir("fr-victim-"), "wt");
+        await runGit(other.clone, "worktree", "add", "--quiet", "--detach", victim, "origin/main");
+        await rm(victim, { recursive: true });
+        const admin = join(other.clone, ".git", "worktrees", basename(victim));
+        const row = await preserved(HOUR);
+        await writeFile(join(row.path, ".git"), `gitdir: ${admin}\n`);
+        clock = new Date(T0.getTime() + 2 * HOUR);
+        const { purged } = await manager.purge({ expiredOnly: true, by: "housekeeping", projects: [project] });
+        expect(purged.map((p) => p.id)).toEqual([row.id]);
+        expect(existsSync(row.path)).toBe(false);
+        expect(existsSync(join(admin, "gitdir"))).toBe(true);
+        expect(await linked(other)).toEqual([victim]);
+      } finally {
+        await other.cleanup();
+      }
+    });
+
+    it("deletes nothing outside the root while the project directory is swapped for a symlink during purges", async () => {
+      const outside = await makeTempDir("fr-outside-");
+      const names = Array.from({ length: 12 }, (_, i) => `dev-${1000 + i}`);
+      for (const name of names) {
+        // The outside holds a tree shaped exactly like the project directory.
+        await mkdir(join(outside, name, "sub"), { recursive: true });
+        await writeFile(join(outside, name, "sub", "precious.txt"), "keep me\n");
+        await mkdir(join(root, "demo", name, "sub"), { recursive: true });
+        await writeFile(join(root, "demo", name, "sub", "file.txt"), "x\n");
+      }
+      const rows = await t.database.db
+        .insert(worktrees)
+        .values(
+          names.map((name) => ({
+            project: "demo",
+            formula: "dev",
+            path: join(root, "demo", name),
+            state: "preserved" as const,
+            instanceId: "inst-a",
+            preservedAt: T0,
+            expiresAt: T0,
+          })),
+        )
+        .returning();
+      let stop = false;
+      const swapper = (async () => {
+        while (!stop) {
+          await rename(join(root, "demo"), join(root, "demo.moved")).catch(() => undefined);
+          await symlink(outside, join(root, "demo")).catch(() => undefined);
+          await new Promise((r) => setImmediate(r));
+          await rm(join(root, "demo")).catch(() => undefined);
+          await rename(join(root, "demo.moved"), join(root, "demo")).catch(() => undefined);
+          await new Promise((r) => setImmediate(r));
+        }
+      })();
+      clock = new Date(T0.getTime() + 2 * HOUR);
+      for (let i = 0; i < 20; i++) {
+        await manager.purge({ expiredOnly: true, by: "housekeeping", projects: [project] });
+      }
+      stop = true;
+      await swapper;
+      for (const name of names) {
+        expect(await readFile(join(outside, name, "sub", "precious.txt"), "utf8")).toBe("keep me\n");
+      }
+      // A directory a swap hid (taken for gone) is back on record after adoption, so nothing leaks.
+      await manager.purge({ expiredOnly: true, by: "housekeeping", projects: [project] });
+      await manager.adoptOrphans([project], HOUR);
+      for (const row of rows) {
+        const current = await manager.get(row.id);
+        expect(current?.state).toBe(existsSync(row.path) ? "preserved" : "removed");
+      }
     });
 
     it("explains each requested id it keeps", async () => {

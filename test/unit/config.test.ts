@@ -78,8 +78,15 @@ describe("loadSettings", () => {
     expect(problems).toHaveLength(4);
     expect(problems.join("\n")).toMatch(/^environment: PORT: expected an integer/m);
     expect(problems.join("\n")).toMatch(/MAX_SESSIONS/);
-    expect(problems.join("\n")).toMatch(/SHUTDOWN_GRACE/);
+    expect(problems.join("\n")).toMatch(/SHUTDOWN_GRACE: "soon" is not a duration: write a number and a unit/);
     expect(problems.join("\n")).toMatch(/DATABASE_URL: expected a postgres/);
+  });
+
+  it("reads durations in the one syntax formulas use, and says what a bare number lacks", () => {
+    expect(loadSettings({ KILL_GRACE: "1.5s" }).settings.killGraceMs).toBe(1500);
+    expect(loadSettings({ SHUTDOWN_GRACE: "30" }).problems).toEqual([
+      'environment: SHUTDOWN_GRACE: "30" is not a duration: write a number and a unit, like 90s, 20m, 1.5h, 2d or 1h30m (a bare number has no unit: write 30s, 30m or 30h)',
+    ]);
   });
 });
 

@@ -1,6 +1,6 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { DURATION_PATTERN, formatDuration, parseDuration } from "../../src/formulas/duration.js";
+import { DURATION_PATTERN, durationProblem, formatDuration, parseDuration } from "../../src/formulas/duration.js";
 
 describe("parseDuration", () => {
   it.each([
@@ -14,19 +14,51 @@ describe("parseDuration", () => {
     ["1d2h3m4s5ms", 93_784_005],
     ["0s", 0],
     ["90m", 5_400_000],
+    ["1.5h", 5_400_000],
+    ["0.5s", 500],
+    ["2.25d", 194_400_000],
+    ["1h0.5m", 3_630_000],
   ])("reads %s as %d ms", (text, ms) => {
     expect(parseDuration(text)).toBe(ms);
   });
 
-  it.each(["", "30", "m", "1.5h", "-5m", "+5m", "5 m", " 5m", "5M", "30m1h", "1m1m", "5min", "1w", "1h 30m", "ms5"])(
-    "refuses %j",
-    (text) => {
-      expect(parseDuration(text)).toBeUndefined();
-    },
-  );
+  it.each([
+    "",
+    "30",
+    "24",
+    "1.5",
+    "m",
+    ".5h",
+    "1.h",
+    "1,5h",
+    "-5m",
+    "+5m",
+    "5 m",
+    " 5m",
+    "5M",
+    "30m1h",
+    "1m1m",
+    "5min",
+    "1w",
+    "1h 30m",
+    "ms5",
+  ])("refuses %j", (text) => {
+    expect(parseDuration(text)).toBeUndefined();
+  });
 
   it("refuses values beyond safe integers", () => {
     expect(parseDuration("99999999999999999999d")).toBeUndefined();
+  });
+});
+
+describe("durationProblem", () => {
+  it("says the syntax, and what a bare number lacks", () => {
+    expect(durationProblem("soon")).toBe(
+      '"soon" is not a duration: write a number and a unit, like 90s, 20m, 1.5h, 2d or 1h30m',
+    );
+    expect(durationProblem("24")).toBe(
+      '"24" is not a duration: write a number and a unit, like 90s, 20m, 1.5h, 2d or 1h30m (a bare number has no unit: write 24s, 24m or 24h)',
+    );
   });
 });
 

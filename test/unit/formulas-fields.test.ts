@@ -74,6 +74,10 @@ describe("[env]", () => {
 
   it.each([
     "PHASE_FILE",
+    "SCRATCH_FILE",
+    "OUTPUTS_FILE",
+    "FORMULA_RUNNER_URL",
+    "FORMULA_RUNNER_TOKEN",
     "RUN_ID",
     "FORMULA",
     "PROJECT",
@@ -206,14 +210,14 @@ describe("[guards] and top-level values", () => {
   it("say what was expected and what was found", () => {
     const text = withTables(
       '[guards]\nmin_memory_mb = -1\nmin_permission = "owner"\non_busy = "wait"',
-      'version = 0\nmodel = 4\ntimeout = "0s"\nmax_duration = "1.5h"\ndispatch = true',
+      'version = 0\nmodel = 4\ntimeout = "0s"\nmax_duration = "90 min"\ndispatch = true',
     );
     expect(problemsOf(text)).toEqual([
       "version: must be 1 or more",
       "model: expected a string, found integer 4",
       "timeout: must be longer than zero",
-      'max_duration: "1.5h" is not a duration: write a whole number and a unit, largest first, e.g. 30s, 20m, 2h, 1d, 1h30m, 500ms',
-      "dispatch: unknown key `dispatch`; known keys: name, description, version, agent, model, timeout, max_duration, preserve_on, retention, escalation_timeout, report, sandbox, untrusted_text, on, guards, context, env, steps",
+      'max_duration: "90 min" is not a duration: write a number and a unit, like 90s, 20m, 1.5h, 2d or 1h30m',
+      "dispatch: unknown key `dispatch`; known keys: name, description, version, agent, model, timeout, max_duration, preserve_on, retention, escalation_timeout, report, sandbox, untrusted_text, projects, on, guards, context, env, outputs, steps",
       "guards.min_memory_mb: must be 0 or more",
       'guards.min_permission: expected one of read, triage, write, maintain, admin; found string "owner"',
       'guards.on_busy: expected one of skip, queue, cancel-running; found string "wait"',

@@ -30,6 +30,10 @@ function run(overrides: Partial<Run> = {}): Run {
     cancelRequestedAt: null,
     reportIssue: 7,
     statusCommentId: null,
+    tokenHash: null,
+    sandboxed: null,
+    sandboxNote: null,
+    forgeToken: false,
     updatedAt: T0,
     ...overrides,
   } as Run;
@@ -140,5 +144,17 @@ describe("renderStatus", () => {
     });
     expect(done).toContain("**Outcome:** done");
     expect(done).not.toContain("Last lines of output");
+  });
+});
+
+describe("the sandbox line", () => {
+  const render = (overrides: Partial<Run>) =>
+    renderStatus({ run: run(overrides), phases: [], sessions: [], worktree: undefined, escalations: [], now: at(5) });
+
+  it("says whether the agent ran sandboxed, and warns when it holds the forge token", () => {
+    expect(render({ sandboxed: true })).toContain("**Sandbox:** on");
+    expect(render({ sandboxed: false })).toContain("**Sandbox:** ⚠️ off");
+    expect(render({ sandboxed: null })).not.toContain("Sandbox");
+    expect(render({ sandboxed: true, forgeToken: true })).toContain("**Forge token:** ⚠️ given to the agent");
   });
 });

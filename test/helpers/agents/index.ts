@@ -18,6 +18,8 @@
  * | escalate | PHASE:escalate + question; with $ESCALATION_REPLY: reply to $REPLY_COPY, PHASE:done |
  * | env-dump | `env \| sort` to $ENV_COPY (default $TMPDIR/env.txt), PHASE:done |
  * | hang-once | 1st run: grandchild + PHASE:working, waits forever (marker `.hang-once-marker`); later runs: PHASE:done |
+ * | hostile | probes secrets, the clone's hooks/config, writes and network; `name=result` lines to $TMPDIR/probes.txt |
+ * | run-token | calls the API with its run token; `name=status` lines and the token to $TMPDIR |
  */
 import { fileURLToPath } from "node:url";
 
@@ -37,7 +39,9 @@ export type TestAgent =
   | "crlf"
   | "escalate"
   | "env-dump"
-  | "hang-once";
+  | "hang-once"
+  | "hostile"
+  | "run-token";
 
 /** Absolute path of a test agent script (executable; run it directly or as `bash <path>`). */
 export function agentPath(agent: TestAgent): string {
