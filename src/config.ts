@@ -238,7 +238,7 @@ function projectFromEnv(env: Env, cwd: string): { entry?: ProjectEntry; problems
     raw[key] =
       key === "escalation_issue" && /^\d+$/.test(value)
         ? Number(value)
-        : key === "trusted_authors"
+        : key === "trusted_authors" || key === "formulas"
           ? value
               .split(",")
               .map((v) => v.trim())

@@ -99,7 +99,11 @@ export class RunLog implements RunLogSink {
     if (!buffered) return Promise.resolve();
     const done = this.#schedule(runId, buffered, true);
     return done.then(() => {
-      if (this.#buffers.get(runId) === buffered && buffered.text === "" && !buffered.timer) this.#buffers.delete(runId);
+      // A session's end: forget the run (a later session asks the database where its log ends).
+      if (this.#buffers.get(runId) === buffered && buffered.text === "" && !buffered.timer) {
+        this.#buffers.delete(runId);
+        this.#next.delete(runId);
+      }
     });
   }
 

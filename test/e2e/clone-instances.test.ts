@@ -85,7 +85,7 @@ describe.each(testBackends())("two instances' worktree managers on one clone (%s
     await removeTempDir(dir);
   });
 
-  it("makes and removes 24 worktrees at once with no git failure", { timeout: 180_000 }, async () => {
+  it("makes and removes 24 worktrees at once with no git failure", { timeout: 400_000 }, async () => {
     const project: ProjectConfig = {
       name: "demo",
       repoPath: repo.clone,
@@ -162,7 +162,11 @@ if (testBackends().includes("postgres")) {
       repo = await createTestRepo();
       db = await openTestDatabase("postgres");
       await mkdir(path.join(dir, "formulas"));
-      await writeFile(path.join(dir, "formulas", "noop.toml"), testFormula("noop", { guards: { concurrency: "" } }));
+      // No agent sandbox: this test is about git in a shared clone, and the noop agent needs none.
+      await writeFile(
+        path.join(dir, "formulas", "noop.toml"),
+        `${testFormula("noop", { guards: { concurrency: "" } })}[sandbox]\nmode = "off"\n`,
+      );
       await writeFile(
         path.join(dir, "formula-runner.toml"),
         [
@@ -237,6 +241,24 @@ if (testBackends().includes("postgres")) {
       expect((await readdir(path.join(repo.clone, ".git"))).filter((f) => f.includes("formula-runner"))).toEqual([]);
       // Three processes, one clone: never two git commands in it at once.
       expect(await overlaps(shim.log)).toEqual([]);
+
+      // Every instance serves every run's log from the database, plain and followed.
+      const headers = { authorization: `Bearer ${TOKEN}` };
+      for (const run of rows.slice(0, 3)) {
+        for (const server of servers) {
+          const plain = await fetch(`${server.url}/api/runs/${run.id}/log`, { headers });
+          expect(plain.status).toBe(200);
+          const text = await plain.text();
+          expect(text).toContain("done.sh: work finished");
+          expect(text).toMatch(/=== formula-runner: session 1 ended: exit code 0; phase ===/);
+        }
+        // Followed on an instance that did not run it.
+        const owner = ["clone-a", "clone-b", "clone-c"].indexOf(String(run.instanceId));
+        const other = servers[(owner + 1) % 3] as ServerProcess;
+        const followed = await (await fetch(`${other.url}/api/runs/${run.id}/log?follow=1`, { headers })).text();
+        expect(followed).toContain("data: done.sh: work finished");
+        expect(followed).toContain('event: end\ndata: {"status":"done"}');
+      }
     });
   });
 }

@@ -137,3 +137,42 @@ describe.each(testBackends())("run logs in the database (%s)", (kind) => {
     await reader.cancel();
   });
 });
+
+// LISTEN/NOTIFY needs PostgreSQL: PGlite is one process, which wakes its own followers.
+if (testBackends().includes("postgres")) {
+  describe("run logs across instances on PostgreSQL", () => {
+    let t: TestDatabase;
+    beforeAll(async () => {
+      t = await openTestDatabase("postgres");
+    });
+    afterAll(async () => {
+      await t.cleanup();
+    });
+
+    it("wakes another instance's follower through NOTIFY", { timeout: 60_000 }, async () => {
+      const secrets = new SecretRegistry();
+      const writer = new RunLog({ database: t.database, secrets, log: silentLogger() });
+      const follower = new RunLog({ database: t.database, secrets, log: silentLogger() });
+      await follower.start();
+      try {
+        const [run] = await t.database.db
+          .insert(runs)
+          .values({ formula: "dev", project: "demo", triggerKind: "dispatch", triggerRef: "t", status: "running" })
+          .returning({ id: runs.id });
+        const id = (run as { id: number }).id;
+        // Without the notification the follower would sleep its full 30 s; the race says which came first.
+        const woke = Promise.race([
+          follower.waitForChange(id, 30_000).then(() => "notified"),
+          new Promise((resolve) => setTimeout(() => resolve("not notified"), 25_000)),
+        ]);
+        writer.append(id, "from the other instance\n");
+        await writer.flush(id);
+        expect(await woke).toBe("notified");
+        expect((await follower.read(id)).text).toBe("from the other instance\n");
+      } finally {
+        await follower.stop();
+        await writer.stop();
+      }
+    });
+  });
+}
