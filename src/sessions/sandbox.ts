@@ -56,6 +56,9 @@ export interface SandboxWrap {
   close(): void;
 }
 
+/** Wraps tried when the library's `which` lookups time out on a busy host. */
+const WRAP_ATTEMPTS = 4;
+
 let users = 0;
 let initializing: Promise<void> | undefined;
 
@@ -147,21 +150,33 @@ export class SandboxHost {
     const { policy } = options;
     SandboxManager.registerCommandNetworkLists(commandId, { allowedDomains: [...policy.hosts] });
     try {
-      const wrapped = await SandboxManager.wrapWithSandboxArgv(
-        LAUNCHER,
-        "bash",
-        {
-          filesystem: {
-            allowWrite: [...policy.allowWrite],
-            denyWrite: [...policy.denyWrite],
-            denyRead: [...policy.denyRead],
-            allowRead: [...policy.allowRead],
+      const wrap = () =>
+        SandboxManager.wrapWithSandboxArgv(
+          LAUNCHER,
+          "bash",
+          {
+            filesystem: {
+              allowWrite: [...policy.allowWrite],
+              denyWrite: [...policy.denyWrite],
+              denyRead: [...policy.denyRead],
+              allowRead: [...policy.allowRead],
+            },
           },
-        },
-        undefined,
-        options.cwd,
-        { commandId },
-      );
+          undefined,
+          options.cwd,
+          { commandId },
+        );
+      // The library finds bash and bwrap with `which`, given 1 s: on a saturated host that
+      // times out and reads as "not found". Such a miss is tried again, a few times.
+      let wrapped: Awaited<ReturnType<typeof wrap>> | undefined;
+      for (let attempt = 1; wrapped === undefined; attempt += 1) {
+        try {
+          wrapped = await wrap();
+        } catch (error) {
+          if (attempt >= WRAP_ATTEMPTS || !/not found in PATH|not found/i.test(errorMessage(error))) throw error;
+          await new Promise((resolve) => setTimeout(resolve, 200 * attempt));
+        }
+      }
       // `wrapped.env` is this server's whole environment: never handed on. The proxy
       // settings travel inside the argv (bwrap --setenv).
       return {
