@@ -842,7 +842,6 @@ function entry(row: WorktreeRow, reason: string): PurgeEntry {
   };
 }
 
-/** "24h", "90m", "30s", "1500ms": for reasons people read (hours, like `--older-than 24h`). */
 async function exists(p: string): Promise<boolean> {
   try {
     await lstat(p);

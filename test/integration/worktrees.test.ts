@@ -357,7 +357,7 @@ describe.each(testBackends())("worktrees on %s", (kind) => {
 
       clock = new Date(T0.getTime() + 25 * HOUR);
       const old = await manager.purge({ by: "api", projects: [project] });
-      expect(old.purged.map((p) => [p.id, p.reason])).toEqual([[longLived.id, "preserved more than 24h ago"]]);
+      expect(old.purged.map((p) => [p.id, p.reason])).toEqual([[longLived.id, "preserved more than 1d ago"]]);
       expect(await linked(repo)).toEqual([]);
       expect(await manager.list({ state: "preserved" })).toEqual([]);
     });
