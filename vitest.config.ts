@@ -5,6 +5,9 @@ export default defineConfig({
     include: ["test/**/*.test.ts"],
     globalSetup: ["test/helpers/global-setup.ts"],
     pool: "forks",
+    // Most tests wait on child processes, git and databases, not on the CPU: three files at
+    // a time keep a 2-core machine busy (vitest's default is one file at a time there).
+    maxWorkers: 3,
     testTimeout: 30_000,
     hookTimeout: 60_000,
     teardownTimeout: 30_000,
