@@ -26,9 +26,11 @@ export const errorEnvelope = z
         message: z.string(),
         request_id: z.string().optional(),
         problems: z
-          .array(z.object({ field: z.string(), message: z.string() }))
+          .array(z.union([z.object({ field: z.string(), message: z.string() }), z.string()]))
           .optional()
-          .describe("validation_failed: one entry per invalid field"),
+          .describe(
+            "validation_failed: one entry per invalid field; a formula with errors (409): one line per problem",
+          ),
       })
       .loose(),
   })
@@ -246,7 +248,7 @@ export const deliveryListSchema = z.object({
         project: z.string().nullable(),
         repository: z.string().nullable(),
         sender: z.string().nullable(),
-        outcome: z.enum(["queued", "ignored"]),
+        outcome: z.enum(["queued", "ignored", "answered"]),
         reason: z.string().nullable(),
         received_at: time,
         runs: z.array(id),

@@ -17,7 +17,7 @@ export const DeliveriesPage: FC<DeliveriesPageProps> = ({ page, listing, outcome
         Outcome{" "}
         <select name="outcome">
           <option value="">any</option>
-          {["queued", "ignored"].map((o) => (
+          {["queued", "ignored", "answered"].map((o) => (
             <option value={o} selected={o === outcome}>
               {o}
             </option>
