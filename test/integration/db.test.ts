@@ -33,6 +33,7 @@ describe.each(testBackends())("database on %s", (kind) => {
       "outbox",
       "outputs",
       "phases",
+      "run_log_chunks",
       "runs",
       "schedule_slots",
       "sessions",
@@ -168,7 +169,7 @@ postgresOnly("migrations on PostgreSQL", () => {
       await t.database.rows(sql`drop table formula_runner_migrations`);
       await t.database.rows(
         sql.raw(
-          "drop table outputs, escalation_replies, phases, escalations, sessions, worktrees, outbox, schedule_slots, runs, deliveries, instances cascade",
+          "drop table run_log_chunks, outputs, escalation_replies, phases, escalations, sessions, worktrees, outbox, schedule_slots, runs, deliveries, instances cascade",
         ),
       );
       const url = t.url as string;
@@ -180,6 +181,7 @@ postgresOnly("migrations on PostgreSQL", () => {
         "0001_run-engine",
         "0002_forge-writes",
         "0003_containment",
+        "0004_run-logs",
       ]);
       await a.close();
       await b.close();
