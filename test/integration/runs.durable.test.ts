@@ -41,7 +41,7 @@ describe.each(testBackends())("runs whose end the database missed, on %s", (back
     const id = (run as { id: number }).id;
     await t.db.database.db.insert(sessions).values({ runId: id, seq: 1, kind: "initial", instanceId });
     const paths = runPaths(t.dataDir, id);
-    await mkdir(paths.dir, { recursive: true });
+    await mkdir(paths.agentDir, { recursive: true });
     await writeFile(paths.phaseFile, phaseFileText);
     await t.db.database.db.update(runs).set({ status: "running" }).where(eq(runs.id, id));
     return id;
