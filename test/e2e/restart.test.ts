@@ -36,7 +36,14 @@ describe.each(testBackends())("restart after kill -9 (real server processes, %s)
     await mkdir(path.join(dir, "formulas"));
     await writeFile(
       path.join(dir, "formulas", "slow.toml"),
-      testFormula("slow", { agent: "hang-once", timeout: "60s", env: { GRANDCHILD_PID_FILE: grandchildFile } }),
+      // Unsandboxed: this follows the agent's process group and its grandchild (by host pid)
+      // across a kill -9 of the server; containment.test.ts covers the sandboxed tree.
+      testFormula("slow", {
+        agent: "hang-once",
+        timeout: "60s",
+        env: { GRANDCHILD_PID_FILE: grandchildFile },
+        sandbox: { mode: "off" },
+      }),
     );
     await writeFile(path.join(dir, "formulas", "quick.toml"), testFormula("quick"));
     await writeFile(
