@@ -1,6 +1,6 @@
 import { Hono } from "hono";
 import { z } from "zod";
-import { WORKTREE_STATES } from "../db/schema/index.js";
+import { WORKTREE_STATES, type Worktree } from "../db/schema/index.js";
 import type { AppEnv } from "../src/app.js";
 import { AppError } from "../src/errors.js";
 import { durationProblem, parseDuration } from "../src/formulas/duration.js";
@@ -68,15 +68,8 @@ export function worktreeRoutes(services: Services): Hono<AppEnv> {
 
   app.delete("/api/worktrees/:id", async (c) => {
     const id = idParam(c);
-    const worktree = await services.worktrees.get(id);
-    if (!worktree) throw new AppError({ code: "not_found", message: `no worktree ${id}` });
-    if (worktree.state === "active") {
-      throw new AppError({
-        code: "conflict",
-        message: `worktree ${id} is in use by run ${worktree.runId}; cancel the run first`,
-      });
-    }
-    if (worktree.state === "removed") {
+    const { worktree, alreadyRemoved } = await deleteWorktree(services, id);
+    if (alreadyRemoved) {
       // Nothing was purged now: say so, as a purge by id lists it (docs/worktrees.md).
       const when = worktree.removedAt ? ` at ${worktree.removedAt.toISOString()}` : "";
       throw new AppError({
@@ -85,9 +78,6 @@ export function worktreeRoutes(services: Services): Hono<AppEnv> {
         details: { worktree: worktreeJson(worktree) },
       });
     }
-    const result = await services.worktrees.purge({ ids: [id], by: "api", projects: services.config.projects });
-    const kept = result.kept.find((k) => k.id === id);
-    if (kept) throw new AppError({ code: "conflict", message: `worktree ${id} was not removed: ${kept.reason}` });
     const after = await services.worktrees.get(id);
     return c.json({ worktree: after ? worktreeJson(after) : null });
   });
@@ -107,4 +97,28 @@ export function worktreeRoutes(services: Services): Hono<AppEnv> {
   });
 
   return app;
+}
+
+/**
+ * Deletes one preserved worktree for a person (the API or the dashboard): 404 when unknown,
+ * 409 while a run uses it or when the purge kept it (with the reason). A worktree removed
+ * before is returned as such: whether that is an error is the caller's to say.
+ */
+export async function deleteWorktree(
+  services: Services,
+  id: number,
+): Promise<{ worktree: Worktree; alreadyRemoved: boolean }> {
+  const worktree = await services.worktrees.get(id);
+  if (!worktree) throw new AppError({ code: "not_found", message: `no worktree ${id}` });
+  if (worktree.state === "active") {
+    throw new AppError({
+      code: "conflict",
+      message: `worktree ${id} is in use by run ${worktree.runId}; cancel the run first`,
+    });
+  }
+  if (worktree.state === "removed") return { worktree, alreadyRemoved: true };
+  const result = await services.worktrees.purge({ ids: [id], by: "api", projects: services.config.projects });
+  const kept = result.kept.find((k) => k.id === id);
+  if (kept) throw new AppError({ code: "conflict", message: `worktree ${id} was not removed: ${kept.reason}` });
+  return { worktree, alreadyRemoved: false };
 }

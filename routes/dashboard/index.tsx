@@ -14,6 +14,7 @@ import type { Services } from "../../src/services.js";
 import { formulaJson } from "../formulas.js";
 import { idParam } from "../input.js";
 import { runRoutes } from "../runs.js";
+import { deleteWorktree } from "../worktrees.js";
 import { safeNext, stripAnsi } from "./format.js";
 import { FormulasPage } from "./formulas-page.js";
 import { type PageContext, renderPage } from "./layout.js";
@@ -319,19 +320,8 @@ export function dashboardRoutes(services: Services): Hono<AppEnv> {
 
   app.post("/worktrees/:id/delete", async (c) => {
     const id = idParam(c);
-    const worktree = await services.worktrees.get(id);
-    if (!worktree) throw new AppError({ code: "not_found", message: `no worktree ${id}` });
-    if (worktree.state === "active") {
-      throw new AppError({
-        code: "conflict",
-        message: `worktree ${id} is in use by run ${worktree.runId}; cancel the run first`,
-      });
-    }
-    if (worktree.state === "preserved") {
-      const result = await services.worktrees.purge({ ids: [id], by: "api", projects: services.config.projects });
-      const kept = result.kept.find((k) => k.id === id);
-      if (kept) throw new AppError({ code: "conflict", message: `worktree ${id} was not removed: ${kept.reason}` });
-    }
+    // Already removed is no error here: the page no longer lists it either way.
+    await deleteWorktree(services, id);
     return c.redirect(withNotice("/worktrees", `Worktree ${id} deleted.`), 303);
   });
 

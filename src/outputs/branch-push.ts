@@ -7,7 +7,7 @@ import { lstat, readdir, readFile } from "node:fs/promises";
 import path from "node:path";
 import type { ProjectConfig } from "../config.js";
 import { errorMessage } from "../errors.js";
-import type { RunPaths } from "../runs/run-paths.js";
+import { type RunPaths, runObjectsEnv } from "../runs/run-paths.js";
 import { git, worktreeHead } from "../worktrees/git.js";
 
 const GIT_TIMEOUT_MS = 30_000;
@@ -62,7 +62,7 @@ export async function pushRunHead(request: PushRequest): Promise<PushResult> {
     const store = await checkObjectStore(paths.objectsDir, cloneObjects);
     if (store.problem) return refuse(store.problem);
     if (store.exists) {
-      extraEnv = { GIT_OBJECT_DIRECTORY: paths.objectsDir, GIT_ALTERNATE_OBJECT_DIRECTORIES: cloneObjects };
+      extraEnv = runObjectsEnv(paths.objectsDir, commonDir);
     }
     // HEAD read as a file (no git process on the agent's worktree): a detached sha, or a ref to resolve.
     const head = (await worktreeHead(worktreePath)) ?? "";

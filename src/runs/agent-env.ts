@@ -1,7 +1,6 @@
-import path from "node:path";
 import type { AgentProfile, ProjectConfig } from "../config.js";
 import type { Formula } from "../formulas/schema.js";
-import type { RunPaths } from "./run-paths.js";
+import { type RunPaths, runObjectsEnv } from "./run-paths.js";
 
 /**
  * Variables of the server's own environment an agent inherits. Everything else (the
@@ -73,7 +72,7 @@ export function agentEnv(input: AgentEnvInput): Record<string, string> {
     // Claude Code's own state (conversations for --resume) per run, not in the server user's ~/.claude.
     CLAUDE_CONFIG_DIR: paths.claudeConfigDir,
     // The agent's commits go to the run's own object store; the clone's stay read-only.
-    GIT_OBJECT_DIRECTORY: paths.objectsDir,
+    ...runObjectsEnv(paths.objectsDir, input.commonDir),
     RUN_ID: String(input.runId),
     FORMULA: input.formula.name,
     PROJECT: input.project.name,
@@ -81,7 +80,6 @@ export function agentEnv(input: AgentEnvInput): Record<string, string> {
     WORKTREE: input.worktree,
     PRIMARY_BRANCH: input.project.primaryBranch,
   });
-  if (input.commonDir) env.GIT_ALTERNATE_OBJECT_DIRECTORIES = path.join(input.commonDir, "objects");
   if (input.issue !== undefined) env.ISSUE = String(input.issue);
   if (input.escalationReply !== undefined) env.ESCALATION_REPLY = input.escalationReply;
   return env;

@@ -1,5 +1,4 @@
 import { access, readFile, rm } from "node:fs/promises";
-import path from "node:path";
 import { and, asc, desc, eq, isNotNull, sql } from "drizzle-orm";
 import type { Database } from "../../db/client.js";
 import {
@@ -36,7 +35,7 @@ import { readContextFiles, runContextCommands, worktreeState } from "./prompt-in
 import { retryWhileUnavailable } from "./retry-database.js";
 import type { RunEvent } from "./run-event.js";
 import type { RunLogSink } from "./run-log.js";
-import { makeRunDirs, type RunPaths, runPaths } from "./run-paths.js";
+import { makeRunDirs, type RunPaths, runObjectsEnv, runPaths } from "./run-paths.js";
 import { issueRunToken } from "./run-token.js";
 import { describeExit, outcomeDetail, type SessionOutcome, SessionRunner, type StopCause } from "./session-runner.js";
 
@@ -233,7 +232,10 @@ export class RunExecution {
       recovery = {
         lastPhase: this.run.phase ?? undefined,
         exitDescription: last.detail ?? "the server restarted",
-        ...(await worktreeState(worktree.path, runObjectsEnv(paths, await worktreeCommonDir(worktree.path)))),
+        ...(await worktreeState(
+          worktree.path,
+          runObjectsEnv(paths.objectsDir, await worktreeCommonDir(worktree.path)),
+        )),
       };
     }
 
@@ -317,7 +319,10 @@ export class RunExecution {
             recovery = {
               lastPhase,
               exitDescription: describeExit(outcome.exit),
-              ...(await worktreeState(worktree.path, runObjectsEnv(paths, await worktreeCommonDir(worktree.path)))),
+              ...(await worktreeState(
+                worktree.path,
+                runObjectsEnv(paths.objectsDir, await worktreeCommonDir(worktree.path)),
+              )),
             };
             this.#log.warn({ exit: outcome.exit }, "agent crashed; starting the one recovery session");
             continue;
@@ -633,14 +638,6 @@ function tailNote(session: Session | undefined): string {
   if (!tail) return "; no output";
   const lines = tail.split("\n").slice(-5).join("\n");
   return `; last output:\n${lines}`;
-}
-
-/** The run's own object store over the clone's objects: what git needs to see the agent's commits. */
-function runObjectsEnv(paths: RunPaths, commonDir: string | undefined): Record<string, string> {
-  return {
-    GIT_OBJECT_DIRECTORY: paths.objectsDir,
-    ...(commonDir ? { GIT_ALTERNATE_OBJECT_DIRECTORIES: path.join(commonDir, "objects") } : {}),
-  };
 }
 
 /** The phase the agent last wrote to its phase file, if the file holds one. */

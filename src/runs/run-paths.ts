@@ -38,3 +38,15 @@ export async function makeRunDirs(paths: RunPaths): Promise<void> {
   await mkdir(path.join(paths.objectsDir, "info"), { recursive: true, mode: 0o700 });
   await mkdir(path.join(paths.objectsDir, "pack"), { recursive: true, mode: 0o700 });
 }
+
+/**
+ * What git needs to see a run's commits: the run's own object store, with the clone's
+ * objects (`<commonDir>/objects`) as alternates. The agent gets these variables; the
+ * server's own git commands on the run's work (recovery state, the pull-request push) too.
+ */
+export function runObjectsEnv(objectsDir: string, commonDir: string | undefined): Record<string, string> {
+  return {
+    GIT_OBJECT_DIRECTORY: objectsDir,
+    ...(commonDir ? { GIT_ALTERNATE_OBJECT_DIRECTORIES: path.join(commonDir, "objects") } : {}),
+  };
+}

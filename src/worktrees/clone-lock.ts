@@ -11,10 +11,12 @@
  * the holder's token, so a live lock is never deleted by two processes that both saw the
  * dead one.
  */
+
 import { randomUUID } from "node:crypto";
 import { lstat, open, readFile, stat, unlink, utimes } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
+import { KeyedQueue } from "./concurrency.js";
 
 /** What a lock file holds: who took it. */
 interface LockOwner {
@@ -201,21 +203,11 @@ async function isFile(p: string): Promise<boolean> {
  * key, so waiting costs no polling) and exclusively across processes (the clone's lock file).
  */
 export class CloneQueue {
-  private readonly tails = new Map<string, Promise<void>>();
+  readonly #queue = new KeyedQueue();
 
   constructor(private readonly options: FileLockOptions = {}) {}
 
   run<T>(key: string, task: () => Promise<T>): Promise<T> {
-    const previous = this.tails.get(key) ?? Promise.resolve();
-    const result = previous.then(async () => withFileLock(await cloneLockFile(key), task, this.options));
-    const tail = result.then(
-      () => undefined,
-      () => undefined,
-    );
-    this.tails.set(key, tail);
-    void tail.then(() => {
-      if (this.tails.get(key) === tail) this.tails.delete(key);
-    });
-    return result;
+    return this.#queue.run(key, async () => withFileLock(await cloneLockFile(key), task, this.options));
   }
 }
