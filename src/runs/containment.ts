@@ -6,13 +6,11 @@
  * the server user's credential stores and whatever `[sandbox] deny_read` lists; network
  * only to the formula's `allow_hosts` and the profile's model API hosts.
  */
-import { constants } from "node:fs";
-import { access, stat } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import type { AgentProfile, Config, ProjectConfig } from "../config.js";
 import type { Formula } from "../formulas/schema.js";
-import { hostOfUrl, type SandboxHost, type SandboxMode, type SandboxPolicy } from "../sessions/sandbox.js";
+import { findProgram, hostOfUrl, type SandboxHost, type SandboxMode, type SandboxPolicy } from "../sessions/sandbox.js";
 import type { RunPaths } from "./run-paths.js";
 
 /** Credential stores under the server user's home that no agent may read. */
@@ -80,35 +78,6 @@ export function sandboxPolicy(input: PolicyInput): SandboxPolicy {
     ],
     allowRead: [worktree, paths.agentDir, paths.launchDir, project.repoPath],
     hosts: allowedHosts(input.formula, input.profile, input.env),
-  };
-}
-
-/**
- * Where `program` is, as the agent's PATH finds it; a reason when it cannot be run. Checked
- * before wrapping: inside the sandbox a missing program is only a shell's exit 127.
- */
-export async function findProgram(
-  program: string,
-  pathVar: string | undefined,
-): Promise<{ ok: true; file: string } | { ok: false; reason: string }> {
-  const prefix = `cannot start ${JSON.stringify(program)}`;
-  const candidates = program.includes("/")
-    ? [program]
-    : (pathVar ?? "")
-        .split(":")
-        .filter((dir) => dir !== "")
-        .map((dir) => path.join(dir, program));
-  for (const file of candidates) {
-    try {
-      await access(file, constants.X_OK);
-      if ((await stat(file)).isFile()) return { ok: true, file };
-    } catch {}
-  }
-  return {
-    ok: false,
-    reason: program.includes("/")
-      ? `${prefix}: no such executable file`
-      : `${prefix}: program not found on the PATH given to the agent`,
   };
 }
 

@@ -387,12 +387,9 @@ export class RunExecution {
       worktreeAdminDir(worktree.path),
       worktreeCommonDir(worktree.path),
     ]);
-    // A new run token per session: the previous session's is dead from here on.
+    // A new run token per session (stored below, before the agent starts): the previous
+    // session's is dead from then on.
     const runToken = issueRunToken(this.run.id);
-    await this.#deps.database.db
-      .update(runs)
-      .set({ tokenHash: runToken.hash, forgeToken: formula.sandbox.forgeToken, updatedAt: sql`now()` })
-      .where(eq(runs.id, this.run.id));
     const env = agentEnv({
       serverEnv: this.#deps.serverEnv,
       profile,
@@ -480,7 +477,13 @@ export class RunExecution {
     const note = contained.kind === "ready" ? contained.note : contained.bySandbox ? contained.reason : undefined;
     await this.#deps.database.db
       .update(runs)
-      .set({ sandboxed, sandboxNote: note ?? null, updatedAt: sql`now()` })
+      .set({
+        tokenHash: runToken.hash,
+        forgeToken: formula.sandbox.forgeToken,
+        sandboxed,
+        sandboxNote: note ?? null,
+        updatedAt: sql`now()`,
+      })
       .where(eq(runs.id, this.run.id));
     this.run = { ...this.run, sandboxed, sandboxNote: note ?? null, forgeToken: formula.sandbox.forgeToken };
     if (contained.kind === "refused") {

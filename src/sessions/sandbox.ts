@@ -12,7 +12,9 @@
  * from a file the server wrote. Nothing the formula or the agent wrote becomes shell text.
  */
 import { randomBytes } from "node:crypto";
-import { writeFile } from "node:fs/promises";
+import { constants } from "node:fs";
+import { access, stat, writeFile } from "node:fs/promises";
+import path from "node:path";
 import { SandboxManager } from "@anthropic-ai/sandbox-runtime";
 import { execa } from "execa";
 import { errorMessage } from "../errors.js";
@@ -67,6 +69,8 @@ export class SandboxHost {
   readonly #programs: SandboxPrograms;
   readonly #env: Readonly<Record<string, string | undefined>>;
   #probe: Promise<SandboxProbe> | undefined;
+  /** The programs by absolute path, once the probe found them: the library then runs no `which`. */
+  #resolved: SandboxPrograms | undefined;
   #started = false;
 
   constructor(programs: SandboxPrograms, env: Readonly<Record<string, string | undefined>>) {
@@ -84,20 +88,22 @@ export class SandboxHost {
     if (process.platform !== "linux")
       return { ok: false, reason: `sandboxing needs Linux (this is ${process.platform})` };
     const missing: string[] = [];
-    for (const [name, program] of Object.entries(this.#programs)) {
-      const found = await execa(program, ["--version"], { reject: false, env: pathEnv(this.#env), extendEnv: false });
-      if (found.failed && (found.exitCode === undefined || found.code === "ENOENT"))
-        missing.push(`${name} (${program})`);
+    const found: Partial<SandboxPrograms> = {};
+    for (const [name, program] of Object.entries(this.#programs) as [keyof SandboxPrograms, string][]) {
+      const where = await findProgram(program, this.#env.PATH);
+      if (where.ok) found[name] = path.resolve(where.file);
+      else missing.push(`${name} (${program})`);
     }
-    if (missing.length > 0) {
+    if (missing.length > 0 || !found.bwrap || !found.socat || !found.ripgrep) {
       return {
         ok: false,
         reason: `not found: ${missing.join(", ")}; install the Debian packages bubblewrap, socat and ripgrep`,
       };
     }
+    this.#resolved = { bwrap: found.bwrap, socat: found.socat, ripgrep: found.ripgrep };
     // bubblewrap present is not bubblewrap usable (user namespaces can be disabled).
     const tried = await execa(
-      this.#programs.bwrap,
+      found.bwrap,
       ["--ro-bind", "/", "/", "--unshare-user", "--unshare-pid", "--proc", "/proc", "--dev", "/dev", "true"],
       { reject: false, env: pathEnv(this.#env), extendEnv: false },
     );
@@ -113,13 +119,16 @@ export class SandboxHost {
   /** Starts the shared proxy (first user) and counts this server in. */
   async start(): Promise<void> {
     if (this.#started) return;
+    await this.probe();
     this.#started = true;
     users += 1;
     if (users === 1) {
+      const programs = this.#resolved ?? this.#programs;
       initializing = SandboxManager.initialize({
         network: { allowedDomains: [], deniedDomains: [] },
         filesystem: { denyRead: [], allowWrite: [], denyWrite: [] },
-        ripgrep: { command: this.#programs.ripgrep },
+        ripgrep: { command: programs.ripgrep },
+        ...(this.#resolved ? { bwrapPath: this.#resolved.bwrap, socatPath: this.#resolved.socat } : {}),
       });
     }
     await initializing;
@@ -204,4 +213,32 @@ export function hostOfUrl(url: string | undefined): string | undefined {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * Where `program` is, as `pathVar` finds it; a reason when it cannot be run. Used for the
+ * agent's program before wrapping (inside the sandbox a missing program is only a shell's
+ * exit 127) and for the sandbox's own programs, which the library is then given by path.
+ */
+export async function findProgram(
+  program: string,
+  pathVar: string | undefined,
+): Promise<{ ok: true; file: string } | { ok: false; reason: string }> {
+  const prefix = `cannot start ${JSON.stringify(program)}`;
+  const candidates = program.includes("/")
+    ? [program]
+    : (pathVar ?? "")
+        .split(":")
+        .filter((dir) => dir !== "")
+        .map((dir) => path.join(dir, program));
+  for (const file of candidates) {
+    try {
+      await access(file, constants.X_OK);
+      if ((await stat(file)).isFile()) return { ok: true, file };
+    } catch {}
+  }
+  return {
+    ok: false,
+    reason: program.includes("/") ? `${prefix}: no such executable file` : `${prefix}: program not found on the PATH`,
+  };
 }
