@@ -2,7 +2,7 @@ import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { parse as parseToml, TomlError } from "smol-toml";
 import { z } from "zod";
-import { HOST_PATTERN } from "./formulas/schema.js";
+import { HOST_PATTERN, SANDBOX_MODES, type SandboxMode } from "./formulas/schema.js";
 import { Secret } from "./secrets.js";
 import { ConfigError, readSettings, type Settings } from "./settings.js";
 import { fieldIssues, formatPath, schemaKeysAt } from "./validation.js";
@@ -46,7 +46,7 @@ export interface ProjectConfig {
 /** The server's `[sandbox]` table: defaults for every formula and the programs to use. */
 export interface SandboxSettings {
   /** Used when neither the formula nor its agent profile says. */
-  mode: "auto" | "required" | "off";
+  mode: SandboxMode;
   /** More paths no agent may read (besides DATA_DIR, WORKTREE_ROOT, other clones, credential stores). */
   denyRead: readonly string[];
   bwrap: string;
@@ -86,7 +86,7 @@ export interface AgentProfile {
    */
   claudeSettings: boolean;
   /** Unset: the formula's `[sandbox] mode`, else the server's. */
-  sandbox: "auto" | "required" | "off" | undefined;
+  sandbox: SandboxMode | undefined;
   /** Hosts of the agent's model API, reachable from the sandbox (plus the host of ANTHROPIC_BASE_URL). */
   modelHosts: readonly string[];
 }
@@ -177,14 +177,14 @@ const agentSchema = z
     env: z.record(z.string().regex(ENV_NAME, "must be an environment variable name"), z.string()).optional(),
     output: z.enum(AGENT_OUTPUTS).optional(),
     claude_settings: z.boolean().optional(),
-    sandbox: z.enum(["auto", "required", "off"]).optional(),
+    sandbox: z.enum(SANDBOX_MODES).optional(),
     model_hosts: z.array(z.string().regex(new RegExp(HOST_PATTERN), "must be a host name or IP address")).optional(),
   })
   .strict();
 
 const sandboxSchema = z
   .object({
-    mode: z.enum(["auto", "required", "off"]).default(DEFAULT_SANDBOX.mode),
+    mode: z.enum(SANDBOX_MODES).default(DEFAULT_SANDBOX.mode),
     deny_read: z.array(z.string().min(1)).default([]),
     bwrap: z.string().min(1).default(DEFAULT_SANDBOX.bwrap),
     socat: z.string().min(1).default(DEFAULT_SANDBOX.socat),

@@ -95,6 +95,10 @@ export const RESERVED_ENV_NAMES = [
   "GIT_ALTERNATE_OBJECT_DIRECTORIES",
 ] as const;
 
+/** `auto` sandboxes when the host can, `required` refuses to run without, `off` never sandboxes. */
+export const SANDBOX_MODES = ["auto", "required", "off"] as const;
+export type SandboxMode = (typeof SANDBOX_MODES)[number];
+
 /** How a formula treats text strangers wrote (issue bodies, comments, labels, branch names). */
 export const UNTRUSTED_TEXT_MODES = ["fence", "omit"] as const;
 export type UntrustedTextMode = (typeof UNTRUSTED_TEXT_MODES)[number];
@@ -530,7 +534,7 @@ const stepsArray = z
 const sandboxTable = z
   .object({
     mode: z
-      .enum(["auto", "required", "off"])
+      .enum(SANDBOX_MODES)
       .optional()
       .describe(
         "auto: sandbox when the host can, loudly unsandboxed when not; required: refuse to run without; off. " +
@@ -755,7 +759,7 @@ export interface Formula {
 /** `[sandbox]`: how the agent is contained. */
 export interface FormulaSandbox {
   /** Unset: the agent profile's mode, else the server's. */
-  readonly mode?: "auto" | "required" | "off";
+  readonly mode?: SandboxMode;
   readonly allowHosts: readonly string[];
   readonly forgeToken: boolean;
 }

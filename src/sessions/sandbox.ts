@@ -24,9 +24,7 @@ const LAUNCHER =
   // biome-ignore lint/suspicious/noTemplateCurlyInString: bash expands it, not JavaScript
   'export TMPDIR="$FORMULA_RUNNER_TMPDIR"; mapfile -d "" -t argv < "$FORMULA_RUNNER_ARGV" && exec "${argv[@]}"';
 
-/** `mode`: `auto` sandboxes when the host can, `required` refuses to run without, `off` never sandboxes. */
-export const SANDBOX_MODES = ["auto", "required", "off"] as const;
-export type SandboxMode = (typeof SANDBOX_MODES)[number];
+export type { SandboxMode } from "../formulas/schema.js";
 
 /** What one session may touch. Paths are absolute; hosts are names or IP addresses. */
 export interface SandboxPolicy {
