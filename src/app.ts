@@ -13,7 +13,7 @@ import { openApiRoutes } from "../routes/openapi.js";
 import { runRoutes } from "../routes/runs.js";
 import { webhookRoutes } from "../routes/webhooks.js";
 import { worktreeRoutes } from "../routes/worktrees.js";
-import { type Caller, requireApiAuth } from "./auth.js";
+import { requireApiAuth } from "./auth.js";
 import { AppError, ERROR_STATUS, type ErrorCode } from "./errors.js";
 import type { Logger } from "./logger.js";
 import type { Services } from "./services.js";
@@ -28,8 +28,6 @@ export interface AppEnv {
     requestId: string;
     /** The request's logger (bound to its request id), made on first use. */
     log: () => Logger;
-    /** Who is calling /api (set by the auth middleware). */
-    caller: Caller;
   };
 }
 

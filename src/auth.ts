@@ -6,9 +6,6 @@ import type { Secret } from "./secrets.js";
 
 const digest = (text: string) => createHash("sha256").update(text).digest();
 
-/** Who made an API request: the operator (API token) or one run's agent (its run token). */
-export type Caller = { kind: "admin" } | { kind: "run"; runId: number };
-
 /** Looks up the stored hash of a run's token; undefined when the run has none (or does not exist). */
 export type RunTokenLookup = (runId: number) => Promise<string | undefined>;
 
@@ -37,7 +34,6 @@ export function requireApiAuth(token: Secret, runTokenHash: RunTokenLookup): Mid
     const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
     const presented = match?.[1];
     if (presented !== undefined && timingSafeEqual(digest(presented), expected)) {
-      c.set("caller", { kind: "admin" } satisfies Caller);
       await next();
       return;
     }
@@ -62,7 +58,6 @@ export function requireApiAuth(token: Secret, runTokenHash: RunTokenLookup): Mid
         message: `a run token may only read its own run (${runId}), its log, and hand in outputs`,
       });
     }
-    c.set("caller", { kind: "run", runId } satisfies Caller);
     await next();
   };
 }
