@@ -1,6 +1,7 @@
 import { stat } from "node:fs/promises";
 import type { ProjectConfig } from "./config.js";
 import { errorMessage } from "./errors.js";
+import { cloneLockFile, withFileLock } from "./worktrees/clone-lock.js";
 import { git } from "./worktrees/git.js";
 
 /** What the start-up check of the projects' clones found. */
@@ -47,22 +48,26 @@ export async function checkClones(
         return;
       }
       const options = { timeoutMs: 10_000, env, doing: `check the clone of project ${project.name}` };
-      try {
-        await git(project.repoPath, ["rev-parse", "--git-dir"], options);
-      } catch {
-        problems.push(`${at} is not a git clone; clone ${project.repo} there or fix repo_path`);
-        return;
-      }
-      let origin: string;
-      try {
-        origin = await git(project.repoPath, ["remote", "get-url", "origin"], options);
-      } catch (error) {
-        problems.push(
-          `${at} has no remote "origin" (runs fetch origin/${project.primaryBranch}): ` +
-            `git -C ${project.repoPath} remote add origin <url of ${project.repo}> (${errorMessage(error).split("\n")[0]})`,
-        );
-        return;
-      }
+      // Under the clone's lock, like every git command of the server in a clone: another
+      // instance may be fetching or adding a worktree there right now.
+      const origin = await withFileLock(await cloneLockFile(project.repoPath), async () => {
+        try {
+          await git(project.repoPath, ["rev-parse", "--git-dir"], options);
+        } catch {
+          problems.push(`${at} is not a git clone; clone ${project.repo} there or fix repo_path`);
+          return undefined;
+        }
+        try {
+          return await git(project.repoPath, ["remote", "get-url", "origin"], options);
+        } catch (error) {
+          problems.push(
+            `${at} has no remote "origin" (runs fetch origin/${project.primaryBranch}): ` +
+              `git -C ${project.repoPath} remote add origin <url of ${project.repo}> (${errorMessage(error).split("\n")[0]})`,
+          );
+          return undefined;
+        }
+      });
+      if (origin === undefined) return;
       if (!originNames(origin, project.repo)) {
         // A URL may carry credentials (https://user:token@host/...): never repeat them.
         const shown = origin.replace(/\/\/[^/@]*@/, "//");
