@@ -250,7 +250,7 @@ if (testBackends().includes("postgres")) {
           expect(plain.status).toBe(200);
           const text = await plain.text();
           expect(text).toContain("done.sh: work finished");
-          expect(text).toMatch(/=== formula-runner: session 1 ended: exit code 0; phase ===/);
+          expect(text).toMatch(/=== formula-runner: session 1 ended: exit code 0; phase done ===/);
         }
         // Followed on an instance that did not run it.
         const owner = ["clone-a", "clone-b", "clone-c"].indexOf(String(run.instanceId));

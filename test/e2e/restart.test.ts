@@ -134,7 +134,8 @@ describe.each(testBackends())("restart after kill -9 (real server processes, %s)
     expect(await listWorktrees(repo.clone)).toEqual([repo.clone]);
     await access(path.join(dir, ".formula-runner", "instance-id"));
     expect(second.server.lines.some((l) => l.includes("taking over a run left running by this instance"))).toBe(true);
-  });
+    // Two real server starts (each opens the embedded database from disk) on a loaded host.
+  }, 150_000);
 
   it("on SIGTERM waits for the grace period, stops the session, and the next start finishes the run", async () => {
     const first = await start({ SHUTDOWN_GRACE: "3s" });
@@ -155,5 +156,5 @@ describe.each(testBackends())("restart after kill -9 (real server processes, %s)
       return run.status === "done" ? run : undefined;
     });
     expect(done.sessions.map((s: { outcome: string }) => s.outcome)).toEqual(["interrupted", "done"]);
-  });
+  }, 150_000);
 });

@@ -30,7 +30,8 @@ describe("formula-runner serve (real process)", () => {
     const migrate = await runBin(["migrate"], { cwd: dir });
     expect(migrate.code).toBe(0);
     expect(migrate.stdout).toContain("database schema is up to date");
-  });
+    // Creating the embedded database takes 15-25 s of this test's time on a loaded 2-core host.
+  }, 150_000);
 
   it("refuses to start with a broken config, listing every problem", async () => {
     const result = await runBin(["serve"], { cwd: dir, env: { PORT: "http", FORMULA_RUNNER_CONFIG: "missing.toml" } });

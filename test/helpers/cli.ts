@@ -57,8 +57,13 @@ export async function startServerProcess(options: {
   const exited = once(child, "exit") as Promise<[number | null, NodeJS.Signals | null]>;
   const url = await new Promise<string>((resolve, reject) => {
     const timer = setTimeout(
-      () => reject(new Error(`server did not start in time\n${lines.join("\n")}\n${stderr}`)),
-      options.timeoutMs ?? 30_000,
+      () => {
+        // Not left running behind a failed test (it would hold its DATA_DIR while it is removed).
+        child.kill("SIGKILL");
+        reject(new Error(`server did not start in time\n${lines.join("\n")}\n${stderr}`));
+      },
+      // The first start of the embedded database takes 10-25 s alone, over 30 s on a loaded host.
+      options.timeoutMs ?? 90_000,
     );
     let buffer = "";
     child.stdout?.on("data", (d: Buffer) => {

@@ -15,6 +15,16 @@ export function testBackends(): BackendKind[] {
   return inject("postgresUrl") ? ["pglite", "postgres"] : ["pglite"];
 }
 
+/**
+ * The one backend of a suite whose subject is not the database (git, agents, the sandbox,
+ * outputs, pages), as a one-element list for `describe.each`: PostgreSQL when this test run
+ * has it, else PGlite. The database-facing suites (db, runs.*, run-log, scheduler, outbox,
+ * webhooks, metrics, restart, ...) run on both, and every suite passes on PGlite alone.
+ */
+export function oneBackend(): BackendKind[] {
+  return inject("postgresUrl") ? ["postgres"] : ["pglite"];
+}
+
 export interface TestDatabase {
   kind: BackendKind;
   database: Database;

@@ -9,7 +9,7 @@ import { mkdir, rm } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { testBackends } from "../helpers/db.js";
+import { oneBackend } from "../helpers/db.js";
 import { type FakeAnthropic, startFakeAnthropic, messageTexts as texts } from "../helpers/fake-anthropic.js";
 import { startTestServer, type TestServer, testFormula } from "../helpers/test-server.js";
 import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
@@ -23,7 +23,8 @@ const writePhase = (lines: string) => ({
   description: "Write the phase file",
 });
 
-describe.each(testBackends())("claude agent runs, on %s", (backend) => {
+// Each test runs the real CLI once or twice, sandboxed: minutes on a loaded 2-core host.
+describe.each(oneBackend())("claude agent runs, on %s", { timeout: 120_000 }, (backend) => {
   let t: TestServer;
   let fake: FakeAnthropic;
   let home: string;

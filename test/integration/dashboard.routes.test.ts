@@ -4,10 +4,10 @@ import { eq } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { deliveries, runs, sessions, worktrees } from "../../db/schema/index.js";
 import { DashboardClient } from "../helpers/dashboard.js";
-import { testBackends } from "../helpers/db.js";
+import { oneBackend } from "../helpers/db.js";
 import { startTestServer, TEST_TOKEN, type TestServer, testFormula } from "../helpers/test-server.js";
 
-describe.each(testBackends())("dashboard pages, on %s", (backend) => {
+describe.each(oneBackend())("dashboard pages, on %s", (backend) => {
   let t: TestServer;
   let browser: DashboardClient;
   beforeAll(async () => {

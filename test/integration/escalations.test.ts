@@ -2,7 +2,7 @@ import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { sql } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { testBackends } from "../helpers/db.js";
+import { oneBackend } from "../helpers/db.js";
 import { type FakeForge, startFakeForge } from "../helpers/fake-forge.js";
 import { loadFixture, signedWebhook } from "../helpers/sign-webhook.js";
 import { startTestServer, TEST_TOKEN, type TestServer, testFormula } from "../helpers/test-server.js";
@@ -26,7 +26,7 @@ const eventually = async <T>(
   }
 };
 
-describe.each(testBackends())("escalations through the forge, on %s", (backend) => {
+describe.each(oneBackend())("escalations through the forge, on %s", (backend) => {
   let t: TestServer;
   let forge: FakeForge;
   let clock = Date.now();

@@ -13,7 +13,7 @@ import { createLogger } from "../../src/logger.js";
 import { OutputsService, outputBranch, outputMarker } from "../../src/outputs/outputs-service.js";
 import { makeRunDirs, type RunPaths, runPaths } from "../../src/runs/run-paths.js";
 import { Secret, SecretRegistry } from "../../src/secrets.js";
-import { openTestDatabase, type TestDatabase, testBackends } from "../helpers/db.js";
+import { oneBackend, openTestDatabase, type TestDatabase } from "../helpers/db.js";
 import { type FakeForge, type Flavor, startFakeForge } from "../helpers/fake-forge.js";
 import { createTestRepo, runGit, type TestRepo } from "../helpers/git.js";
 import { cleanupTempDirs, makeTempDir, pendingTempDirs } from "../helpers/tmp.js";
@@ -61,7 +61,7 @@ function formulaWith(outputsToml: string): Formula {
   return formula;
 }
 
-describe.each(testBackends())("safe outputs on %s", (backend) => {
+describe.each(oneBackend())("safe outputs on %s", (backend) => {
   let t: TestDatabase;
   let repo: TestRepo;
   let dataDir: string;

@@ -74,9 +74,9 @@ describe("PhaseWatcher", () => {
     expect(await agent.exited).toEqual({ kind: "exited", code: 0 });
     await w.watcher.stop();
     expect(w.phases()).toEqual(["planning", "implementing", "testing", "reviewing", "done"]);
-    // Timestamps are in order and roughly 0.1 s apart, the agent's pace.
+    // Timestamps are in order (how far apart depends on the host's load, not asserted).
     const at = w.seen.map((s) => s.at.getTime());
-    for (let i = 1; i < at.length; i++) expect((at[i] as number) - (at[i - 1] as number)).toBeGreaterThanOrEqual(50);
+    expect([...at].sort((a, b) => a - b)).toEqual(at);
     expect(w.watcher.last?.phase).toBe("done");
   });
 

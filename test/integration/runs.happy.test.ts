@@ -23,12 +23,15 @@ describe.each(testBackends())("runs that succeed, on %s", (backend) => {
             commands: [["git", "-C", "{worktree}", "log", "--oneline", "-n", "1"]],
           },
           env: { PROMPT_COPY: "/dev/null" },
+          // Unsandboxed so the agent can reach the API and hold each phase until it is
+          // recorded (test/helpers/agents/lib.sh); the sandbox is envdump's subject below.
+          sandbox: { mode: "off" },
         }),
-        phases: testFormula("phases", { agent: "phases" }),
+        phases: testFormula("phases", { agent: "phases", sandbox: { mode: "off" } }),
         crlf: testFormula("crlf", { agent: "crlf" }),
         recover: testFormula("recover", { agent: "crash-once" }),
         envdump: testFormula("envdump", { agent: "env-dump" }),
-        parallel: testFormula("parallel", { agent: "phases", guards: { concurrency: "" } }),
+        parallel: testFormula("parallel", { agent: "phases", guards: { concurrency: "" }, sandbox: { mode: "off" } }),
       },
       agents: { phases: "phases", crlf: "crlf", "crash-once": "crash-once", "env-dump": "env-dump" },
     });

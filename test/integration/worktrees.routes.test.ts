@@ -4,12 +4,12 @@ import { eq, sql } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runs, worktrees } from "../../db/schema/index.js";
 import { Housekeeping } from "../../src/housekeeping.js";
-import { testBackends } from "../helpers/db.js";
+import { oneBackend } from "../helpers/db.js";
 import { runGit } from "../helpers/git.js";
 import { startTestServer, type TestServer, testFormula } from "../helpers/test-server.js";
 import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
 
-describe.each(testBackends())("worktrees over REST, on %s", (backend) => {
+describe.each(oneBackend())("worktrees over REST, on %s", (backend) => {
   let t: TestServer;
   let outside: string;
   beforeAll(async () => {

@@ -8,7 +8,7 @@ import type { ProjectConfig } from "../../src/config.js";
 import { AppError } from "../../src/errors.js";
 import { silentLogger } from "../../src/logger.js";
 import { WorktreeError, WorktreeManager, type WorktreeRow } from "../../src/worktrees/worktree-manager.js";
-import { openTestDatabase, type TestDatabase, testBackends } from "../helpers/db.js";
+import { oneBackend, openTestDatabase, type TestDatabase } from "../helpers/db.js";
 import { createTestRepo, listWorktrees, runGit, type TestRepo } from "../helpers/git.js";
 import { cleanupTempDirs, makeTempDir, pendingTempDirs } from "../helpers/tmp.js";
 
@@ -39,7 +39,7 @@ async function linked(repo: TestRepo): Promise<string[]> {
   return all.slice(1);
 }
 
-describe.each(testBackends())("worktrees on %s", (kind) => {
+describe.each(oneBackend())("worktrees on %s", (kind) => {
   let t: TestDatabase;
   let repo: TestRepo;
   let root: string;

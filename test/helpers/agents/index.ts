@@ -4,7 +4,7 @@
  *
  * | agent | does |
  * | --- | --- |
- * | done | PHASE:working (rename), 0.1 s, PHASE:done (direct), exit 0 |
+ * | done | PHASE:working (rename), waits until it is recorded, PHASE:done (direct), exit 0 |
  * | fail | PHASE:failed + `Reason: tests are red`, exit 0 |
  * | no-phase | exit 0, no phase |
  * | crash-once | 1st run PHASE:working + exit 3 (marker `.crash-once-marker` next to the phase file); 2nd run PHASE:done |
@@ -13,7 +13,7 @@
  * | hang-noisy | PHASE:working, then a line every 0.2 s forever |
  * | ignore-term | traps SIGTERM, sleeps forever: needs SIGKILL |
  * | grandchild | `sleep 1000 &`, pid to $GRANDCHILD_PID_FILE, PHASE:working, sleeps (exits 0 at once with EXIT_AFTER_SPAWN) |
- * | phases | planning, implementing, testing, reviewing, done, 0.1 s apart |
+ * | phases | planning, implementing, testing, reviewing, done, each held until recorded |
  * | crlf | `PHASE:done  \r\nReason: with CRLF  \r\n` |
  * | escalate | PHASE:escalate + question; with $ESCALATION_REPLY: reply to $REPLY_COPY, PHASE:done |
  * | env-dump | `env \| sort` to $ENV_COPY (default $TMPDIR/env.txt), PHASE:done |
