@@ -4,6 +4,7 @@ import { type Context, Hono, type MiddlewareHandler } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { HTTPException } from "hono/http-exception";
 import { secureHeaders } from "hono/secure-headers";
+import { streamSSE } from "hono/streaming";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import { z } from "zod";
 import { RUN_STATUSES, type RunStatus } from "../../db/schema/index.js";
@@ -22,6 +23,7 @@ import { DeliveriesPage, ErrorPage, LoginPage } from "./other-pages.js";
 import { RunPage } from "./run-page.js";
 import { RunsPage } from "./runs-page.js";
 import { CSRF_FIELD, type DashboardSession, SessionKeeper } from "./session.js";
+import { clientAddress, SignInLimit } from "./sign-in-limit.js";
 import { WorktreesPage } from "./worktrees-page.js";
 
 /** How much of a log the run page shows before following it live. */
@@ -29,6 +31,10 @@ const LOG_TAIL_BYTES = 64 * 1024;
 const RUNS_PER_PAGE = 50;
 const WORKTREES_PER_PAGE = 500;
 const FORM_BODY_LIMIT = 256 * 1024;
+/** The live feed of run changes: how often it looks, how far back it looks again, keep-alive. */
+const EVENTS_POLL_MS = 1_000;
+const EVENTS_OVERLAP_MS = 5_000;
+const EVENTS_KEEP_ALIVE_MS = 15_000;
 
 /** Pages only talk to this server: no inline script or style, no framing, forms post here only. */
 const CSP = {
@@ -56,6 +62,7 @@ const DASHBOARD_PATHS = [
   "/formulas",
   "/formulas/*",
   "/deliveries",
+  "/events",
 ];
 
 const staticFile = (name: string) => readFileSync(new URL(`./static/${name}`, import.meta.url));
@@ -87,6 +94,7 @@ const withNotice = (path: string, text: string) => `${path}?${new URLSearchParam
 export function dashboardRoutes(services: Services): Hono<AppEnv> {
   const app = new Hono<DashboardEnv>();
   const sessions = new SessionKeeper(services.apiToken);
+  const signIns = new SignInLimit();
   // The log follow of the API, reached with the session instead of the bearer token.
   const runApi = runRoutes(services);
   const assets = { js: staticFile("dashboard.js"), css: staticFile("dashboard.css") };
@@ -156,11 +164,19 @@ export function dashboardRoutes(services: Services): Hono<AppEnv> {
     if (!sessions.loginCsrfValid(c, form[CSRF_FIELD])) {
       return loginForm(c, "The sign-in form expired or came from another site; try again.", 403);
     }
+    const client = clientAddress(c);
+    const wait = signIns.retryAfterS(client);
+    if (wait !== undefined) {
+      c.header("Retry-After", String(wait));
+      return loginForm(c, `Too many wrong tokens from this address; try again in ${Math.ceil(wait / 60)} min.`, 429);
+    }
     const token = typeof form.token === "string" ? form.token : "";
     if (!sessions.tokenMatches(token)) {
-      c.get("log")().warn("dashboard: sign-in with a wrong token");
+      signIns.failed(client);
+      c.get("log")().warn({ client }, "dashboard: sign-in with a wrong token");
       return loginForm(c, "That is not the API token.", 401);
     }
+    signIns.succeeded(client);
     sessions.start(c);
     return c.redirect(safeNext(typeof form.next === "string" ? form.next : undefined), 303);
   });
@@ -185,7 +201,17 @@ export function dashboardRoutes(services: Services): Hono<AppEnv> {
     }
     await next();
   };
-  const guarded = ["/", "/logout", "/runs/*", "/worktrees", "/worktrees/*", "/formulas", "/formulas/*", "/deliveries"];
+  const guarded = [
+    "/",
+    "/logout",
+    "/runs/*",
+    "/worktrees",
+    "/worktrees/*",
+    "/formulas",
+    "/formulas/*",
+    "/deliveries",
+    "/events",
+  ];
   for (const path of guarded) {
     app.on("POST", path, bodyLimit({ maxSize: FORM_BODY_LIMIT }));
     app.on(["GET", "POST"], path, requireSession);
@@ -219,6 +245,7 @@ export function dashboardRoutes(services: Services): Hono<AppEnv> {
           runs={listing.runs}
           totals={totals}
           nextCursor={listing.nextCursor}
+          newest={!q.cursor}
           filter={{ status: q.status || undefined, formula: q.formula || undefined, project: q.project || undefined }}
           formulas={services.formulas
             .list()
@@ -230,6 +257,43 @@ export function dashboardRoutes(services: Services): Hono<AppEnv> {
       ),
     );
   });
+
+  /**
+   * Run changes as server-sent events, for pages that follow them live: one `run` event
+   * ({id, status, phase}) per change of any run on any instance, read from the runs table
+   * every second, and a keep-alive comment every 15 s. Each poll looks 5 s behind the last
+   * change seen, since a transaction stamped earlier may commit later; what was sent is
+   * not sent again.
+   */
+  app.get("/events", (c) =>
+    streamSSE(c, async (stream) => {
+      const aborted = new AbortController();
+      stream.onAbort(() => aborted.abort());
+      const sent = new Map<number, number>();
+      let since = (await services.runs.lastChange()).getTime();
+      let lastSent = Date.now();
+      let behind = false;
+      while (!aborted.signal.aborted && services.intake.accepting) {
+        const changes = await services.runs.changedSince(new Date(behind ? since : since - EVENTS_OVERLAP_MS));
+        behind = changes.length === 500;
+        for (const change of changes) {
+          const at = change.updatedAt.getTime();
+          since = Math.max(since, at);
+          if ((sent.get(change.id) ?? -1) >= at) continue;
+          sent.set(change.id, at);
+          const { id, status, phase } = change;
+          await stream.writeSSE({ event: "run", id: String(id), data: JSON.stringify({ id, status, phase }) });
+          lastSent = Date.now();
+        }
+        for (const [id, at] of sent) if (at < since - EVENTS_OVERLAP_MS) sent.delete(id);
+        if (Date.now() - lastSent >= EVENTS_KEEP_ALIVE_MS) {
+          await stream.write(": keep-alive\n\n");
+          lastSent = Date.now();
+        }
+        if (!behind) await stream.sleep(EVENTS_POLL_MS);
+      }
+    }),
+  );
 
   app.get("/runs/:id", async (c) => {
     const id = idParam(c);

@@ -15,6 +15,8 @@ export interface RunsPageProps {
   runs: readonly Run[];
   totals: Map<number, { numTurns: number | null; costUsd: number | null }>;
   nextCursor: string | null;
+  /** The first page (no cursor): new runs appear on it. */
+  newest: boolean;
   filter: RunsFilter;
   formulas: readonly string[];
   projects: readonly ProjectConfig[];
@@ -78,54 +80,58 @@ export const RunsPage: FC<RunsPageProps> = (props) => {
         />
         <button type="submit">Filter</button>
       </form>
-      {props.runs.length === 0 ? (
-        <p>No runs match.</p>
-      ) : (
-        <div class="scroll">
-          <table class="runs">
-            <thead>
-              <tr>
-                <th scope="col">Run</th>
-                <th scope="col">Status</th>
-                <th scope="col">Phase</th>
-                <th scope="col">Formula</th>
-                <th scope="col">Project</th>
-                <th scope="col">Trigger</th>
-                <th scope="col">Issue</th>
-                <th scope="col">Started</th>
-                <th scope="col">Duration</th>
-                <th scope="col">Cost</th>
-                <th scope="col">Turns</th>
-              </tr>
-            </thead>
-            <tbody>
-              {props.runs.map((run) => {
-                const totals = props.totals.get(run.id);
-                const link = issueUrl(byName.get(run.project), run.issue);
-                return (
-                  <tr>
-                    <td>
-                      <a href={`/runs/${run.id}`}>#{run.id}</a>
-                    </td>
-                    <td>
-                      <Status status={run.status} />
-                    </td>
-                    <td>{run.phase ?? ""}</td>
-                    <td>{run.formula}</td>
-                    <td>{run.project}</td>
-                    <td>{triggerText(run)}</td>
-                    <td>{run.issue === null ? "" : link ? <a href={link}>#{run.issue}</a> : `#${run.issue}`}</td>
-                    <td>{formatTime(run.startedAt)}</td>
-                    <td>{formatDuration(runDuration(run, props.now))}</td>
-                    <td>{formatCost(totals?.costUsd)}</td>
-                    <td>{totals?.numTurns ?? ""}</td>
-                  </tr>
-                );
-              })}
-            </tbody>
-          </table>
-        </div>
-      )}
+      {/* dashboard.js redraws this part when a run on it, or a newer run, changes (GET /events). */}
+      <div id="runs-list" data-newest={props.newest ? "1" : "0"} data-top={String(props.runs[0]?.id ?? 0)}>
+        {props.runs.length === 0 ? (
+          <p>No runs match.</p>
+        ) : (
+          <div class="scroll">
+            <table class="runs">
+              <thead>
+                <tr>
+                  <th scope="col">Run</th>
+                  <th scope="col">Status</th>
+                  <th scope="col">Phase</th>
+                  <th scope="col">Formula</th>
+                  <th scope="col">Project</th>
+                  <th scope="col">Trigger</th>
+                  <th scope="col">Issue</th>
+                  <th scope="col">Started</th>
+                  <th scope="col">Duration</th>
+                  <th scope="col">Cost</th>
+                  <th scope="col">Turns</th>
+                </tr>
+              </thead>
+              <tbody>
+                {props.runs.map((run) => {
+                  const totals = props.totals.get(run.id);
+                  const link = issueUrl(byName.get(run.project), run.issue);
+                  return (
+                    <tr data-run={String(run.id)}>
+                      <td>
+                        <a href={`/runs/${run.id}`}>#{run.id}</a>
+                      </td>
+                      <td>
+                        <Status status={run.status} />
+                      </td>
+                      <td>{run.phase ?? ""}</td>
+                      <td>{run.formula}</td>
+                      <td>{run.project}</td>
+                      <td>{triggerText(run)}</td>
+                      <td>{run.issue === null ? "" : link ? <a href={link}>#{run.issue}</a> : `#${run.issue}`}</td>
+                      <td>{formatTime(run.startedAt)}</td>
+                      <td>{formatDuration(runDuration(run, props.now))}</td>
+                      <td>{formatCost(totals?.costUsd)}</td>
+                      <td>{totals?.numTurns ?? ""}</td>
+                    </tr>
+                  );
+                })}
+              </tbody>
+            </table>
+          </div>
+        )}
+      </div>
+      <p id="runs-live" class="muted" aria-live="polite" />
       <nav class="pager" aria-label="Pages">
         {props.filter.status || props.filter.formula || props.filter.project ? <a href="/">All runs</a> : null}
         <a href={query(props.filter)}>Newest</a>

@@ -1,5 +1,5 @@
 import path from "node:path";
-import { and, asc, desc, eq, inArray, lt, type SQL, sql } from "drizzle-orm";
+import { and, asc, desc, eq, gt, inArray, lt, max, type SQL, sql } from "drizzle-orm";
 import type { Database } from "../../db/client.js";
 import {
   escalationReplies,
@@ -79,6 +79,14 @@ export function runJson(run: Run, secrets: Pick<SecretRegistry, "scrub">) {
 export type RunJson = ReturnType<typeof runJson>;
 
 /** The run operations behind the REST API and the CLI. */
+/** One change of a run, as the live feed sends it. */
+export interface RunChange {
+  id: number;
+  status: Run["status"];
+  phase: string | null;
+  updatedAt: Date;
+}
+
 export class RunService {
   constructor(
     private readonly deps: {
@@ -170,6 +178,27 @@ export class RunService {
     const page = rows.slice(0, limit);
     const last = page[page.length - 1];
     return { runs: page, nextCursor: rows.length > limit && last ? encodeCursor(last.id) : null };
+  }
+
+  /**
+   * Runs whose row changed after `since` (queued, a phase, a status), oldest change first,
+   * compared in the database's clock: the dashboard's live feed. `updated_at` moves with
+   * every state change of a run on any instance.
+   */
+  async changedSince(since: Date, limit = 500): Promise<RunChange[]> {
+    const rows = await this.deps.database.db
+      .select({ id: runs.id, status: runs.status, phase: runs.phase, updatedAt: runs.updatedAt })
+      .from(runs)
+      .where(gt(runs.updatedAt, since))
+      .orderBy(asc(runs.updatedAt), asc(runs.id))
+      .limit(limit);
+    return rows.map((r) => ({ ...r, id: Number(r.id) }));
+  }
+
+  /** When a run last changed, in the database's clock (the epoch before the first run). */
+  async lastChange(): Promise<Date> {
+    const [row] = await this.deps.database.db.select({ at: max(runs.updatedAt) }).from(runs);
+    return row?.at ?? new Date(0);
   }
 
   /** The stored hash of a run's token while its agent runs (a token is worthless otherwise). */

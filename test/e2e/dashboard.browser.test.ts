@@ -166,6 +166,22 @@ describe("the dashboard in a real browser", () => {
     expect((await t.api("GET", `/api/runs/${body.id}`)).body.status).toBe("cancelled");
   });
 
+  it("shows a new run on the runs page, and its end, without reloading", async () => {
+    await page.goto(`${t.url}/`);
+    await page.locator("#runs-live", { hasText: "following run changes live" }).waitFor();
+    let loads = 0;
+    page.on("framenavigated", (frame) => {
+      if (frame === page.mainFrame()) loads++;
+    });
+    const { body } = await t.api("POST", "/api/runs", { formula: "hold" });
+    const row = page.locator(`tr[data-run="${body.id}"]`);
+    await row.locator("td", { hasText: "running" }).waitFor();
+    await shot("runs-live");
+    expect((await t.api("POST", `/api/runs/${body.id}/cancel`)).status).toBe(200);
+    await row.locator("td", { hasText: "cancelled" }).waitFor();
+    expect(loads).toBe(0);
+  });
+
   it("renders the API reference at /docs from this server alone", async () => {
     const foreign: string[] = [];
     const onRequest = (request: { url(): string }) => {

@@ -504,6 +504,9 @@ export async function startFakeForge(opts: FakeForgeOptions = {}): Promise<FakeF
     s.once("error", reject);
   });
   origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  // Idle connections are the client's to close: a server that closes one after 5 s (Node's
+  // default) races a client reusing it on a loaded host, and the send fails with ECONNRESET.
+  server.keepAliveTimeout = 120_000;
 
   let closed: Promise<void> | undefined;
   return {

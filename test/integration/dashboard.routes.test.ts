@@ -100,6 +100,18 @@ describe.each(oneBackend())("dashboard pages, on %s", (backend) => {
       expect(away.location).toBe("/");
     });
 
+    it("refuses an address that sent ten wrong tokens, with Retry-After, and no other address", async () => {
+      // Another loopback address is another client to the server.
+      const guesser = new DashboardClient(t.url, "127.0.0.3");
+      for (let i = 0; i < 10; i++) expect((await guesser.signIn(`guess-${i}`)).status).toBe(401);
+      const blocked = await guesser.signIn(TEST_TOKEN);
+      expect(blocked.status).toBe(429);
+      expect(Number(blocked.headers.get("retry-after"))).toBeGreaterThan(800);
+      expect(blocked.text).toContain("Too many wrong tokens from this address");
+      expect(guesser.cookies.has("fr_session")).toBe(false);
+      expect((await new DashboardClient(t.url, "127.0.0.4").signIn(TEST_TOKEN)).status).toBe(303);
+    });
+
     it("marks the cookie Secure behind TLS", async () => {
       const client = new DashboardClient(t.url);
       await client.get("/login");
@@ -228,6 +240,49 @@ describe.each(oneBackend())("dashboard pages, on %s", (backend) => {
       const text = await res.text();
       expect(text).toContain("event: end");
       expect(text).toContain('"status":"done"');
+    });
+
+    it("sends the changes of runs as server-sent events on /events", async () => {
+      const aborted = new AbortController();
+      const res = await fetch(`${t.url}/events`, {
+        headers: { cookie: `fr_session=${browser.cookies.get("fr_session")}` },
+        signal: aborted.signal,
+      });
+      expect(res.status).toBe(200);
+      expect(res.headers.get("content-type")).toMatch(/text\/event-stream/);
+      const reader = (res.body as ReadableStream<Uint8Array>).pipeThrough(new TextDecoderStream()).getReader();
+      type Change = { id: number; status: string; phase: string | null };
+      let text = "";
+      /** Reads events until one matches (the test's timeout bounds the wait). */
+      const until = async (match: (e: Change) => boolean): Promise<Change> => {
+        for (;;) {
+          const events = text.split("\n\n");
+          text = events.pop() ?? "";
+          for (const [i, event] of events.entries()) {
+            const data = /^data: (.*)$/m.exec(event)?.[1];
+            const change = /^event: run$/m.test(event) && data ? (JSON.parse(data) as Change) : undefined;
+            if (change && match(change)) {
+              text = `${events.slice(i + 1).join("\n\n")}${i + 1 < events.length ? "\n\n" : ""}${text}`;
+              return change;
+            }
+          }
+          const { value, done } = await reader.read();
+          if (done) throw new Error("the feed ended");
+          text += value;
+        }
+      };
+      // A run that holds its phase: its start, then its end, each arrive as they happen.
+      const id = await dispatch("hold");
+      expect(await until((e) => e.id === id && e.phase === "working")).toEqual({
+        id,
+        status: "running",
+        phase: "working",
+      });
+      expect((await t.api("POST", `/api/runs/${id}/cancel`)).status).toBe(200);
+      expect(await until((e) => e.id === id && e.status !== "running")).toMatchObject({ id, status: "cancelled" });
+      aborted.abort();
+      // The feed is the dashboard's: no session, no feed.
+      expect((await new DashboardClient(t.url).get("/events")).status).toBe(302);
     });
 
     it("answers an escalation from the page, refusing a form without the CSRF token", async () => {
