@@ -4,7 +4,7 @@
  */
 import type { ApiClient } from "./api-client.js";
 import { followHint, type Output, replyHint } from "./commands.js";
-import { relative, table } from "./format.js";
+import { paintStatus, relative, table } from "./format.js";
 
 const println = (out: Output, text = "") => out.write(`${text}\n`);
 
@@ -67,7 +67,7 @@ export async function logsCommand(
     if (event.event === "log") println(out, event.data);
     if (event.event === "end") {
       const { status } = JSON.parse(event.data) as { status: string };
-      println(err, `run ${args.id} ${status}`);
+      println(err, `run ${args.id} ${paintStatus(err, status)}`);
       if (status === "escalated") println(err, replyHint(args.id));
       return status === "done" ? 0 : 1;
     }
@@ -146,7 +146,7 @@ export async function deliveriesList(
         d.action ? `${d.event}/${d.action}` : d.event,
         d.project ?? "-",
         d.sender ?? "-",
-        d.outcome,
+        paintStatus(out, d.outcome),
         d.runs.length > 0 ? d.runs.join(",") : (d.reason ?? "-"),
         d.id,
       ]),
