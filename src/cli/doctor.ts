@@ -20,7 +20,7 @@ export type CheckStatus = "ok" | "warn" | "FAIL";
 /** One line of the report. A `warn` or `FAIL` message ends with what to do. */
 export interface CheckResult {
   status: CheckStatus;
-  /** What was checked: `git`, `project demo: clone`, `agent claude`, `database`, ... */
+  /** What was checked: `git`, `clone (demo)`, `agent (claude)`, `database`, ... */
   check: string;
   message: string;
 }
@@ -125,6 +125,10 @@ function formulasResult(
 ): CheckResult {
   const errors = problems.filter((p) => p.severity === "error");
   const dir = config.settings.formulasDir;
+  const unreadable = errors.find((p) => p.text.startsWith(`${dir}: (dir)`));
+  if (unreadable) {
+    return fail("formulas", `${unreadable.text}; run from the directory that holds formulas/, or set FORMULAS_DIR`);
+  }
   if (errors.length > 0) {
     return fail(
       "formulas",
@@ -158,7 +162,7 @@ async function checkGit(env: Env): Promise<CheckResult> {
 }
 
 async function checkClone(project: ProjectConfig, env: Env): Promise<CheckResult[]> {
-  const check = `project ${project.name}: clone`;
+  const check = `clone (${project.name})`;
   if (project.cloneUrl !== undefined && !existsSync(project.repoPath)) {
     return [ok(check, `the server clones ${project.cloneUrl} into ${project.repoPath} on its first start`)];
   }
@@ -179,7 +183,7 @@ function stripProject(project: ProjectConfig, message: string): string {
 const GITHUB_REPO_SCOPES = ["repo"];
 
 async function checkToken(project: ProjectConfig): Promise<CheckResult[]> {
-  const check = `project ${project.name}: forge token`;
+  const check = `forge token (${project.name})`;
   if (project.tokenEnv === undefined) {
     return [
       warn(
@@ -299,7 +303,7 @@ async function checkAgents(config: Config, formulas: readonly Formula[], env: En
     names.map(async (name) => {
       const use = users.get(name) ?? { firing: false, formulas: [] };
       const profile = config.agents[name];
-      const check = `agent ${name}`;
+      const check = `agent (${name})`;
       if (profile === undefined) return fail(check, `not configured; add [agents.${name}] to the config file`);
       const probe = await probeAgent(profile, env);
       if ("problem" in probe) {
