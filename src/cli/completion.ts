@@ -134,7 +134,6 @@ function zshScript(name: string, entries: readonly Entry[]): string {
   return [
     `#compdef ${name}`,
     `# zsh completion for ${name}; load it with: source <(${name} completion zsh)`,
-    `# (or save it as _${name} in a directory of your $fpath)`,
     `${fn}() {`,
     // zsh arrays start at 1: words[1] is the command, words[CURRENT] the word being completed.
     "  local __cur=${words[CURRENT]} __prev=${words[CURRENT-1]} __cword=$CURRENT",
