@@ -48,6 +48,8 @@ export interface OpenDatabaseOptions {
   searchPath?: string;
   /** PostgreSQL pool size. */
   max?: number;
+  /** PostgreSQL: give up connecting after this many seconds (postgres.js's default: 30). */
+  connectTimeoutSeconds?: number;
 }
 
 /** Opens PostgreSQL when a URL is given, otherwise PGlite. */
@@ -63,6 +65,7 @@ export function rowsOf<T>(result: unknown): T[] {
 async function openPostgres(url: string, options: OpenDatabaseOptions): Promise<Database> {
   const client = postgres(url, {
     max: options.max ?? 10,
+    ...(options.connectTimeoutSeconds === undefined ? {} : { connect_timeout: options.connectTimeoutSeconds }),
     onnotice: () => {},
     connection: options.searchPath ? { search_path: options.searchPath } : {},
   });

@@ -1,9 +1,11 @@
 import { readdir } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
+import { Argument, Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import { ApiClient, ApiError } from "./cli/api-client.js";
 import { type Output, runCommand, runsList, runsShow, worktreesList, worktreesPurge } from "./cli/commands.js";
+import { COMPLETION_SHELLS, type CompletionShell, completionScript } from "./cli/completion.js";
+import { withColor } from "./cli/format.js";
 import { RUN_STATUS_NAMES, WORKTREE_STATE_NAMES } from "./cli/vocabulary.js";
 import { errorMessage } from "./errors.js";
 import { durationProblem, parseDuration } from "./formulas/duration.js";
@@ -38,6 +40,9 @@ const line = (out: CliIo["stdout"], text = "") => out.write(`${text}\n`);
 /** Runs one CLI invocation and returns its exit code. Never calls process.exit. */
 export async function runCli(argv: readonly string[], io: CliIo): Promise<number> {
   let exitCode = 0;
+  // Colours only on a terminal and never with NO_COLOR; each stream decides for itself.
+  const out = withColor(io.stdout, io.env);
+  const err = withColor(io.stderr, io.env);
   const program = new Command()
     .name("formula-runner")
     .description("Self-hosted automation server for AI coding agents")
@@ -56,7 +61,8 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
       "after",
       "\nEnvironment: DATABASE_URL, PORT (8080), HOST (127.0.0.1), DATA_DIR (./.formula-runner),\n" +
         "FORMULA_RUNNER_CONFIG (./formula-runner.toml), FORMULAS_DIR (./formulas), WORKTREE_ROOT,\n" +
-        "API_TOKEN, INSTANCE_ID, SHUTDOWN_GRACE (30s), MAX_SESSIONS (4), LOG_LEVEL (info).",
+        "API_TOKEN, INSTANCE_ID, SHUTDOWN_GRACE (30s), MAX_SESSIONS (4), LOG_LEVEL (info),\n" +
+        "LOG_FORMAT (json | pretty; unset: pretty on a terminal, else json), NO_COLOR.",
     )
     .action(async () => {
       exitCode = await serve(io);
@@ -107,7 +113,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     .option("-w, --wait", "follow the run to its end; exit 0 only if it ends done", false)
     .addHelpText("after", apiHelp)
     .action((formula: string, opts: { project?: string; issue?: number; wait: boolean }) =>
-      api((c) => runCommand(c, { formula, ...opts, actor: `cli:${safeUser()}` }, io.stdout, io.stderr))(),
+      api((c) => runCommand(c, { formula, ...opts, actor: `cli:${safeUser()}` }, out, err))(),
     );
 
   const runsCommand = program.command("runs").description("list and inspect runs");
@@ -121,7 +127,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     .option("--json", "print JSON", false)
     .addHelpText("after", `\nStatuses: ${RUN_STATUS_NAMES.join(", ")}.${apiHelp}`)
     .action((opts: { status?: string; formula?: string; project?: string; limit?: number; json: boolean }) =>
-      api((c) => runsList(c, opts, io.stdout))(),
+      api((c) => runsList(c, opts, out))(),
     );
   runsCommand
     .command("show")
@@ -129,7 +135,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     .argument("<id>", "run id")
     .option("--json", "print JSON", false)
     .addHelpText("after", apiHelp)
-    .action((id: string, opts: { json: boolean }) => api((c) => runsShow(c, id, opts.json, io.stdout))());
+    .action((id: string, opts: { json: boolean }) => api((c) => runsShow(c, id, opts.json, out))());
 
   const worktreesCommand = program.command("worktrees").description("list and purge run worktrees");
   worktreesCommand
@@ -139,9 +145,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     .option("-p, --project <name>", "only this project")
     .option("--json", "print JSON", false)
     .addHelpText("after", apiHelp)
-    .action((opts: { state?: string; project?: string; json: boolean }) =>
-      api((c) => worktreesList(c, opts, io.stdout))(),
-    );
+    .action((opts: { state?: string; project?: string; json: boolean }) => api((c) => worktreesList(c, opts, out))());
   worktreesCommand
     .command("purge")
     .description("remove preserved worktrees: one by id, or all older than an age (default 24h)")
@@ -166,7 +170,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
             dryRun: opts.dryRun,
             json: opts.json,
           },
-          io.stdout,
+          out,
         ),
       )(),
     );
@@ -179,14 +183,14 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     .option("-f, --follow", "keep streaming until the run ends", false)
     .addHelpText("after", apiHelp)
     .action((id: string, opts: { follow: boolean }) =>
-      api(async (c) => (await verbs()).logsCommand(c, { id, follow: opts.follow }, io.stdout, io.stderr))(),
+      api(async (c) => (await verbs()).logsCommand(c, { id, follow: opts.follow }, out, err))(),
     );
   program
     .command("cancel")
     .description("stop a run's agent; the run ends cancelled")
     .argument("<id>", "run id")
     .addHelpText("after", apiHelp)
-    .action((id: string) => api(async (c) => (await verbs()).cancelCommand(c, id, io.stdout))());
+    .action((id: string) => api(async (c) => (await verbs()).cancelCommand(c, id, out))());
   program
     .command("reply")
     .description("answer a run's open question (the text from stdin when --body is left out); the run resumes")
@@ -197,10 +201,10 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
       api(async (c) => {
         const body = opts.body ?? (await (io.readStdin?.() ?? Promise.resolve("")));
         if (body.trim() === "") {
-          line(io.stderr, "formula-runner: no answer: pass --body TEXT or pipe the text on stdin");
+          line(err, "formula-runner: no answer: pass --body TEXT or pipe the text on stdin");
           return 1;
         }
-        return (await verbs()).replyCommand(c, { id, body, author: `cli:${safeUser()}` }, io.stdout);
+        return (await verbs()).replyCommand(c, { id, body, author: `cli:${safeUser()}` }, out);
       })(),
     );
 
@@ -224,7 +228,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
         opts: { title?: string; body?: string; bodyFile?: string; add: string[]; remove: string[] },
       ) => {
         const { outputCommand } = await import("./cli/output-command.js");
-        exitCode = await outputCommand({ type, ...opts }, io, io.stdout, io.stderr);
+        exitCode = await outputCommand({ type, ...opts }, io, out, err);
       },
     );
 
@@ -238,7 +242,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     .option("--json", "print JSON", false)
     .addHelpText("after", apiHelp)
     .action((opts: { outcome?: string; project?: string; limit?: number; json: boolean }) =>
-      api(async (c) => (await verbs()).deliveriesList(c, opts, io.stdout))(),
+      api(async (c) => (await verbs()).deliveriesList(c, opts, out))(),
     );
 
   const formulasCommand = program.command("formulas").description("the formulas the server has loaded");
@@ -247,17 +251,13 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     .description("formulas with the projects they fire on, their triggers and any load problems")
     .option("--json", "print JSON", false)
     .addHelpText("after", apiHelp)
-    .action((opts: { json: boolean }) =>
-      api(async (c) => (await verbs()).formulasList(c, opts.json, io.stdout, io.stderr))(),
-    );
+    .action((opts: { json: boolean }) => api(async (c) => (await verbs()).formulasList(c, opts.json, out, err))());
   formulasCommand
     .command("reload")
     .description("make the server read the formulas directory again (what SIGHUP does)")
     .option("--json", "print JSON", false)
     .addHelpText("after", apiHelp)
-    .action((opts: { json: boolean }) =>
-      api(async (c) => (await verbs()).formulasReload(c, opts.json, io.stdout, io.stderr))(),
-    );
+    .action((opts: { json: boolean }) => api(async (c) => (await verbs()).formulasReload(c, opts.json, out, err))());
 
   program
     .command("init")
@@ -300,11 +300,42 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
             }),
           },
           io.cwd,
-          io.stdout,
-          io.stderr,
+          out,
+          err,
         );
       },
     );
+
+  program
+    .command("doctor")
+    .description("check the set-up: git, clones, forge tokens, webhook secrets, agents, sandbox, database, port")
+    .option("--json", "print JSON", false)
+    .addHelpText(
+      "after",
+      "\nOne line per check (ok, warn, FAIL with what to do); exit 1 when any check fails.\n" +
+        "Reads the same environment and config file as serve; changes nothing.",
+    )
+    .action(async (opts: { json: boolean }) => {
+      try {
+        const { printDoctor, runDoctor } = await import("./cli/doctor.js");
+        exitCode = printDoctor(await runDoctor(io.env, io.cwd), opts.json, out);
+      } catch (error) {
+        exitCode = reportStartError(error, io);
+      }
+    });
+
+  program
+    .command("completion")
+    .description("print a shell completion script")
+    .addArgument(new Argument("<shell>", "bash or zsh").choices(COMPLETION_SHELLS))
+    .addHelpText(
+      "after",
+      "\nbash: source <(formula-runner completion bash)   (in ~/.bashrc to keep it)\n" +
+        "zsh:  source <(formula-runner completion zsh)    (in ~/.zshrc, after compinit)",
+    )
+    .action((shell: CompletionShell) => {
+      out.write(completionScript(program, shell));
+    });
 
   try {
     await program.parseAsync([...argv], { from: "user" });
@@ -344,13 +375,21 @@ async function serve(io: CliIo): Promise<number> {
 
 async function migrateCommand(io: CliIo): Promise<number> {
   try {
-    const [{ loadConfig }, { createLogger }, { collectSecrets, openAndMigrate }] = await Promise.all([
-      import("./config.js"),
-      import("./logger.js"),
-      import("./server.js"),
-    ]);
+    const [{ loadConfig }, { createLogger }, { chooseLogFormat }, { collectSecrets, openAndMigrate }] =
+      await Promise.all([
+        import("./config.js"),
+        import("./logger.js"),
+        import("./log-format.js"),
+        import("./server.js"),
+      ]);
     const config = await loadConfig(io.env, io.cwd);
-    const log = createLogger({ level: config.settings.logLevel, secrets: collectSecrets(config, io.env) });
+    const { settings } = config;
+    const log = createLogger({
+      level: settings.logLevel,
+      secrets: collectSecrets(config, io.env),
+      destination: io.stdout,
+      ...chooseLogFormat(settings.logFormat, io.stdout, settings.noColor),
+    });
     const database = await openAndMigrate(config, log);
     await database.close();
     return 0;

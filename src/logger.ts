@@ -1,4 +1,5 @@
 import pino, { type DestinationStream, type Logger } from "pino";
+import { formatLogLine, type LogFormat } from "./log-format.js";
 import type { SecretRegistry } from "./secrets.js";
 
 export type { Logger } from "pino";
@@ -8,7 +9,11 @@ export interface LoggerOptions {
   /** Values scrubbed from every line, whatever field they end up in. */
   secrets?: SecretRegistry;
   /** Where lines go; stdout by default. Tests pass a collector. */
-  destination?: { write(line: string): unknown };
+  destination?: { write(line: string): unknown; isTTY?: boolean };
+  /** `json` (the default) or `pretty`: one readable line per entry (log-format.ts). */
+  format?: LogFormat;
+  /** Pretty lines with ANSI colours (a terminal without NO_COLOR). */
+  color?: boolean;
 }
 
 /** Field paths that never reach a log line, even when a value is not a known secret. */
@@ -33,13 +38,17 @@ const REDACT_PATHS = [
 /**
  * The process logger: pino JSON lines, secret fields redacted by path and known secret
  * values scrubbed from the whole line (a token pasted into an error message included).
+ * The pretty format is made from the scrubbed JSON line, so it hides the same secrets.
  */
 export function createLogger(options: LoggerOptions = {}): Logger {
   const out = options.destination ?? process.stdout;
   const secrets = options.secrets;
+  const pretty = options.format === "pretty";
+  const color = options.color === true;
   const destination: DestinationStream = {
     write(line: string) {
-      out.write(secrets && secrets.size > 0 ? secrets.scrub(line) : line);
+      const scrubbed = secrets && secrets.size > 0 ? secrets.scrub(line) : line;
+      out.write(pretty ? formatLogLine(scrubbed, { color }) : scrubbed);
     },
   };
   return pino(

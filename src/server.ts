@@ -21,6 +21,7 @@ import { logFiring } from "./formulas/projects.js";
 import { FormulaStore } from "./formulas/store.js";
 import { Housekeeping } from "./housekeeping.js";
 import { InstanceHeartbeat, resolveInstanceId } from "./instance.js";
+import { chooseLogFormat } from "./log-format.js";
 import { createLogger, type Logger, type LoggerOptions } from "./logger.js";
 import { type MemoryProbe, readAvailableMemoryMb } from "./memory.js";
 import { Metrics } from "./metrics.js";
@@ -135,7 +136,13 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
   const config = await loadConfig(options.env, options.cwd);
   const { settings } = config;
   const secrets = collectSecrets(config, options.env);
-  const log = createLogger({ level: settings.logLevel, secrets, destination: options.logDestination });
+  const logTo = options.logDestination ?? process.stdout;
+  const log = createLogger({
+    level: settings.logLevel,
+    secrets,
+    destination: logTo,
+    ...chooseLogFormat(settings.logFormat, logTo, settings.noColor),
+  });
 
   await mkdir(settings.dataDir, { recursive: true, mode: 0o700 });
   const apiToken = await ensureApiToken(settings.dataDir, settings.apiToken, log);

@@ -4,6 +4,7 @@
  */
 import path from "node:path";
 import { durationProblem, parseDuration } from "./formulas/duration.js";
+import { LOG_FORMATS, type LogFormat } from "./log-format.js";
 import { Secret } from "./secrets.js";
 
 type Env = Readonly<Record<string, string | undefined>>;
@@ -29,6 +30,10 @@ export interface Settings {
   killGraceMs: number;
   maxSessions: number;
   logLevel: string;
+  /** LOG_FORMAT; unset: pretty when the log goes to a terminal, else JSON. */
+  logFormat: LogFormat | undefined;
+  /** NO_COLOR set (to anything but ""): no ANSI colours anywhere (https://no-color.org). */
+  noColor: boolean;
 }
 
 /** Start-up cannot go on: every problem, one `file: key: message` line each. */
@@ -79,6 +84,13 @@ export function readSettings(env: Env, cwd: string): { settings: Settings; probl
   if (!["fatal", "error", "warn", "info", "debug", "trace", "silent"].includes(logLevel)) {
     bad("LOG_LEVEL", `expected one of fatal, error, warn, info, debug, trace, silent, found "${logLevel}"`);
   }
+  const logFormat = text("LOG_FORMAT");
+  if (logFormat !== undefined && !(LOG_FORMATS as readonly string[]).includes(logFormat)) {
+    bad(
+      "LOG_FORMAT",
+      `expected ${LOG_FORMATS.join(" or ")} (unset: pretty on a terminal, else json), found "${logFormat}"`,
+    );
+  }
   const instanceId = text("INSTANCE_ID");
   if (instanceId !== undefined && !/^[\w.-]{1,64}$/.test(instanceId)) {
     bad("INSTANCE_ID", "expected 1-64 letters, digits, '.', '_' or '-'");
@@ -101,6 +113,8 @@ export function readSettings(env: Env, cwd: string): { settings: Settings; probl
     killGraceMs: duration("KILL_GRACE", 10_000),
     maxSessions: int("MAX_SESSIONS", 4, 1, 256),
     logLevel,
+    logFormat: (LOG_FORMATS as readonly string[]).includes(logFormat ?? "") ? (logFormat as LogFormat) : undefined,
+    noColor: (env.NO_COLOR ?? "") !== "",
   };
   return { settings, problems };
 }

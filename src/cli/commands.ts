@@ -1,12 +1,8 @@
 import type { RunJson } from "../runs/run-service.js";
 import { type ApiClient, ApiError } from "./api-client.js";
-import { bytes, duration, relative, table } from "./format.js";
+import { bytes, duration, type Output, paintStatus, relative, table } from "./format.js";
 
-/** Where CLI commands write; `isTTY` turns on live progress lines. */
-export interface Output {
-  write(text: string): unknown;
-  isTTY?: boolean;
-}
+export type { Output };
 
 const println = (out: Output, text = "") => out.write(`${text}\n`);
 
@@ -124,7 +120,7 @@ export async function runCommand(
     await new Promise((resolve) => setTimeout(resolve, args.pollMs ?? 500));
   }
   if (tty) out.write("\r\x1b[K");
-  println(out, `run ${run.id} ${outcomeLine(current)}`);
+  println(out, `run ${run.id} ${paintStatus(out, current.status, outcomeLine(current))}`);
   if (current.worktree?.state === "preserved") {
     println(
       out,
@@ -162,7 +158,7 @@ export async function runsList(
       ["ID", "STATUS", "FORMULA", "PROJECT", "ISSUE", "PHASE", "TRIGGER", "QUEUED", "TOOK"],
       page.runs.map((r) => [
         String(r.id),
-        r.skip_reason ? `${r.status} (${r.skip_reason})` : r.status,
+        paintStatus(out, r.status, r.skip_reason ? `${r.status} (${r.skip_reason})` : r.status),
         r.formula,
         r.project,
         r.issue ? `#${r.issue}` : "-",
@@ -185,7 +181,7 @@ export async function runsShow(client: ApiClient, id: string, json: boolean, out
   }
   const lines = [
     `run ${run.id}: ${run.formula} on ${run.project}${run.issue ? `, issue #${run.issue}` : ""}`,
-    `status:   ${run.status}${run.skip_reason ? ` (${run.skip_reason})` : ""}${run.detail ? ` - ${run.detail}` : ""}`,
+    `status:   ${paintStatus(out, run.status)}${run.skip_reason ? ` (${run.skip_reason})` : ""}${run.detail ? ` - ${run.detail}` : ""}`,
     `trigger:  ${run.trigger.kind} (${run.trigger.ref})`,
     `queued:   ${run.queued_at}`,
     `started:  ${run.started_at ?? "-"}`,
@@ -251,7 +247,7 @@ export async function worktreesList(
       ["ID", "STATE", "PROJECT", "FORMULA", "RUN", "REASON", "AGE", "EXPIRES", "SIZE", "PATH"],
       worktrees.map((w) => [
         String(w.id),
-        w.state,
+        paintStatus(out, w.state),
         w.project,
         w.formula,
         w.run_id === null ? "-" : String(w.run_id),

@@ -112,6 +112,9 @@ export async function initCommand(args: InitArgs, cwd: string, out: Output, err:
   }
   await writeFile(args.file, text, { flag: args.force ? "w" : "wx" });
   println(out, `wrote ${args.file} for project ${name} (${forge} ${repo}, clone ${repoPath})`);
-  println(out, "next: set the token and secret variables it names, then `formula-runner serve`");
+  println(
+    out,
+    "next: export the token and secret variables it names, run `formula-runner doctor`, then `formula-runner serve`",
+  );
   return 0;
 }

@@ -2,9 +2,11 @@
  * CLI verbs that act on one run or list what the server holds: logs, cancel, reply,
  * deliveries, formulas. Each talks to the running server through the REST API only.
  */
+
+import type { RunJson } from "../runs/run-service.js";
 import type { ApiClient } from "./api-client.js";
-import { followHint, type Output, replyHint } from "./commands.js";
-import { relative, table } from "./format.js";
+import { followHint, type Output, outcomeLine, replyHint } from "./commands.js";
+import { paintStatus, relative, table } from "./format.js";
 
 const println = (out: Output, text = "") => out.write(`${text}\n`);
 
@@ -67,7 +69,12 @@ export async function logsCommand(
     if (event.event === "log") println(out, event.data);
     if (event.event === "end") {
       const { status } = JSON.parse(event.data) as { status: string };
-      println(err, `run ${args.id} ${status}`);
+      // A run that did not end done: say why (the detail is on the run, not in its log).
+      const why =
+        status === "done" || status === "escalated"
+          ? status
+          : outcomeLine(await client.request<RunJson>("GET", `/api/runs/${id}`));
+      println(err, `run ${args.id} ${paintStatus(err, status, why)}`);
       if (status === "escalated") println(err, replyHint(args.id));
       return status === "done" ? 0 : 1;
     }
@@ -146,7 +153,7 @@ export async function deliveriesList(
         d.action ? `${d.event}/${d.action}` : d.event,
         d.project ?? "-",
         d.sender ?? "-",
-        d.outcome,
+        paintStatus(out, d.outcome),
         d.runs.length > 0 ? d.runs.join(",") : (d.reason ?? "-"),
         d.id,
       ]),

@@ -173,7 +173,6 @@ export class ForgeClient {
     }
   }
 
-  /** Posts a comment on an issue (or pull request); its id and web address. */
   /**
    * The login the runner writes as: the project's `bot_login`, else the account of its
    * token (asked once; a failed answer is asked again next time).
@@ -192,6 +191,30 @@ export class ForgeClient {
     return this.#ownLogin;
   }
 
+  /**
+   * Who the token belongs to and, on GitHub with a classic token, its scopes (the
+   * `x-oauth-scopes` answer header; undefined when the forge does not say, as for
+   * fine-grained tokens and on Gitea/Forgejo). One `GET /user`; `doctor` uses it.
+   */
+  async tokenOwner(): Promise<{ login: string; scopes: string[] | undefined }> {
+    const res = await this.#call(
+      `asking ${this.project.forgeUrl} who the token of ${this.project.repo} belongs to`,
+      (signal) => this.octokit.request("GET /user", { request: { signal } }),
+    );
+    const header = (res.headers as Record<string, unknown>)["x-oauth-scopes"];
+    return {
+      login: String((res.data as { login?: unknown }).login ?? ""),
+      scopes:
+        typeof header === "string"
+          ? header
+              .split(",")
+              .map((scope) => scope.trim())
+              .filter(Boolean)
+          : undefined,
+    };
+  }
+
+  /** Posts a comment on an issue (or pull request); its id and web address. */
   async createComment(issue: number, body: string): Promise<{ id: number; url: string | undefined }> {
     const { data } = await this.#call(`posting a comment on ${this.project.repo}#${issue}`, (signal) =>
       this.octokit.rest.issues.createComment({

@@ -84,6 +84,32 @@ describe("CLI verbs against a running server (real processes)", () => {
     expect(deliveries.code).toBe(0);
     expect(deliveries.stdout).toBe("No deliveries.\n");
   });
+  it("every listing answers --json: one JSON document on stdout, nothing else", async () => {
+    const { body } = await t.api("POST", "/api/runs", { formula: "hello" });
+    await t.waitForRun(body.id, ["done"]);
+    const json = async (args: string[]) => {
+      const result = await runBin([...args, "--json"], { env: { ...env, NO_COLOR: "" } });
+      expect(result.stderr).toBe("");
+      expect(result.code).toBe(0);
+      return JSON.parse(result.stdout);
+    };
+    const runs = await json(["runs", "list"]);
+    expect(runs.runs).toContainEqual(expect.objectContaining({ id: body.id, status: "done", formula: "hello" }));
+    expect(runs).toHaveProperty("next_cursor");
+    const worktrees = await json(["worktrees", "list"]);
+    expect(worktrees.worktrees).toContainEqual(expect.objectContaining({ run_id: body.id, state: "removed" }));
+    expect(await json(["deliveries", "list"])).toEqual({ deliveries: [], next_cursor: null });
+    expect((await json(["formulas", "list"])).formulas.map((f: { name: string }) => f.name)).toEqual([
+      "ask",
+      "hang",
+      "hello",
+    ]);
+    expect(await json(["runs", "show", String(body.id)])).toMatchObject({ id: body.id, phases: expect.any(Array) });
+    // Piped, the tables carry no colour codes (colours only on a terminal).
+    const table = await runBin(["runs", "list"], { env });
+    expect(table.stdout).toMatch(/\bdone\b/);
+    expect(table.stdout).not.toContain("\x1b[");
+  });
 });
 
 describe("formula-runner init", () => {

@@ -20,7 +20,7 @@ export async function runBin(
 ): Promise<CliResult> {
   const child = spawn(process.execPath, [BIN, ...args], {
     cwd: options.cwd ?? REPO_ROOT,
-    env: { ...process.env, LOG_LEVEL: "info", ...options.env },
+    env: { ...process.env, LOG_LEVEL: "info", LOG_FORMAT: "json", ...options.env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let stdout = "";
@@ -48,7 +48,7 @@ export async function startServerProcess(options: {
 }): Promise<ServerProcess> {
   const child = spawn(process.execPath, [BIN, "serve"], {
     cwd: options.cwd,
-    env: { ...process.env, PORT: "0", LOG_LEVEL: "info", ...options.env },
+    env: { ...process.env, PORT: "0", LOG_LEVEL: "info", LOG_FORMAT: "json", ...options.env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   const lines: string[] = [];

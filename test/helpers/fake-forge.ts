@@ -17,7 +17,11 @@ export interface FakeForge {
   readonly giteaUrl: string;
   /** Every request in arrival order (the same array for the forge's lifetime; reset() empties it). */
   readonly requests: RecordedRequest[];
-  addToken(token: string, login: string): void;
+  /**
+   * Accepts `token` as `login`. With `scopes`, GitHub-flavoured answers to it carry them
+   * in `x-oauth-scopes`, as GitHub does for a classic token.
+   */
+  addToken(token: string, login: string, scopes?: readonly string[]): void;
   setPermission(repo: string, login: string, role: Role): void;
   /** Defines a repository label (Gitea adds labels to issues by id); returns it. */
   addLabel(repo: string, name: string, color?: string): FakeLabel;
@@ -148,6 +152,7 @@ type Env = { Variables: { login: string; body: unknown } };
 
 export async function startFakeForge(opts: FakeForgeOptions = {}): Promise<FakeForge> {
   const tokens = new Map(Object.entries(opts.tokens ?? {}));
+  const scopes = new Map<string, readonly string[]>();
   const requests: RecordedRequest[] = [];
   let repos = new Map<string, RepoState>();
   let faults: Array<Fault & { left: number }> = [];
@@ -452,6 +457,8 @@ export async function startFakeForge(opts: FakeForgeOptions = {}): Promise<FakeF
     const auth = /^(?:token|bearer)\s+(\S+)$/i.exec(c.req.header("authorization") ?? "")?.[1];
     const login = tokens.get(auth ?? c.req.query("access_token") ?? c.req.query("token") ?? "");
     if (login === undefined) return c.json({ message: "Bad credentials" }, 401);
+    const granted = scopes.get(auth ?? "");
+    if (granted !== undefined && record.flavor === "github") c.header("x-oauth-scopes", granted.join(", "));
     c.set("login", login);
     return undefined;
   };
@@ -513,7 +520,10 @@ export async function startFakeForge(opts: FakeForgeOptions = {}): Promise<FakeF
     url: origin,
     giteaUrl: `${origin}/api/v1`,
     requests,
-    addToken: (token, login) => void tokens.set(token, login),
+    addToken: (token, login, granted) => {
+      tokens.set(token, login);
+      if (granted !== undefined) scopes.set(token, granted);
+    },
     setPermission: (repo, login, role) => void repoState(repo).roles.set(login.toLowerCase(), role),
     addLabel: (repo, name, color) => ({ ...labelByName(repo, name, color) }),
     issue(repo, number) {
