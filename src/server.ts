@@ -14,6 +14,7 @@ import { EscalationMonitor, EscalationService } from "./escalations/escalation-s
 import { DeliveryIngest } from "./forge/delivery-ingest.js";
 import { ForgeClient, PermissionCache } from "./forge/forge-client.js";
 import { OutboxWorker } from "./forge/outbox.js";
+import { firstRetryAt, PendingDeliveries, type PendingDeliveriesOptions } from "./forge/pending-deliveries.js";
 import { ForgeReporter } from "./forge/reporter.js";
 import { renderStatusFor } from "./forge/status-comment.js";
 import { WebhookService } from "./forge/webhook-service.js";
@@ -59,10 +60,15 @@ export interface StartOptions {
   observers?: RunObserver[];
   /** An open, migrated database to use instead of the configured one (tests); the caller closes it. */
   database?: Database;
-  /** How long a stream-json agent may run on after its final result before it is stopped; 30 s. */
   /** How often runs left `running` with nobody executing them are settled (tests shorten it). */
   runSweepMs?: number;
+  /** How long a stream-json agent may run on after its final result before it is stopped; 30 s. */
   resultLingerMs?: number;
+  /** Retry timing of deliveries whose permission check could not be made (tests shorten it). */
+  pendingDeliveries?: Pick<
+    PendingDeliveriesOptions,
+    "pollMs" | "backoffMs" | "maxBackoffMs" | "maxAttempts" | "maxAgeMs" | "leaseMs"
+  >;
 }
 
 export interface RunningServer {
@@ -296,6 +302,9 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
   );
   const runService = new RunService({ database, config, formulas, worktrees, worker, secrets, log: instanceLog });
   const housekeeping = new Housekeeping({ worktrees, projects: config.projects, log: instanceLog });
+  // The retries of deliveries whose permission check the forge could not answer; assigned
+  // just below (the webhook service wakes it, and it decides through the webhook service).
+  let pendingDeliveries: PendingDeliveries;
   const webhooks = new WebhookService({
     formulas,
     ingest: new DeliveryIngest(database, instanceLog),
@@ -303,6 +312,17 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     log: instanceLog,
     onQueued: () => worker.notify(),
     escalations: escalationService,
+    onPending: () => pendingDeliveries.notify(),
+    firstRetryAt: () => firstRetryAt(now(), options.pendingDeliveries?.backoffMs),
+  });
+  pendingDeliveries = new PendingDeliveries({
+    database,
+    projects: config.projects,
+    webhooks,
+    log: instanceLog,
+    onQueued: () => worker.notify(),
+    now,
+    ...options.pendingDeliveries,
   });
   const scheduler = new Scheduler({
     database,
@@ -390,6 +410,11 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
   });
   components.push({ name: "sandbox", start: async () => {}, stop: () => sandbox.stop() });
   components.push({ name: "run worker", start: () => worker.start(), stop: () => worker.stop() });
+  components.push({
+    name: "pending deliveries",
+    start: () => pendingDeliveries.start(),
+    stop: () => pendingDeliveries.stop(),
+  });
   components.push({ name: "scheduler", start: () => scheduler.start(), stop: () => scheduler.stop() });
 
   let stopping: Promise<void> | undefined;
