@@ -1,5 +1,4 @@
 import { existsSync } from "node:fs";
-import { mkdir } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
 import path from "node:path";
 import { type ServerType, serve } from "@hono/node-server";
@@ -9,6 +8,8 @@ import { ensureApiToken } from "./api-token.js";
 import { createApp } from "./app.js";
 import { checkClones } from "./clone-check.js";
 import { type Config, ConfigError, loadConfig, type ProjectConfig } from "./config.js";
+import { makePrivate, prepareDataDir } from "./data-dir.js";
+import { closeIfBodyUnread } from "./early-answer.js";
 import { errorMessage } from "./errors.js";
 import { EscalationMonitor, EscalationService } from "./escalations/escalation-service.js";
 import { DeliveryIngest } from "./forge/delivery-ingest.js";
@@ -64,6 +65,8 @@ export interface StartOptions {
   runSweepMs?: number;
   /** How long a stream-json agent may run on after its final result before it is stopped; 30 s. */
   resultLingerMs?: number;
+  /** Housekeeping's first round (adoption of unrecorded worktrees) waits for this; tests hold it. */
+  housekeepingAfter?: Promise<void>;
   /** Retry timing of deliveries whose permission check could not be made (tests shorten it). */
   pendingDeliveries?: Pick<
     PendingDeliveriesOptions,
@@ -120,6 +123,8 @@ export async function openAndMigrate(config: Config, log: Logger): Promise<Datab
   }
   const database = await openDatabase(url ? { url } : { dataDir: `${settings.dataDir}/pgdata` });
   try {
+    // PGlite makes its data directory with the default mode; like PostgreSQL's, it is private.
+    if (!url) await makePrivate(`${settings.dataDir}/pgdata`, log);
     const result = await migrate(database);
     for (const tag of result.edited) log.warn({ migration: tag }, `migration ${tag} changed after it was applied`);
     log.info(
@@ -143,7 +148,7 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
   const secrets = collectSecrets(config, options.env);
   const log = createLogger({ level: settings.logLevel, secrets, destination: options.logDestination });
 
-  await mkdir(settings.dataDir, { recursive: true, mode: 0o700 });
+  await prepareDataDir(settings.dataDir, log);
   const apiToken = await ensureApiToken(settings.dataDir, settings.apiToken, log);
   secrets.add(apiToken);
   const instanceId = await resolveInstanceId(settings.dataDir, settings.instanceId);
@@ -170,7 +175,13 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
   // open, and probes get an answer (503 "starting") while the rest starts.
   const starting = startingHandler(VERSION);
   let handler: (request: Request, env: unknown) => Response | Promise<Response> = starting.fetch;
-  const httpServer = await listen(settings.host, settings.port, (request, env) => handler(request, env));
+  const httpServer = await listen(settings.host, settings.port, (request, env) => {
+    const response = handler(request, env);
+    // Synchronous answers stay synchronous: @hono/node-server writes those on a fast path.
+    return response instanceof Promise
+      ? response.then((r) => closeIfBodyUnread(r, env))
+      : closeIfBodyUnread(response, env);
+  });
   const address = httpServer.address() as AddressInfo;
   const host = address.address.includes(":") ? `[${address.address}]` : address.address;
   const url = `http://${host}:${address.port}`;
@@ -301,7 +312,12 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     },
   );
   const runService = new RunService({ database, config, formulas, worktrees, worker, secrets, log: instanceLog });
-  const housekeeping = new Housekeeping({ worktrees, projects: config.projects, log: instanceLog });
+  const housekeeping = new Housekeeping({
+    worktrees,
+    projects: config.projects,
+    log: instanceLog,
+    ...(options.housekeepingAfter ? { firstRoundAfter: options.housekeepingAfter } : {}),
+  });
   // The retries of deliveries whose permission check the forge could not answer; assigned
   // just below (the webhook service wakes it, and it decides through the webhook service).
   let pendingDeliveries: PendingDeliveries;

@@ -59,6 +59,10 @@ export interface TestServerOptions {
   resultLingerMs?: number;
   /** Retry timing of pending deliveries (see StartOptions). */
   pendingDeliveries?: StartOptions["pendingDeliveries"];
+  /** Holds housekeeping's first round (see StartOptions). */
+  housekeepingAfter?: Promise<void>;
+  /** Where the server's log lines go (set LOG_LEVEL in `env` to see them). */
+  logDestination?: StartOptions["logDestination"];
 }
 
 /** An `[agents.NAME]` table of formula-runner.toml, keys as in the file. */
@@ -155,6 +159,8 @@ export async function startTestServer(options: TestServerOptions): Promise<TestS
     ...(options.resultLingerMs !== undefined ? { resultLingerMs: options.resultLingerMs } : {}),
     ...(options.runSweepMs !== undefined ? { runSweepMs: options.runSweepMs } : {}),
     ...(options.pendingDeliveries ? { pendingDeliveries: options.pendingDeliveries } : {}),
+    ...(options.housekeepingAfter ? { housekeepingAfter: options.housekeepingAfter } : {}),
+    ...(options.logDestination ? { logDestination: options.logDestination } : {}),
   });
   const api = async (method: string, route: string, body?: unknown) => {
     const res = await fetch(`${server.url}${route}`, {
