@@ -6,6 +6,7 @@
  */
 import { z } from "@hono/zod-openapi";
 import {
+  DELIVERY_OUTCOMES,
   ESCALATION_STATES,
   OUTPUT_STATUSES,
   RUN_STATUSES,
@@ -248,9 +249,14 @@ export const deliveryListSchema = z.object({
         project: z.string().nullable(),
         repository: z.string().nullable(),
         sender: z.string().nullable(),
-        outcome: z.enum(["queued", "ignored", "answered"]),
+        outcome: z
+          .enum(DELIVERY_OUTCOMES)
+          .describe(
+            "queued: fired runs; answered: answered a run's question; ignored: fired nothing (see reason); pending: the sender's permission could not be checked yet, decided when the forge answers; failed: still undecided when the retries ran out (see reason)",
+          ),
         reason: z.string().nullable(),
         received_at: time,
+        next_attempt_at: time.nullable().describe("when a pending delivery is tried again"),
         runs: z.array(id),
       })
       .openapi("Delivery"),
@@ -270,6 +276,10 @@ export const webhookAcceptedSchema = z.object({
   project: z.string(),
   runs: z.array(id).describe("the runs it queued"),
   ignored: z.string().optional().describe("why it queued nothing"),
+  pending: z
+    .string()
+    .optional()
+    .describe("why nothing is decided yet (the forge did not answer the permission check); retried until it does"),
 });
 
 export const healthSchema = z.object({ status: z.literal("ok"), version: z.string(), instance_id: z.string() });

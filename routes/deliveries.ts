@@ -1,5 +1,6 @@
 import { Hono } from "hono";
 import { z } from "zod";
+import { DELIVERY_OUTCOMES } from "../db/schema/index.js";
 import type { AppEnv } from "../src/app.js";
 import { listDeliveries } from "../src/forge/deliveries.js";
 import type { Services } from "../src/services.js";
@@ -7,7 +8,7 @@ import { queryParams } from "./input.js";
 
 export const listQuery = z
   .object({
-    outcome: z.enum(["queued", "ignored", "answered"]).optional(),
+    outcome: z.enum(DELIVERY_OUTCOMES).optional(),
     project: z.string().optional(),
     event: z.string().optional(),
     limit: z.coerce.number().int().min(1).max(500).default(50),

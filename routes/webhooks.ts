@@ -82,6 +82,7 @@ export function webhookRoutes(services: Services): Hono<AppEnv> {
         runs: outcome.runIds,
         ...(outcome.ignored !== undefined && { ignored: outcome.ignored }),
         ...(outcome.answered !== undefined && { answered: outcome.answered }),
+        ...(outcome.pending !== undefined && { pending: outcome.pending }),
       },
       202,
     );

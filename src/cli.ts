@@ -6,7 +6,7 @@ import { ApiClient, ApiError } from "./cli/api-client.js";
 import { type Output, runCommand, runsList, runsShow, worktreesList, worktreesPurge } from "./cli/commands.js";
 import { COMPLETION_SHELLS, type CompletionShell, completionScript } from "./cli/completion.js";
 import { withColor } from "./cli/format.js";
-import { RUN_STATUS_NAMES, WORKTREE_STATE_NAMES } from "./cli/vocabulary.js";
+import { DELIVERY_OUTCOME_NAMES, RUN_STATUS_NAMES, WORKTREE_STATE_NAMES } from "./cli/vocabulary.js";
 import { errorMessage } from "./errors.js";
 import { durationProblem, parseDuration } from "./formulas/duration.js";
 import type { Logger } from "./logger.js";
@@ -236,7 +236,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
   deliveriesCommand
     .command("list")
     .description("newest first: what each delivery fired, or why it fired nothing")
-    .addOption(new Option("-o, --outcome <outcome>", "only this outcome").choices(["queued", "ignored", "answered"]))
+    .addOption(new Option("-o, --outcome <outcome>", "only this outcome").choices(DELIVERY_OUTCOME_NAMES))
     .option("-p, --project <name>", "only this project")
     .option("-n, --limit <n>", "how many (default 50, at most 500)", positiveInt)
     .option("--json", "print JSON", false)

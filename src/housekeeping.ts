@@ -11,6 +11,8 @@ export interface HousekeepingOptions {
   intervalMs?: number;
   /** Expiry given to adopted worktrees. */
   adoptRetentionMs?: number;
+  /** The first round waits for this (tests hold it to see the server answer meanwhile). */
+  firstRoundAfter?: Promise<void>;
 }
 
 /**
@@ -24,12 +26,26 @@ export class Housekeeping {
   readonly #options: Required<HousekeepingOptions>;
 
   constructor(options: HousekeepingOptions) {
-    this.#options = { intervalMs: 3_600_000, adoptRetentionMs: 24 * 3_600_000, ...options };
+    this.#options = {
+      intervalMs: 3_600_000,
+      adoptRetentionMs: 24 * 3_600_000,
+      firstRoundAfter: Promise.resolve(),
+      ...options,
+    };
   }
 
+  /**
+   * Starts the first round in the background and returns: after a crash the scan may find
+   * thousands of directories (about 40 s for 13,000), and the server must answer meanwhile.
+   * The run worker's takeover records the worktrees of its own runs itself.
+   */
   async start(): Promise<void> {
     if (this.#timer) return;
-    await this.runOnce();
+    this.#round = this.#options.firstRoundAfter
+      .then(() => this.#roundBody())
+      .finally(() => {
+        this.#round = undefined;
+      });
     this.#timer = setInterval(() => {
       void this.runOnce();
     }, this.#options.intervalMs);
@@ -48,8 +64,14 @@ export class Housekeeping {
     const { worktrees, projects, log } = this.#options;
     try {
       const adopted = await worktrees.adoptOrphans(projects, this.#options.adoptRetentionMs);
-      for (const w of adopted)
-        log.warn({ worktreeId: w.id, path: w.path, reason: w.reason }, `adopted unrecorded worktree ${w.path}`);
+      if (adopted.length > 0) {
+        // One line however many: a start after a crash may find thousands.
+        const unrecorded = adopted.filter((w) => w.reason === "adopted").length;
+        log.warn(
+          { adopted: unrecorded, leaked: adopted.length - unrecorded, paths: adopted.slice(0, 10).map((w) => w.path) },
+          `housekeeping: recorded ${unrecorded} unrecorded worktree director${unrecorded === 1 ? "y" : "ies"} and preserved ${adopted.length - unrecorded} left active by finished runs`,
+        );
+      }
       const { purged, kept } = await worktrees.purge({ expiredOnly: true, by: "housekeeping", projects });
       if (purged.length > 0 || kept.length > 0) {
         log.info(

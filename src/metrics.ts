@@ -2,6 +2,7 @@ import { sql } from "drizzle-orm";
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
 import type { Database } from "../db/client.js";
 import {
+  deliveries,
   escalations,
   outbox,
   RUN_STATUSES,
@@ -47,6 +48,7 @@ interface DatabaseCounts {
   worktrees: Map<string, number>;
   outboxPending: number;
   escalationsOpen: number;
+  deliveriesPending: number;
 }
 
 /**
@@ -192,6 +194,16 @@ export class Metrics implements RunObserver {
         else outboxGauge.remove();
       },
     });
+    const deliveriesGauge: Gauge = new Gauge({
+      name: `${PREFIX}deliveries_pending`,
+      help: "Webhook deliveries waiting for the forge to answer their sender's permission check.",
+      registers,
+      collect: async () => {
+        const counts = await this.#counts();
+        if (counts) deliveriesGauge.set(counts.deliveriesPending);
+        else deliveriesGauge.remove();
+      },
+    });
     const escalationsGauge: Gauge = new Gauge({
       name: `${PREFIX}escalations_open`,
       help: "Agent questions waiting for a human reply.",
@@ -247,7 +259,7 @@ export class Metrics implements RunObserver {
     return this.#scrape ?? this.#readCounts();
   }
 
-  /** One statement, so the four gauges describe one moment; undefined (logged) on failure. */
+  /** One statement, so the database gauges describe one moment; undefined (logged) on failure. */
   async #readCounts(): Promise<DatabaseCounts | undefined> {
     let timer: NodeJS.Timeout | undefined;
     try {
@@ -259,7 +271,9 @@ export class Metrics implements RunObserver {
         union all
         select 'outbox', '', count(*)::int from ${outbox} where ${outbox.state} = 'pending'
         union all
-        select 'escalations', '', count(*)::int from ${escalations} where ${escalations.state} = 'open'`);
+        select 'escalations', '', count(*)::int from ${escalations} where ${escalations.state} = 'open'
+        union all
+        select 'deliveries', '', count(*)::int from ${deliveries} where ${deliveries.outcome} = 'pending'`);
       const rows = await Promise.race([
         query,
         new Promise<never>((_, reject) => {
@@ -269,13 +283,20 @@ export class Metrics implements RunObserver {
           );
         }),
       ]);
-      const counts: DatabaseCounts = { runs: new Map(), worktrees: new Map(), outboxPending: 0, escalationsOpen: 0 };
+      const counts: DatabaseCounts = {
+        runs: new Map(),
+        worktrees: new Map(),
+        outboxPending: 0,
+        escalationsOpen: 0,
+        deliveriesPending: 0,
+      };
       for (const row of rows) {
         const n = Number(row.n);
         if (row.metric === "runs") counts.runs.set(row.key, n);
         else if (row.metric === "worktrees") counts.worktrees.set(row.key, n);
         else if (row.metric === "outbox") counts.outboxPending = n;
         else if (row.metric === "escalations") counts.escalationsOpen = n;
+        else if (row.metric === "deliveries") counts.deliveriesPending = n;
       }
       return counts;
     } catch (error) {

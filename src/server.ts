@@ -1,5 +1,4 @@
 import { existsSync } from "node:fs";
-import { mkdir } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
 import path from "node:path";
 import { type ServerType, serve } from "@hono/node-server";
@@ -9,11 +8,14 @@ import { ensureApiToken } from "./api-token.js";
 import { createApp } from "./app.js";
 import { checkClones } from "./clone-check.js";
 import { type Config, ConfigError, loadConfig, type ProjectConfig } from "./config.js";
+import { makePrivate, prepareDataDir } from "./data-dir.js";
+import { closeIfBodyUnread } from "./early-answer.js";
 import { errorMessage } from "./errors.js";
 import { EscalationMonitor, EscalationService } from "./escalations/escalation-service.js";
 import { DeliveryIngest } from "./forge/delivery-ingest.js";
 import { ForgeClient, PermissionCache } from "./forge/forge-client.js";
 import { OutboxWorker } from "./forge/outbox.js";
+import { firstRetryAt, PendingDeliveries, type PendingDeliveriesOptions } from "./forge/pending-deliveries.js";
 import { ForgeReporter } from "./forge/reporter.js";
 import { renderStatusFor } from "./forge/status-comment.js";
 import { WebhookService } from "./forge/webhook-service.js";
@@ -60,10 +62,17 @@ export interface StartOptions {
   observers?: RunObserver[];
   /** An open, migrated database to use instead of the configured one (tests); the caller closes it. */
   database?: Database;
-  /** How long a stream-json agent may run on after its final result before it is stopped; 30 s. */
   /** How often runs left `running` with nobody executing them are settled (tests shorten it). */
   runSweepMs?: number;
+  /** How long a stream-json agent may run on after its final result before it is stopped; 30 s. */
   resultLingerMs?: number;
+  /** Housekeeping's first round (adoption of unrecorded worktrees) waits for this; tests hold it. */
+  housekeepingAfter?: Promise<void>;
+  /** Retry timing of deliveries whose permission check could not be made (tests shorten it). */
+  pendingDeliveries?: Pick<
+    PendingDeliveriesOptions,
+    "pollMs" | "backoffMs" | "maxBackoffMs" | "maxAttempts" | "maxAgeMs" | "leaseMs"
+  >;
 }
 
 export interface RunningServer {
@@ -115,6 +124,8 @@ export async function openAndMigrate(config: Config, log: Logger): Promise<Datab
   }
   const database = await openDatabase(url ? { url } : { dataDir: `${settings.dataDir}/pgdata` });
   try {
+    // PGlite makes its data directory with the default mode; like PostgreSQL's, it is private.
+    if (!url) await makePrivate(`${settings.dataDir}/pgdata`, log);
     const result = await migrate(database);
     for (const tag of result.edited) log.warn({ migration: tag }, `migration ${tag} changed after it was applied`);
     log.info(
@@ -144,7 +155,7 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     ...chooseLogFormat(settings.logFormat, logTo, settings.noColor),
   });
 
-  await mkdir(settings.dataDir, { recursive: true, mode: 0o700 });
+  await prepareDataDir(settings.dataDir, log);
   const apiToken = await ensureApiToken(settings.dataDir, settings.apiToken, log);
   secrets.add(apiToken);
   const instanceId = await resolveInstanceId(settings.dataDir, settings.instanceId);
@@ -171,7 +182,13 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
   // open, and probes get an answer (503 "starting") while the rest starts.
   const starting = startingHandler(VERSION);
   let handler: (request: Request, env: unknown) => Response | Promise<Response> = starting.fetch;
-  const httpServer = await listen(settings.host, settings.port, (request, env) => handler(request, env));
+  const httpServer = await listen(settings.host, settings.port, (request, env) => {
+    const response = handler(request, env);
+    // Synchronous answers stay synchronous: @hono/node-server writes those on a fast path.
+    return response instanceof Promise
+      ? response.then((r) => closeIfBodyUnread(r, env))
+      : closeIfBodyUnread(response, env);
+  });
   const address = httpServer.address() as AddressInfo;
   const host = address.address.includes(":") ? `[${address.address}]` : address.address;
   const url = `http://${host}:${address.port}`;
@@ -302,7 +319,15 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     },
   );
   const runService = new RunService({ database, config, formulas, worktrees, worker, secrets, log: instanceLog });
-  const housekeeping = new Housekeeping({ worktrees, projects: config.projects, log: instanceLog });
+  const housekeeping = new Housekeeping({
+    worktrees,
+    projects: config.projects,
+    log: instanceLog,
+    ...(options.housekeepingAfter ? { firstRoundAfter: options.housekeepingAfter } : {}),
+  });
+  // The retries of deliveries whose permission check the forge could not answer; assigned
+  // just below (the webhook service wakes it, and it decides through the webhook service).
+  let pendingDeliveries: PendingDeliveries;
   const webhooks = new WebhookService({
     formulas,
     ingest: new DeliveryIngest(database, instanceLog),
@@ -310,6 +335,17 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     log: instanceLog,
     onQueued: () => worker.notify(),
     escalations: escalationService,
+    onPending: () => pendingDeliveries.notify(),
+    firstRetryAt: () => firstRetryAt(now(), options.pendingDeliveries?.backoffMs),
+  });
+  pendingDeliveries = new PendingDeliveries({
+    database,
+    projects: config.projects,
+    webhooks,
+    log: instanceLog,
+    onQueued: () => worker.notify(),
+    now,
+    ...options.pendingDeliveries,
   });
   const scheduler = new Scheduler({
     database,
@@ -397,6 +433,11 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
   });
   components.push({ name: "sandbox", start: async () => {}, stop: () => sandbox.stop() });
   components.push({ name: "run worker", start: () => worker.start(), stop: () => worker.stop() });
+  components.push({
+    name: "pending deliveries",
+    start: () => pendingDeliveries.start(),
+    stop: () => pendingDeliveries.stop(),
+  });
   components.push({ name: "scheduler", start: () => scheduler.start(), stop: () => scheduler.stop() });
 
   let stopping: Promise<void> | undefined;

@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import { sql } from "drizzle-orm";
 import {
   bigint,
@@ -75,6 +76,12 @@ export const runs = pgTable(
     reportIssue: integer("report_issue"),
     /** The forge's id of the status comment, once it is posted. */
     statusCommentId: bigint("status_comment_id", { mode: "number" }),
+    /**
+     * Random part of the status comment's hidden marker, so nobody can post a run's marker
+     * ahead of it (run ids are sequential). Null on runs made before it existed: their
+     * comments carry the old marker without it.
+     */
+    statusNonce: text("status_nonce").$defaultFn(() => randomBytes(16).toString("base64url")),
     /** sha256 of the run token (`FORMULA_RUNNER_TOKEN`), rotated each session; null when the run has none. */
     tokenHash: text("token_hash"),
     /** Whether the agent ran inside the sandbox (null until a session starts). */

@@ -7,7 +7,7 @@ import { secureHeaders } from "hono/secure-headers";
 import { streamSSE } from "hono/streaming";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import { z } from "zod";
-import { RUN_STATUSES, type RunStatus } from "../../db/schema/index.js";
+import { DELIVERY_OUTCOMES, RUN_STATUSES, type RunStatus } from "../../db/schema/index.js";
 import type { AppEnv } from "../../src/app.js";
 import { AppError } from "../../src/errors.js";
 import { listDeliveries } from "../../src/forge/deliveries.js";
@@ -466,7 +466,7 @@ export function dashboardRoutes(services: Services): Hono<AppEnv> {
   app.get("/deliveries", async (c) => {
     const outcome = c.req.query("outcome");
     const listing = await listDeliveries(services.database, {
-      outcome: outcome === "queued" || outcome === "ignored" ? outcome : undefined,
+      outcome: DELIVERY_OUTCOMES.find((o) => o === outcome),
       cursor: c.req.query("cursor") || undefined,
       limit: 100,
     });

@@ -1,4 +1,5 @@
 import type { FC } from "hono/jsx";
+import { DELIVERY_OUTCOMES } from "../../db/schema/index.js";
 import type { listDeliveries } from "../../src/forge/deliveries.js";
 import { formatTime } from "./format.js";
 import { Document, Layout, Notice, type PageContext, Status } from "./layout.js";
@@ -17,7 +18,7 @@ export const DeliveriesPage: FC<DeliveriesPageProps> = ({ page, listing, outcome
         Outcome{" "}
         <select name="outcome">
           <option value="">any</option>
-          {["queued", "ignored", "answered"].map((o) => (
+          {DELIVERY_OUTCOMES.map((o) => (
             <option value={o} selected={o === outcome}>
               {o}
             </option>

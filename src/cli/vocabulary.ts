@@ -16,3 +16,5 @@ export const RUN_STATUS_NAMES = [
 ] as const;
 
 export const WORKTREE_STATE_NAMES = ["active", "preserved", "removed"] as const;
+
+export const DELIVERY_OUTCOME_NAMES = ["queued", "ignored", "answered", "pending", "failed"] as const;

@@ -1,11 +1,11 @@
 import { and, desc, eq, inArray, type SQL, sql } from "drizzle-orm";
 import type { Database } from "../../db/client.js";
-import { deliveries, runs } from "../../db/schema/index.js";
+import { type DeliveryOutcome, deliveries, runs } from "../../db/schema/index.js";
 import { AppError } from "../errors.js";
 import { unstorableText } from "../input-limits.js";
 
 export interface DeliveryFilter {
-  outcome?: "queued" | "ignored" | "answered" | undefined;
+  outcome?: DeliveryOutcome | undefined;
   project?: string | undefined;
   event?: string | undefined;
   limit?: number | undefined;
@@ -54,6 +54,7 @@ export async function listDeliveries(database: Database, filter: DeliveryFilter)
       outcome: deliveries.outcome,
       reason: deliveries.reason,
       receivedAt: deliveries.receivedAt,
+      nextAttemptAt: deliveries.nextAttemptAt,
     })
     .from(deliveries)
     .where(conditions.length > 0 ? and(...conditions) : undefined)
@@ -85,6 +86,7 @@ export async function listDeliveries(database: Database, filter: DeliveryFilter)
       outcome: d.outcome,
       reason: d.reason,
       received_at: d.receivedAt.toISOString(),
+      next_attempt_at: d.outcome === "pending" ? (d.nextAttemptAt?.toISOString() ?? null) : null,
       runs: fired
         .filter((r) => r.deliveryId === d.id)
         .map((r) => r.id)

@@ -107,6 +107,7 @@ export class DeliveryIngest {
         payload: d.payload,
         outcome: d.outcome,
         reason: d.reason ?? null,
+        next_attempt_at: d.nextAttemptAt ?? null,
       };
     });
     // The whole batch as ONE parameter: building a multi-row INSERT value by value cost
@@ -114,11 +115,11 @@ export class DeliveryIngest {
     const inserted = new Set(
       rowsOf<{ id: string }>(
         await tx.execute(sql`
-          insert into deliveries (id, forge, event, action, project, repository, sender, payload, outcome, reason)
-          select id, forge, event, action, project, repository, sender, payload, outcome, reason
+          insert into deliveries (id, forge, event, action, project, repository, sender, payload, outcome, reason, next_attempt_at)
+          select id, forge, event, action, project, repository, sender, payload, outcome, reason, next_attempt_at
           from json_to_recordset(${JSON.stringify(unique)}::json) as d(
             id text, forge text, event text, action text, project text, repository text,
-            sender text, payload jsonb, outcome text, reason text)
+            sender text, payload jsonb, outcome text, reason text, next_attempt_at timestamptz)
           on conflict (id) do nothing
           returning id`),
       ).map((r) => r.id),

@@ -39,8 +39,23 @@ export interface OutboxRequest {
   payload: OutboxWrite;
 }
 
-/** The hidden marker that finds a run's status comment again (after a crash between posting and recording it). */
-export const statusMarker = (runId: number) => `<!-- formula-runner:run:${runId} -->`;
+/**
+ * The hidden marker that finds a run's status comment again (after a crash between posting
+ * and recording it, or when it was deleted). It carries the run's random `status_nonce`, so
+ * nobody can post a future run's marker ahead of it; runs made before nonces existed
+ * (null) keep the marker their comments already carry.
+ */
+export const statusMarker = (runId: number, nonce: string | null) =>
+  nonce === null ? `<!-- formula-runner:run:${runId} -->` : `<!-- formula-runner:run:${runId}:${nonce} -->`;
+
+/**
+ * Text the runner posts for others (an agent's comment, a question, output in a status
+ * comment) with every formula-runner marker in it defanged, so no comment of the bot's
+ * but the real one ever carries a marker the outbox searches for.
+ */
+export function defangMarkers(text: string): string {
+  return text.replace(/<!--(\s*)formula-runner:/gi, "<!--$1(quoted) formula-runner:");
+}
 
 /** The hidden marker on a `comment` row's comment, so a retry after an unclear failure does not post it twice. */
 export const outboxMarker = (rowId: number) => `<!-- formula-runner:outbox:${rowId} -->`;
@@ -323,18 +338,18 @@ export class OutboxWorker {
           const found = await client.findComment(row.issue, marker, new Date(row.createdAt.getTime() - CLOCK_SKEW_MS));
           if (found) return { kind: "sent", result: { id: found.id, url: undefined, recovered: true } };
         }
-        const posted = await client.createComment(row.issue, `${scrub(payload.body)}\n\n${marker}`);
+        const posted = await client.createComment(row.issue, `${defangMarkers(scrub(payload.body))}\n\n${marker}`);
         return { kind: "sent", result: { id: posted.id, url: posted.url } };
       }
       case "comment_edit":
-        await client.updateComment(payload.commentId, scrub(payload.body));
+        await client.updateComment(payload.commentId, defangMarkers(scrub(payload.body)));
         return { kind: "sent" };
       case "label":
         await client.addLabels(row.issue, payload.labels);
         await client.removeLabels(row.issue, payload.remove ?? []);
         return { kind: "sent" };
       case "pull_request": {
-        const request = { title: scrub(payload.title), body: scrub(payload.body), draft: payload.draft };
+        const request = { title: scrub(payload.title), body: defangMarkers(scrub(payload.body)), draft: payload.draft };
         // Found by its branch: a try that opened it and never heard back updates it instead.
         const open = await client.findOpenPullRequest(payload.head);
         if (open) {
@@ -347,7 +362,7 @@ export class OutboxWorker {
       case "issue": {
         const found = await client.findIssue(payload.marker, new Date(row.createdAt.getTime() - CLOCK_SKEW_MS));
         if (found) return { kind: "sent", result: { number: found.number, url: found.url, recovered: true } };
-        const body = `${scrub(payload.body)}\n\n${payload.marker}`;
+        const body = `${defangMarkers(scrub(payload.body))}\n\n${payload.marker}`;
         const created = await client.createIssue(scrub(payload.title), body);
         return { kind: "sent", result: { number: created.number, url: created.url } };
       }
@@ -358,15 +373,19 @@ export class OutboxWorker {
   async #sendStatus(row: OutboxEntry, client: ForgeClient): Promise<Outcome> {
     if (row.runId === null) return { kind: "failed", error: "the run of this status write no longer exists" };
     const [run] = await this.#deps.database.db
-      .select({ statusCommentId: runs.statusCommentId, queuedAt: runs.queuedAt })
+      .select({ statusCommentId: runs.statusCommentId, queuedAt: runs.queuedAt, statusNonce: runs.statusNonce })
       .from(runs)
       .where(eq(runs.id, row.runId));
     if (!run) return { kind: "failed", error: `run ${row.runId} no longer exists` };
     const rendered = await this.#deps.renderStatus(row.runId);
     if (rendered === undefined) return { kind: "sent", result: { skipped: true } };
-    const marker = statusMarker(row.runId);
-    // The marker is what finds the comment again; never post one without it.
-    const body = this.#deps.secrets.scrub(rendered.includes(marker) ? rendered : `${rendered}\n\n${marker}`);
+    const marker = statusMarker(row.runId, run.statusNonce);
+    // The marker is what finds the comment again: it goes in exactly once (never a comment
+    // without it), and marker-like text elsewhere in the body (agent output, phase details)
+    // is defanged, so this comment can never match another run's search.
+    const rest = rendered.startsWith(marker) ? rendered.slice(marker.length) : rendered;
+    const defanged = defangMarkers(this.#deps.secrets.scrub(rest));
+    const body = rendered.startsWith(marker) ? `${marker}${defanged}` : `${defanged}\n\n${marker}`;
 
     let commentId = run.statusCommentId;
     if (commentId !== null) {

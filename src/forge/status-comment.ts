@@ -62,7 +62,7 @@ export interface StatusInput {
  */
 export function renderStatus(input: StatusInput): string {
   const { run, now } = input;
-  const lines: string[] = [statusMarker(run.id)];
+  const lines: string[] = [statusMarker(run.id, run.statusNonce)];
   const icon = ICON[run.status] ?? "";
   lines.push(`### ${icon} formula-runner: \`${run.formula}\` run ${run.id} — ${run.status.replace("_", " ")}`);
   const trigger =

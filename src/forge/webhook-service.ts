@@ -19,6 +19,8 @@ export interface WebhookOutcome {
   ignored: string | undefined;
   /** The run whose open question this delivery's comment answered. */
   answered: number | undefined;
+  /** Why the delivery is recorded `pending` (its sender's permission could not be checked yet). */
+  pending: string | undefined;
 }
 
 /**
@@ -75,11 +77,29 @@ export function formPayload(body: Uint8Array): Uint8Array {
   return Buffer.from(payload, "utf8");
 }
 
+/** A formula a delivery matched, with the issue its run is about. */
+type Match = ReturnType<typeof matchFormulas>[number];
+
+/**
+ * What a delivery fires: the formulas to queue, why nothing fired when nothing did, or
+ * (`unchecked`) that the sender's permission could not be checked: nothing is decided yet.
+ */
+export type Decision =
+  | { kind: "decided"; fired: Match[]; ignored: string | undefined; triggered: boolean }
+  | { kind: "unchecked"; matched: Match[]; error: unknown };
+
+/** The reason recorded on a delivery whose permission check could not be made (yet). */
+export function uncheckedReason(login: string, error: unknown): string {
+  return `the forge did not answer the permission check of ${login}: ${errorMessage(error)}`;
+}
+
 /**
  * Decides what an accepted delivery fires (formula triggers, then sender rules: bots and
  * the runner's own login fire nothing, nor senders below a formula's `min_permission`)
  * and records the delivery with its runs in one transaction. The only forge call is the
- * cached permission check, and only when a formula matched.
+ * cached permission check, and only when a formula matched. When the forge cannot answer
+ * it, the delivery is recorded `pending` (the forge will not deliver it again) and
+ * `PendingDeliveries` decides it once the forge answers.
  */
 export class WebhookService {
   constructor(
@@ -91,8 +111,63 @@ export class WebhookService {
       onQueued: () => void;
       /** Answers to agents' questions arrive as issue comments. */
       escalations?: { handleComment(project: ProjectConfig, event: ForgeEvent): Promise<CommentReply> };
+      /** A pending delivery was recorded: wake whoever retries them. */
+      onPending?: () => void;
+      /** When a pending delivery's first retry is due. */
+      firstRetryAt?: () => Date;
     },
   ) {}
+
+  /**
+   * What `event` fires on `project` with today's formulas. `redelivery` (the id is stored
+   * already) skips the permission call: the insert decides it is a duplicate anyway.
+   */
+  async decide(event: ForgeEvent, project: ProjectConfig, redelivery: () => Promise<boolean>): Promise<Decision> {
+    const triggered = matchFormulas(this.deps.formulas.list(), event);
+    const matches = triggered.filter((m) => firesOn(m.formula, project));
+    const nothing = (ignored: string): Decision => ({
+      kind: "decided",
+      fired: [],
+      ignored,
+      triggered: triggered.length > 0,
+    });
+    const sender = event.sender;
+    const what = `${event.event}${event.action ? `/${event.action}` : ""}`;
+    if (triggered.length === 0) {
+      return nothing(
+        event.kind === undefined ? `event "${event.event}" is not one formulas react to` : `no formula matches ${what}`,
+      );
+    }
+    if (matches.length === 0) {
+      const names = triggered.map((m) => m.formula.name).join(", ");
+      return nothing(
+        `${names} would fire on ${what} but project ${project.name} does not run it (list it in the project's formulas = [...])`,
+      );
+    }
+    if (!sender) return nothing("the delivery names no sender");
+    if (project.botLogin && sender.login.toLowerCase() === project.botLogin.toLowerCase())
+      return nothing(`sender ${sender.login} is this runner's bot_login`);
+    if (sender.bot) return nothing(`sender ${sender.login} is a bot`);
+    if (await redelivery()) return { kind: "decided", fired: [], ignored: undefined, triggered: true };
+    let level: Awaited<ReturnType<PermissionCache["level"]>>;
+    try {
+      level = await this.deps.permissions.level(project, sender.login);
+    } catch (error) {
+      // Fail closed for now: nothing fires until the forge answers.
+      return { kind: "unchecked", matched: matches, error };
+    }
+    const allowed = matches.filter((m) => hasAtLeast(level, m.formula.guards.minPermission));
+    if (allowed.length === matches.length)
+      return { kind: "decided", fired: allowed, ignored: undefined, triggered: true };
+    const refused = matches.filter((m) => !allowed.includes(m));
+    const reason = `sender ${sender.login} has ${level} access; ${refused.map((m) => `${m.formula.name} needs ${m.formula.guards.minPermission}`).join(", ")}`;
+    if (allowed.length === 0) return nothing(reason);
+    this.deps.log.info(
+      { delivery: event.deliveryId, project: project.name, refused: refused.map((m) => m.formula.name) },
+      reason,
+    );
+    return { kind: "decided", fired: allowed, ignored: undefined, triggered: true };
+  }
 
   /** `payload` must already be `storable` (the event was normalised from it). */
   async accept(event: ForgeEvent, project: ProjectConfig, payload: unknown): Promise<WebhookOutcome> {
@@ -114,59 +189,24 @@ export class WebhookService {
         return { outcome: "none" } as const;
       });
     }
-    const triggered = matchFormulas(this.deps.formulas.list(), event);
-    const matches = triggered.filter((m) => firesOn(m.formula, project));
-    let ignored: string | undefined;
-    let fired = matches;
-    const sender = event.sender;
-    if (triggered.length === 0) {
-      ignored =
-        event.kind === undefined
-          ? `event "${event.event}" is not one formulas react to`
-          : `no formula matches ${event.event}${event.action ? `/${event.action}` : ""}`;
-    } else if (matches.length === 0) {
-      const names = triggered.map((m) => m.formula.name).join(", ");
-      ignored = `${names} would fire on ${event.event}${event.action ? `/${event.action}` : ""} but project ${project.name} does not run it (list it in the project's formulas = [...])`;
-    } else if (!sender) {
-      ignored = "the delivery names no sender";
-      fired = [];
-    } else if (project.botLogin && sender.login.toLowerCase() === project.botLogin.toLowerCase()) {
-      ignored = `sender ${sender.login} is this runner's bot_login`;
-      fired = [];
-    } else if (sender.bot) {
-      ignored = `sender ${sender.login} is a bot`;
-      fired = [];
-    } else if (await this.deps.ingest.seen(event.deliveryId)) {
-      // A redelivery: skip the forge call; the insert below still decides.
-      fired = [];
-    } else {
-      try {
-        const level = await this.deps.permissions.level(project, sender.login);
-        const allowed = matches.filter((m) => hasAtLeast(level, m.formula.guards.minPermission));
-        if (allowed.length < matches.length) {
-          const refused = matches.filter((m) => !allowed.includes(m));
-          const reason = `sender ${sender.login} has ${level} access; ${refused.map((m) => `${m.formula.name} needs ${m.formula.guards.minPermission}`).join(", ")}`;
-          if (allowed.length === 0) ignored = reason;
-          else log().info({ refused: refused.map((m) => m.formula.name) }, reason);
-        }
-        fired = allowed;
-      } catch (error) {
-        // Fail closed: without a permission answer nothing fires; the record says why.
-        ignored = `permission check failed: ${errorMessage(error)}`;
-        fired = [];
-        log().warn({ err: error }, ignored);
-      }
-    }
+    const decision = await this.decide(event, project, () => this.deps.ingest.seen(event.deliveryId));
+    const fired = decision.kind === "decided" ? decision.fired : [];
+    let ignored = decision.kind === "decided" ? decision.ignored : undefined;
+    const pending =
+      decision.kind === "unchecked" ? uncheckedReason(event.sender?.login ?? "?", decision.error) : undefined;
 
     // A comment that answered a question is recorded as that, not as an ignored event; one
     // refused as an answer says why, so the record explains why the run did not resume.
-    let outcome: "queued" | "ignored" | "answered" = fired.length > 0 ? "queued" : "ignored";
-    if (reply.outcome === "delivered" && fired.length === 0) {
+    // A pending delivery stays pending whatever its comment did: its formulas are undecided.
+    let outcome: "queued" | "ignored" | "answered" | "pending" =
+      pending !== undefined ? "pending" : fired.length > 0 ? "queued" : "ignored";
+    if (outcome === "ignored" && reply.outcome === "delivered") {
       outcome = "answered";
       ignored = `answered the question of run ${reply.runId}`;
-    } else if (reply.outcome === "ignored" && fired.length === 0) {
+    } else if (outcome === "ignored" && reply.outcome === "ignored") {
       const refused = `not accepted as the answer to run ${reply.runId}'s question: ${reply.reason}`;
-      ignored = triggered.length > 0 && ignored !== undefined ? `${refused}; ${ignored}` : refused;
+      ignored =
+        decision.kind === "decided" && decision.triggered && ignored !== undefined ? `${refused}; ${ignored}` : refused;
     }
     const result = await this.deps.ingest.submit({
       delivery: {
@@ -176,10 +216,11 @@ export class WebhookService {
         action: event.action ?? null,
         project: project.name,
         repository: event.repository ?? null,
-        sender: sender?.login ?? null,
+        sender: event.sender?.login ?? null,
         payload,
         outcome,
-        reason: fired.length > 0 ? null : (ignored ?? null),
+        reason: pending ?? (fired.length > 0 ? null : (ignored ?? null)),
+        nextAttemptAt: pending !== undefined ? (this.deps.firstRetryAt?.() ?? new Date()) : null,
       },
       runs: fired.map((m) => ({
         formula: m.formula,
@@ -191,6 +232,12 @@ export class WebhookService {
     });
     if (result.duplicate) {
       log().info("duplicate delivery: nothing created");
+    } else if (pending !== undefined) {
+      log().warn(
+        { err: decision.kind === "unchecked" ? decision.error : undefined },
+        `delivery pending: ${pending}; it is decided when the forge answers`,
+      );
+      this.deps.onPending?.();
     } else if (result.runIds.length > 0) {
       log().info(
         { runs: result.runIds, formulas: fired.map((m) => m.formula.name) },
@@ -201,10 +248,12 @@ export class WebhookService {
       log().debug({ reason: ignored }, "delivery fired nothing");
     }
     const answered = reply.outcome === "delivered" && !result.duplicate ? reply.runId : undefined;
+    const settled = result.duplicate || result.runIds.length > 0 || outcome === "answered";
     return {
       duplicate: result.duplicate,
       runIds: result.runIds,
-      ignored: result.duplicate || result.runIds.length > 0 || outcome === "answered" ? undefined : ignored,
+      ignored: settled || pending !== undefined ? undefined : ignored,
+      pending: result.duplicate ? undefined : pending,
       answered,
     };
   }

@@ -261,6 +261,12 @@ export class RunWorker {
           .set({ endedAt: sql`now()`, outcome: "interrupted", detail: "the server stopped during this session" })
           .where(eq(sessions.id, last.id));
       }
+      // Its worktree may have no record yet (the server died between making and recording
+      // it); housekeeping's scan of the whole root runs in the background, so look now.
+      if (!(await activeWorktreeOf(database, run.id))) {
+        const adopted = await this.#deps.worktrees.adoptRunDirectory(run);
+        if (adopted) log.warn({ runId: run.id, path: adopted.path }, "recorded the unrecorded worktree of a run");
+      }
       log.warn({ runId: run.id }, "taking over a run left running by this instance");
       this.#launch(run, "takeover");
     }

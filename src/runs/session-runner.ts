@@ -120,13 +120,14 @@ export class SessionRunner {
   ): Promise<{ outcome: SessionOutcome; session: Session; lastPhase: string | undefined }> {
     const spec = this.#spec;
     const log = this.#deps.log.child({ session: spec.seq });
-    await mkdir(spec.runDir, { recursive: true });
+    await mkdir(spec.runDir, { recursive: true, mode: 0o700 });
     // A fresh phase file per session: a phase left by the previous session is not news.
-    await writeFile(spec.phaseFile, "");
-    await writeFile(path.join(spec.runDir, "prompt.md"), spec.prompt);
+    // Private (0600): prompts and raw output carry what people and agents wrote.
+    await writeFile(spec.phaseFile, "", { mode: 0o600 });
+    await writeFile(path.join(spec.runDir, "prompt.md"), spec.prompt, { mode: 0o600 });
     const logFile = path.join(spec.runDir, "log");
     const header = `\n=== formula-runner: session ${spec.seq} (${spec.kind}) started ${new Date().toISOString()} ===\n`;
-    await appendFile(logFile, header);
+    await appendFile(logFile, header, { mode: 0o600 });
     this.#deps.runLog?.append(spec.runId, header);
 
     const [session] = await this.#deps.database.db

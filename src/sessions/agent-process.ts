@@ -123,9 +123,9 @@ class SupervisedAgent implements AgentProcess {
 
     let log: WriteStream;
     try {
-      mkdirSync(dirname(options.logFile), { recursive: true });
+      mkdirSync(dirname(options.logFile), { recursive: true, mode: 0o700 });
       // Opened synchronously so an unwritable log stops the start instead of surfacing later.
-      log = createWriteStream("", { fd: openSync(options.logFile, "a") });
+      log = createWriteStream("", { fd: openSync(options.logFile, "a", 0o600) });
     } catch (error) {
       this.exited = Promise.resolve(
         spawnFailed(

@@ -530,7 +530,9 @@ export class WorktreeManager {
               .returning();
         if (!row) return;
         result.push(row);
-        this.log.warn(
+        // One line per directory only at debug: a start after a crash may find thousands
+        // (housekeeping logs one line with the count).
+        this.log.debug(
           { worktreeId: row.id, path: row.path, runId, configured: configured.has(orphan.project) },
           "adopted a worktree directory that had no record",
         );
@@ -551,13 +553,56 @@ export class WorktreeManager {
     for (const { worktree } of leaked) {
       if (this.creating.has(worktree.path)) continue;
       const row = await this.preserve(worktree, "leaked", retentionMs);
-      this.log.warn(
+      this.log.debug(
         { worktreeId: row.id, path: row.path, runId: row.runId },
         "preserved a worktree left active by a finished run",
       );
       result.push(row);
     }
     return result.sort((a, b) => a.id - b.id);
+  }
+
+  /**
+   * The worktree of a run this instance left running, recorded `active` when its directory
+   * is there without an active row (the server died between `git worktree add` and the
+   * insert). The takeover calls it for each run it resumes, so it never waits for the
+   * (background) scan of the whole root. Undefined when there is no such directory.
+   */
+  async adoptRunDirectory(run: { id: number; project: string; formula: string }): Promise<WorktreeRow | undefined> {
+    let dir: string;
+    try {
+      dir = worktreePath(this.root, run.project, run.formula, run.id);
+    } catch {
+      return undefined;
+    }
+    const info = await lstat(dir).catch(() => undefined);
+    if (!info?.isDirectory() || this.creating.has(dir)) return undefined;
+    const values = {
+      runId: run.id,
+      project: run.project,
+      formula: run.formula,
+      path: dir,
+      state: "active" as const,
+      reason: "adopted",
+      instanceId: this.instanceId,
+      preservedAt: null,
+      expiresAt: null,
+      removedAt: null,
+      removedBy: null,
+    };
+    const [inserted] = await this.database.db
+      .insert(worktrees)
+      .values({ ...values, createdAt: this.now() })
+      .onConflictDoNothing({ target: worktrees.path })
+      .returning();
+    if (inserted) return inserted;
+    // A row for the path exists: taken back only when it says the directory is gone.
+    const [revived] = await this.database.db
+      .update(worktrees)
+      .set(values)
+      .where(and(eq(worktrees.path, dir), eq(worktrees.state, "removed")))
+      .returning();
+    return revived;
   }
 
   /** Rows for the API, newest first; no disk access (size was measured when preserved). */

@@ -1,7 +1,7 @@
 import { mkdir, writeFile } from "node:fs/promises";
 import path from "node:path";
 import type { MemoryProbe } from "../../src/memory.js";
-import { type RunningServer, startServer } from "../../src/server.js";
+import { type RunningServer, type StartOptions, startServer } from "../../src/server.js";
 import { agentPath, type TestAgent } from "./agents/index.js";
 import { checkApiAnswer } from "./api-contract.js";
 import { type BackendKind, openTestDatabase, type TestDatabase } from "./db.js";
@@ -57,6 +57,12 @@ export interface TestServerOptions {
   /** How long a stream-json agent may linger after its final result (the server's default is 30 s). */
   runSweepMs?: number;
   resultLingerMs?: number;
+  /** Retry timing of pending deliveries (see StartOptions). */
+  pendingDeliveries?: StartOptions["pendingDeliveries"];
+  /** Holds housekeeping's first round (see StartOptions). */
+  housekeepingAfter?: Promise<void>;
+  /** Where the server's log lines go (set LOG_LEVEL in `env` to see them). */
+  logDestination?: StartOptions["logDestination"];
 }
 
 /** An `[agents.NAME]` table of formula-runner.toml, keys as in the file. */
@@ -152,6 +158,9 @@ export async function startTestServer(options: TestServerOptions): Promise<TestS
     ...(options.now ? { now: options.now } : {}),
     ...(options.resultLingerMs !== undefined ? { resultLingerMs: options.resultLingerMs } : {}),
     ...(options.runSweepMs !== undefined ? { runSweepMs: options.runSweepMs } : {}),
+    ...(options.pendingDeliveries ? { pendingDeliveries: options.pendingDeliveries } : {}),
+    ...(options.housekeepingAfter ? { housekeepingAfter: options.housekeepingAfter } : {}),
+    ...(options.logDestination ? { logDestination: options.logDestination } : {}),
   });
   const api = async (method: string, route: string, body?: unknown) => {
     const res = await fetch(`${server.url}${route}`, {

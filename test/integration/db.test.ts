@@ -66,7 +66,7 @@ describe.each(testBackends())("database on %s", (kind) => {
   });
 
   it("makes a duplicate delivery id or schedule slot collide instead of firing twice", async () => {
-    const delivery = { id: "d-1", forge: "github", event: "ping", payload: {}, outcome: "ignored" };
+    const delivery = { id: "d-1", forge: "github", event: "ping", payload: {}, outcome: "ignored" as const };
     await t.database.db.insert(deliveries).values(delivery);
     const again = await t.database.db.insert(deliveries).values(delivery).onConflictDoNothing().returning();
     expect(again).toEqual([]);
@@ -182,6 +182,7 @@ postgresOnly("migrations on PostgreSQL", () => {
         "0002_forge-writes",
         "0003_containment",
         "0004_run-logs",
+        "0005_forge-integrity",
       ]);
       await a.close();
       await b.close();

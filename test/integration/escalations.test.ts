@@ -77,7 +77,7 @@ describe.each(oneBackend())("escalations through the forge, on %s", (backend) =>
 
   const comments = (issue: number) => forge.issue("acme/demo", issue).comments;
   const markerComments = (issue: number, runId: number) =>
-    comments(issue).filter((c) => c.body.includes(`<!-- formula-runner:run:${runId} -->`));
+    comments(issue).filter((c) => c.body.startsWith(`<!-- formula-runner:run:${runId}:`));
   const replyWebhook = (
     comment: { id: number; body: string; user: { login: string } },
     issue: number,

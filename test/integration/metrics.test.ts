@@ -341,6 +341,7 @@ describe.each(testBackends())("GET /metrics on %s", (backend) => {
         "formula_runner_worktrees",
         "formula_runner_outbox_pending",
         "formula_runner_escalations_open",
+        "formula_runner_deliveries_pending",
       ]) {
         expect(samples(text, name), name).toEqual([]);
       }

@@ -147,7 +147,7 @@ describe.each(testBackends())("outbox on %s", (backend) => {
       },
       renderStatus: async (runId) => {
         const text = statusText.get(runId);
-        return text === undefined ? undefined : `${statusMarker(runId)}\n${text}`;
+        return text === undefined ? undefined : `${marker(runId)}\n${text}`;
       },
       secrets,
       log,
@@ -160,7 +160,11 @@ describe.each(testBackends())("outbox on %s", (backend) => {
     return worker;
   }
 
-  async function insertRun(issue: number, project = "widgets"): Promise<number> {
+  /** Each run's status marker, as the outbox writes it (with the run's nonce). */
+  const markers = new Map<number, string>();
+  const marker = (runId: number) => markers.get(runId) ?? statusMarker(runId, null);
+
+  async function insertRun(issue: number, project = "widgets", values: Partial<typeof runs.$inferInsert> = {}) {
     const [run] = await t.database.db
       .insert(runs)
       .values({
@@ -171,8 +175,10 @@ describe.each(testBackends())("outbox on %s", (backend) => {
         issue,
         reportIssue: issue,
         status: "running",
+        ...values,
       })
-      .returning({ id: runs.id });
+      .returning({ id: runs.id, statusNonce: runs.statusNonce });
+    markers.set(run!.id, statusMarker(run!.id, run!.statusNonce));
     return run!.id;
   }
 
@@ -259,7 +265,7 @@ describe.each(testBackends())("outbox on %s", (backend) => {
       expect(posts).toHaveLength(1);
       const first = forge.issue(REPO, 7).comments;
       expect(first).toHaveLength(1);
-      expect(first[0]!.body).toBe(`${statusMarker(runId)}\nrunning: PHASE:planning`);
+      expect(first[0]!.body).toBe(`${marker(runId)}\nrunning: PHASE:planning`);
       expect((await runRow(runId)).statusCommentId).toBe(first[0]!.id);
 
       statusText.set(runId, "done");
@@ -271,7 +277,7 @@ describe.each(testBackends())("outbox on %s", (backend) => {
       ]);
       const after = forge.issue(REPO, 7).comments;
       expect(after).toHaveLength(1);
-      expect(after[0]!.body).toBe(`${statusMarker(runId)}\ndone`);
+      expect(after[0]!.body).toBe(`${marker(runId)}\ndone`);
       expect((await rows()).map((r) => r.state)).toEqual(["sent", "sent"]);
     });
 
@@ -290,7 +296,7 @@ describe.each(testBackends())("outbox on %s", (backend) => {
             rendering();
             await gate; // the send is in flight: the old state is what it will post
           }
-          return `${statusMarker(id)}\n${text}`;
+          return `${marker(id)}\n${text}`;
         },
       });
       await enqueueOutbox(t.database.db, { project: "widgets", runId, issue: 8, payload: { kind: "status" } });
@@ -308,14 +314,14 @@ describe.each(testBackends())("outbox on %s", (backend) => {
       expect(await firstPass).toBe(1);
 
       // The old state went out, but the row stays pending (its rev moved) and is due now.
-      expect(forge.issue(REPO, 8).comments.map((c) => c.body)).toEqual([`${statusMarker(runId)}\nphase: one`]);
+      expect(forge.issue(REPO, 8).comments.map((c) => c.body)).toEqual([`${marker(runId)}\nphase: one`]);
       const pending = await lastRow();
       expect(pending).toMatchObject({ state: "pending", payload: { rev: 2 } });
       expect(pending.nextAttemptAt.getTime()).toBeLessThanOrEqual(now().getTime());
 
       await drainAll(worker);
       const comments = forge.issue(REPO, 8).comments;
-      expect(comments.map((c) => c.body)).toEqual([`${statusMarker(runId)}\nphase: two`]);
+      expect(comments.map((c) => c.body)).toEqual([`${marker(runId)}\nphase: two`]);
       expect(writes(flavor).map((r) => r.method)).toEqual(["POST", "PATCH"]);
       expect((await rows()).map((r) => r.state)).toEqual(["sent"]);
     });
@@ -324,7 +330,7 @@ describe.each(testBackends())("outbox on %s", (backend) => {
       const worker = makeWorker([project()]);
       const runId = await insertRun(9);
       forge.addComment(REPO, 9, { login: "alice", body: "unrelated" });
-      const earlier = forge.addComment(REPO, 9, { login: "runner-bot", body: `${statusMarker(runId)}\nqueued` });
+      const earlier = forge.addComment(REPO, 9, { login: "runner-bot", body: `${marker(runId)}\nqueued` });
       forge.addComment(REPO, 9, { login: "alice", body: "me too" });
       expect((await runRow(runId)).statusCommentId).toBeNull();
 
@@ -336,24 +342,81 @@ describe.each(testBackends())("outbox on %s", (backend) => {
       ]);
       expect(forge.issue(REPO, 9).comments.map((c) => c.body)).toEqual([
         "unrelated",
-        `${statusMarker(runId)}\nrunning`,
+        `${marker(runId)}\nrunning`,
         "me too",
       ]);
       expect((await runRow(runId)).statusCommentId).toBe(earlier.id);
     });
 
-    it("never takes a stranger's comment carrying the run's marker for its status comment", async () => {
+    it("never takes a stranger's comment carrying the run's marker, old-style or with its nonce, for its status comment", async () => {
       const worker = makeWorker([project()]);
       const runId = await insertRun(9);
-      // Posted ahead of the run by someone who guessed its id.
-      const planted = forge.addComment(REPO, 9, { login: "mallory", body: `${statusMarker(runId)}\nplanted` });
+      expect(marker(runId)).toMatch(new RegExp(`^<!-- formula-runner:run:${runId}:[A-Za-z0-9_-]{22} -->$`));
+      // Posted ahead of the run by someone who guessed its id, and (had it leaked) its nonce.
+      const guessed = forge.addComment(REPO, 9, { login: "mallory", body: `${statusMarker(runId, null)}\nguessed` });
+      const leaked = forge.addComment(REPO, 9, { login: "mallory", body: `${marker(runId)}\nleaked` });
       statusText.set(runId, "running");
       await enqueueOutbox(t.database.db, { project: "widgets", runId, issue: 9, payload: { kind: "status" } });
       await drainAll(worker);
       expect(writes(flavor).map((r) => r.method)).toEqual(["POST"]);
       const comments = forge.issue(REPO, 9).comments;
-      expect(comments.find((c) => c.id === planted.id)?.body).toBe(`${statusMarker(runId)}\nplanted`);
-      expect((await runRow(runId)).statusCommentId).not.toBe(planted.id);
+      expect(comments.find((c) => c.id === guessed.id)?.body).toBe(`${statusMarker(runId, null)}\nguessed`);
+      expect(comments.find((c) => c.id === leaked.id)?.body).toBe(`${marker(runId)}\nleaked`);
+      expect((await runRow(runId)).statusCommentId).toBe(comments.at(-1)!.id);
+    });
+
+    it("a run with a nonce does not take a bot comment holding only its old-style marker", async () => {
+      const worker = makeWorker([project()]);
+      const runId = await insertRun(9);
+      // The bot's own comment quoting an old-style marker (say, from an older server's run).
+      const old = forge.addComment(REPO, 9, { login: "runner-bot", body: `${statusMarker(runId, null)}\nold` });
+      statusText.set(runId, "running");
+      await enqueueOutbox(t.database.db, { project: "widgets", runId, issue: 9, payload: { kind: "status" } });
+      await drainAll(worker);
+      expect(writes(flavor).map((r) => r.method)).toEqual(["POST"]);
+      expect(forge.issue(REPO, 9).comments.find((c) => c.id === old.id)?.body).toBe(
+        `${statusMarker(runId, null)}\nold`,
+      );
+    });
+
+    it("a run made before nonces finds its status comment by the old-style marker", async () => {
+      const worker = makeWorker([project()]);
+      const runId = await insertRun(9, "widgets", { statusNonce: null });
+      expect(marker(runId)).toBe(`<!-- formula-runner:run:${runId} -->`);
+      const earlier = forge.addComment(REPO, 9, { login: "runner-bot", body: `${marker(runId)}\nqueued` });
+      statusText.set(runId, "running");
+      await enqueueOutbox(t.database.db, { project: "widgets", runId, issue: 9, payload: { kind: "status" } });
+      await drainAll(worker);
+      expect(writes(flavor).map((r) => `${r.method} ${r.path}`)).toEqual([
+        `PATCH /repos/${REPO}/issues/comments/${earlier.id}`,
+      ]);
+      expect((await runRow(runId)).statusCommentId).toBe(earlier.id);
+    });
+
+    it("defangs markers in what the bot posts for others, so an agent's comment is never taken for a status comment", async () => {
+      const worker = makeWorker([project()]);
+      const runId = await insertRun(9);
+      // An agent (whose text the bot posts) that learned the run's marker from the issue.
+      await enqueueOutbox(t.database.db, {
+        project: "widgets",
+        runId,
+        issue: 9,
+        payload: { kind: "comment", body: `${marker(runId)}\nI am the status now` },
+      });
+      await drainAll(worker);
+      const [posted] = forge.issue(REPO, 9).comments;
+      expect(posted?.body).not.toContain(marker(runId));
+      expect(posted?.body).toContain("<!-- (quoted) formula-runner:run:");
+      // The status comment (its id not recorded, as after a crash) is not that comment.
+      statusText.set(runId, `output: ${marker(runId)}`);
+      await enqueueOutbox(t.database.db, { project: "widgets", runId, issue: 9, payload: { kind: "status" } });
+      await drainAll(worker);
+      const comments = forge.issue(REPO, 9).comments;
+      expect(comments).toHaveLength(2);
+      expect(comments[0]?.body).toBe(posted?.body);
+      // Its own marker once, at the top; the copy in the rendered text is defanged.
+      expect(comments[1]?.body.split(marker(runId))).toHaveLength(2);
+      expect(comments[1]?.body.startsWith(marker(runId))).toBe(true);
     });
 
     it("posts a new status comment when the recorded one was deleted", async () => {
@@ -364,7 +427,7 @@ describe.each(testBackends())("outbox on %s", (backend) => {
       await enqueueOutbox(t.database.db, { project: "widgets", runId, issue: 10, payload: { kind: "status" } });
       await drainAll(worker);
       const [comment] = forge.issue(REPO, 10).comments;
-      expect(comment?.body).toBe(`${statusMarker(runId)}\nrunning`);
+      expect(comment?.body).toBe(`${marker(runId)}\nrunning`);
       expect((await runRow(runId)).statusCommentId).toBe(comment!.id);
       expect((await lastRow()).state).toBe("sent");
     });
@@ -526,7 +589,7 @@ describe.each(testBackends())("outbox on %s", (backend) => {
       expect(forge.issue(REPO, 1).comments.map((c) => c.body.split("\n")[0])).toEqual(["first", "second"]);
       expect(forge.issue(REPO, 1).labels.map((l) => l.name)).toEqual(["blocked"]);
       expect(forge.issue(REPO, 2).comments.map((c) => c.body.split("\n").slice(0, 2).join("|"))).toEqual([
-        `${statusMarker(runId)}|running, round 4`,
+        `${marker(runId)}|running, round 4`,
         "after the status|",
       ]);
       const sentOrder = forge.requests
@@ -557,7 +620,7 @@ describe.each(testBackends())("outbox on %s", (backend) => {
       expect((await rows()).map((r) => r.state)).toEqual(["sent", "sent", "sent"]);
       const bodies = [...forge.issue(REPO, 11).comments, ...forge.issue(REPO, 12).comments].map((c) => c.body);
       expect(bodies).toEqual([
-        `${statusMarker(runId)}\nenv: FORGE_TOKEN=[redacted]`,
+        `${marker(runId)}\nenv: FORGE_TOKEN=[redacted]`,
         expect.stringMatching(/^the secret is \[redacted\]\n/),
         "edited [redacted]",
       ]);
@@ -601,7 +664,7 @@ describe.each(testBackends())("outbox on %s", (backend) => {
     expect((await rows()).every((r) => r.attempts === 1)).toBe(true);
     for (const runId of runIds) {
       const issue = forge.issue(REPO, (await runRow(runId)).issue!);
-      expect(issue.comments.filter((c) => c.body.includes(statusMarker(runId)))).toHaveLength(1);
+      expect(issue.comments.filter((c) => c.body.includes(marker(runId)))).toHaveLength(1);
     }
     // Within an issue, rows went out in id order.
     for (const [repo, issue] of [
@@ -675,7 +738,7 @@ describe.each(testBackends())("outbox on %s", (backend) => {
       pollMs: 60_000, // only notify() wakes it in this test
       renderStatus: async (runId) => {
         if (renders++ === 0) throw new Error("render failed");
-        return `${statusMarker(runId)}\nrecovered`;
+        return `${marker(runId)}\nrecovered`;
       },
     });
     await worker.start();

@@ -257,12 +257,15 @@ describe.each(testBackends())("POST /webhooks on %s", (backend) => {
     );
   });
 
-  it("fails closed when the forge cannot say the sender's permission", async () => {
+  it("fails closed when the forge cannot say the sender's permission: nothing fires, the delivery is kept pending", async () => {
     const payload = fixture("github/issues.labeled.json", (p) => (p.sender.login = "newcomer"));
     forge.failNext({ status: 500, match: { path: /collaborators\/newcomer/ } });
-    const body = (await (await send({ event: "issues", payload })).json()) as { runs: number[]; ignored: string };
+    const res = await send({ event: "issues", payload });
+    expect(res.status).toBe(202);
+    const body = (await res.json()) as { runs: number[]; pending: string; ignored?: string };
     expect(body.runs).toEqual([]);
-    expect(body.ignored).toMatch(/^permission check failed: /);
+    expect(body.ignored).toBeUndefined();
+    expect(body.pending).toMatch(/^the forge did not answer the permission check of newcomer: /);
   });
 
   it("fires review on a pull request only for a sender with the formula's min_permission", async () => {

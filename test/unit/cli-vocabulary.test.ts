@@ -1,13 +1,14 @@
 import { describe, expect, it } from "vitest";
-import { RUN_STATUSES, WORKTREE_STATES } from "../../db/schema/index.js";
+import { DELIVERY_OUTCOMES, RUN_STATUSES, WORKTREE_STATES } from "../../db/schema/index.js";
 import { repoFromRemote } from "../../src/cli/init.js";
-import { RUN_STATUS_NAMES, WORKTREE_STATE_NAMES } from "../../src/cli/vocabulary.js";
+import { DELIVERY_OUTCOME_NAMES, RUN_STATUS_NAMES, WORKTREE_STATE_NAMES } from "../../src/cli/vocabulary.js";
 import { originNames } from "../../src/clone-check.js";
 
 describe("the CLI's copies of the schema's vocabularies", () => {
-  it("name the same run statuses and worktree states as db/schema", () => {
+  it("name the same run statuses, worktree states and delivery outcomes as db/schema", () => {
     expect([...RUN_STATUS_NAMES]).toEqual([...RUN_STATUSES]);
     expect([...WORKTREE_STATE_NAMES]).toEqual([...WORKTREE_STATES]);
+    expect([...DELIVERY_OUTCOME_NAMES]).toEqual([...DELIVERY_OUTCOMES]);
   });
 });
 

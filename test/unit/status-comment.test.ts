@@ -30,6 +30,7 @@ function run(overrides: Partial<Run> = {}): Run {
     cancelRequestedAt: null,
     reportIssue: 7,
     statusCommentId: null,
+    statusNonce: "n0nce",
     tokenHash: null,
     sandboxed: null,
     sandboxNote: null,
@@ -76,7 +77,8 @@ describe("renderStatus", () => {
       escalations: [],
       now: at(121),
     });
-    expect(text.startsWith(statusMarker(42))).toBe(true);
+    expect(text.startsWith(statusMarker(42, "n0nce"))).toBe(true);
+    expect(text.startsWith("<!-- formula-runner:run:42:n0nce -->\n")).toBe(true);
     expect(text).toContain("`dev` run 42 — running");
     expect(text).toContain("**Trigger:** webhook delivery `delivery-1`");
     expect(text).toContain("**Running for:** 2m 0s");
