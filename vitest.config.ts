@@ -8,8 +8,10 @@ export default defineConfig({
     // Most tests wait on child processes, git and databases, not on the CPU: three files at
     // a time keep a 2-core machine busy (vitest's default is one file at a time there).
     maxWorkers: 3,
-    testTimeout: 30_000,
-    hookTimeout: 60_000,
+    // Bounds, not targets: real server processes (the first start of an embedded database
+    // alone is 10-25 s), git and agents run several times slower on a loaded 2-core host.
+    testTimeout: 90_000,
+    hookTimeout: 120_000,
     teardownTimeout: 30_000,
   },
 });

@@ -201,17 +201,8 @@ export function dashboardRoutes(services: Services): Hono<AppEnv> {
     }
     await next();
   };
-  const guarded = [
-    "/",
-    "/logout",
-    "/runs/*",
-    "/worktrees",
-    "/worktrees/*",
-    "/formulas",
-    "/formulas/*",
-    "/deliveries",
-    "/events",
-  ];
+  // Every path but the sign-in form and the assets.
+  const guarded = DASHBOARD_PATHS.filter((path) => path !== "/login" && path !== "/assets/*");
   for (const path of guarded) {
     app.on("POST", path, bodyLimit({ maxSize: FORM_BODY_LIMIT }));
     app.on(["GET", "POST"], path, requireSession);

@@ -6,6 +6,7 @@ import type { ProjectConfig } from "../config.js";
 import { errorMessage } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { SecretRegistry } from "../secrets.js";
+import { WakeableSleep } from "../worktrees/concurrency.js";
 import { type ForgeClient, ForgeError } from "./forge-client.js";
 
 /** What one outbox row asks the forge to do (the row's `payload`). */
@@ -151,7 +152,7 @@ export class OutboxWorker {
   #loop: Promise<void> | undefined;
   #stopping = false;
   #stopped: Promise<void> | undefined;
-  #wake: (() => void) | undefined;
+  readonly #idle = new WakeableSleep();
   /** A notify() that came while a pass was running: pass again before sleeping. */
   #notified = false;
 
@@ -173,14 +174,14 @@ export class OutboxWorker {
   /** Wakes the loop now (rows were just queued). */
   notify(): void {
     this.#notified = true;
-    this.#wake?.();
+    this.#idle.wake();
   }
 
   /** Stops the loop and waits for the sends in flight. Idempotent. */
   stop(): Promise<void> {
     this.#stopped ??= (async () => {
       this.#stopping = true;
-      this.#wake?.();
+      this.#idle.wake();
       await this.#loop;
       this.#loop = undefined;
       await Promise.allSettled([...this.#inflight]);
@@ -210,15 +211,7 @@ export class OutboxWorker {
         await new Promise<void>((resolve) => setImmediate(resolve));
         continue;
       }
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(done, this.#pollMs);
-        this.#wake = done;
-        function done() {
-          clearTimeout(timer);
-          resolve();
-        }
-      });
-      this.#wake = undefined;
+      await this.#idle.sleep(this.#pollMs);
     }
   }
 

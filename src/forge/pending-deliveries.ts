@@ -7,6 +7,7 @@ import { formatDuration } from "../formulas/duration.js";
 import { runEventOf } from "../formulas/triggers.js";
 import type { Logger } from "../logger.js";
 import { enqueueRun } from "../runs/run-queue.js";
+import { WakeableSleep } from "../worktrees/concurrency.js";
 import { normalizeEvent } from "./normalize.js";
 import { uncheckedReason, type WebhookService } from "./webhook-service.js";
 
@@ -58,7 +59,7 @@ export class PendingDeliveries {
   #loop: Promise<void> | undefined;
   #stopping = false;
   #stopped: Promise<void> | undefined;
-  #wake: (() => void) | undefined;
+  readonly #idle = new WakeableSleep();
   #inflight: Promise<number> | undefined;
 
   constructor(options: PendingDeliveriesOptions) {
@@ -84,14 +85,14 @@ export class PendingDeliveries {
 
   /** Wakes the loop now (a delivery was just recorded pending). */
   notify(): void {
-    this.#wake?.();
+    this.#idle.wake();
   }
 
   /** Stops the loop and waits for the pass in flight. Idempotent. */
   stop(): Promise<void> {
     this.#stopped ??= (async () => {
       this.#stopping = true;
-      this.#wake?.();
+      this.#idle.wake();
       await this.#loop;
       this.#loop = undefined;
       await this.#inflight?.catch(() => {});
@@ -116,15 +117,7 @@ export class PendingDeliveries {
       }
       if (this.#stopping) break;
       if (tried >= CLAIM_BATCH) continue;
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(done, this.#o.pollMs);
-        this.#wake = done;
-        function done() {
-          clearTimeout(timer);
-          resolve();
-        }
-      });
-      this.#wake = undefined;
+      await this.#idle.sleep(this.#o.pollMs);
     }
   }
 

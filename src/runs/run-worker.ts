@@ -3,6 +3,7 @@ import { type Run, runs, sessions } from "../../db/schema/index.js";
 import { errorMessage } from "../errors.js";
 import type { MemoryProbe } from "../memory.js";
 import { processHasEnv, stopGroup } from "../sessions/process-group.js";
+import { WakeableSleep } from "../worktrees/concurrency.js";
 import {
   activeWorktreeOf,
   type ExecutionMode,
@@ -35,7 +36,7 @@ export class RunWorker {
   readonly #deps: RunEngineDeps;
   readonly #options: Required<RunWorkerOptions>;
   readonly #active = new Map<number, { execution: RunExecution; done: Promise<void> }>();
-  #wake: (() => void) | undefined;
+  readonly #idle = new WakeableSleep();
   #loop: Promise<void> | undefined;
   #stopping = false;
   #stopped: Promise<void> | undefined;
@@ -61,7 +62,7 @@ export class RunWorker {
 
   /** Wakes the loop now (a run was just queued). */
   notify(): void {
-    this.#wake?.();
+    this.#idle.wake();
   }
 
   /** Cancels a run executing here; false if it is not executing on this instance. */
@@ -167,14 +168,7 @@ export class RunWorker {
       } catch (error) {
         this.#deps.log.error({ err: error }, `run worker: ${errorMessage(error)}; retrying`);
       }
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, this.#options.pollMs);
-        this.#wake = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-      });
-      this.#wake = undefined;
+      await this.#idle.sleep(this.#options.pollMs);
     }
   }
 

@@ -55,3 +55,28 @@ export async function mapLimit<T>(
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
   if (failure) throw failure.error;
 }
+
+/**
+ * The idle wait of a polling loop that another part of its component can cut short (rows
+ * were just queued, the component is stopping). A wake while nothing sleeps is a no-op.
+ */
+export class WakeableSleep {
+  #wake: (() => void) | undefined;
+
+  /** Resolves after `ms`, or at the next wake(), whichever is first. */
+  sleep(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.#wake = undefined;
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.#wake = done;
+    });
+  }
+
+  wake(): void {
+    this.#wake?.();
+  }
+}

@@ -3,6 +3,7 @@ import { writeFile } from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { DELIVERY_OUTCOME_NAMES } from "../../src/cli/vocabulary.js";
 import { BIN, runBin } from "../helpers/cli.js";
 import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
 
@@ -58,7 +59,7 @@ describe("formula-runner completion (real bash and zsh)", () => {
     expect(await complete("runs", "")).toEqual(["list", "show"]);
     expect(await complete("runs", "list", "--j")).toEqual(["--json"]);
     expect(await complete("worktrees", "list", "--state", "")).toEqual(["active", "preserved", "removed"]);
-    expect(await complete("deliveries", "list", "--outcome", "")).toEqual(["queued", "ignored", "answered"]);
+    expect(await complete("deliveries", "list", "--outcome", "")).toEqual([...DELIVERY_OUTCOME_NAMES]);
     expect(await complete("completion", "")).toEqual(["bash", "zsh"]);
     // After an option that takes any value, nothing is offered (the default file completion applies).
     expect(await complete("runs", "list", "--formula", "")).toEqual([]);

@@ -11,7 +11,8 @@ describe("CLI against a running server (real processes)", () => {
     t = await startTestServer({
       backend: "pglite",
       formulas: {
-        hello: testFormula("hello", { agent: "phases" }),
+        // Unsandboxed: the agent holds each phase until the server recorded it (agents/lib.sh).
+        hello: testFormula("hello", { agent: "phases", sandbox: { mode: "off" } }),
         broken: testFormula("broken", { agent: "crash", retention: "1h" }),
         greedy: testFormula("greedy", { guards: { min_memory_mb: 100_000_000 } }),
       },
