@@ -12,6 +12,7 @@ import { makePrivate, prepareDataDir } from "./data-dir.js";
 import { closeIfBodyUnread } from "./early-answer.js";
 import { errorMessage } from "./errors.js";
 import { EscalationMonitor, EscalationService } from "./escalations/escalation-service.js";
+import { InstanceReaper } from "./fleet/reaper.js";
 import { DeliveryIngest } from "./forge/delivery-ingest.js";
 import { ForgeClient, PermissionCache } from "./forge/forge-client.js";
 import { OutboxWorker } from "./forge/outbox.js";
@@ -22,7 +23,7 @@ import { WebhookService } from "./forge/webhook-service.js";
 import { logFiring } from "./formulas/projects.js";
 import { FormulaStore } from "./formulas/store.js";
 import { Housekeeping } from "./housekeeping.js";
-import { InstanceHeartbeat, resolveInstanceId } from "./instance.js";
+import { heartbeatIntervalMs, InstanceHeartbeat, resolveInstanceId } from "./instance.js";
 import { chooseLogFormat } from "./log-format.js";
 import { createLogger, type Logger, type LoggerOptions } from "./logger.js";
 import { type MemoryProbe, readAvailableMemoryMb } from "./memory.js";
@@ -393,7 +394,15 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
 
   const components: Component[] = [];
   const started: Component[] = [];
-  const heartbeat = new InstanceHeartbeat(database, instanceId, VERSION, instanceLog);
+  const heartbeat = new InstanceHeartbeat({
+    database,
+    id: instanceId,
+    version: VERSION,
+    log: instanceLog,
+    intervalMs: heartbeatIntervalMs(settings.instanceDeadAfterMs),
+    // The runs it still executes were taken over elsewhere: stop them, record nothing.
+    onDeclaredDead: () => worker.abandonAll(),
+  });
   components.push({ name: "heartbeat", start: () => heartbeat.start(), stop: () => heartbeat.stop() });
   components.push({
     name: "formulas",
@@ -433,6 +442,19 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
   });
   components.push({ name: "sandbox", start: async () => {}, stop: () => sandbox.stop() });
   components.push({ name: "run worker", start: () => worker.start(), stop: () => worker.stop() });
+  // After the worker: what it takes over from a dead instance, it launches.
+  const reaper = new InstanceReaper({
+    database,
+    instanceId,
+    deadAfterMs: settings.instanceDeadAfterMs,
+    intervalMs: heartbeatIntervalMs(settings.instanceDeadAfterMs),
+    log: instanceLog,
+    onTakeover: (takeover) => {
+      metrics.instanceTakenOver(takeover);
+      worker.takeOverNow();
+    },
+  });
+  components.push({ name: "instance reaper", start: () => reaper.start(), stop: () => reaper.stop() });
   components.push({
     name: "pending deliveries",
     start: () => pendingDeliveries.start(),
