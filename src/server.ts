@@ -12,6 +12,7 @@ import { makePrivate, prepareDataDir } from "./data-dir.js";
 import { closeIfBodyUnread } from "./early-answer.js";
 import { errorMessage } from "./errors.js";
 import { EscalationMonitor, EscalationService } from "./escalations/escalation-service.js";
+import { OwnerRequests, ownerActions } from "./fleet/owner-requests.js";
 import { InstanceReaper } from "./fleet/reaper.js";
 import { DeliveryIngest } from "./forge/delivery-ingest.js";
 import { ForgeClient, PermissionCache } from "./forge/forge-client.js";
@@ -319,7 +320,25 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
       ...(options.runSweepMs !== undefined ? { sweepMs: options.runSweepMs } : {}),
     },
   );
-  const runService = new RunService({ database, config, formulas, worktrees, worker, secrets, log: instanceLog });
+  // Requests to the owner of a run or worktree on another instance, and the ones this one carries out.
+  const requests: OwnerRequests = new OwnerRequests({
+    database,
+    instanceId,
+    log: instanceLog,
+    carryOut: (request) =>
+      ownerActions({ instanceId, runs: runService, worker, worktrees, projects: config.projects })(request),
+  });
+  const runService = new RunService({
+    database,
+    config,
+    formulas,
+    worktrees,
+    worker,
+    secrets,
+    log: instanceLog,
+    instanceId,
+    requests,
+  });
   const housekeeping = new Housekeeping({
     worktrees,
     projects: config.projects,
@@ -388,6 +407,7 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     outputs,
     metrics,
     runLog,
+    requests,
     reloadFormulas,
     intake: { accepting: true },
   };
@@ -452,9 +472,11 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     onTakeover: (takeover) => {
       metrics.instanceTakenOver(takeover);
       worker.takeOverNow();
+      if (takeover.requests.length > 0) requests.wake();
     },
   });
   components.push({ name: "instance reaper", start: () => reaper.start(), stop: () => reaper.stop() });
+  components.push({ name: "instance requests", start: () => requests.start(), stop: () => requests.stop() });
   components.push({
     name: "pending deliveries",
     start: () => pendingDeliveries.start(),
