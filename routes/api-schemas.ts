@@ -8,6 +8,8 @@ import { z } from "@hono/zod-openapi";
 import {
   DELIVERY_OUTCOMES,
   ESCALATION_STATES,
+  INSTANCE_REQUEST_KINDS,
+  INSTANCE_REQUEST_STATES,
   OUTPUT_STATUSES,
   RUN_STATUSES,
   SKIP_REASONS,
@@ -171,6 +173,38 @@ export const worktreeSchema = worktreeBrief
   })
   .loose()
   .openapi("Worktree");
+
+/** A request for another instance's resource (cancel a run it runs, delete a worktree on its disk). */
+export const instanceRequestSchema = z
+  .object({
+    id,
+    kind: z.enum(INSTANCE_REQUEST_KINDS),
+    instance_id: z
+      .string()
+      .describe("the instance that carries it out: the owner, or the one that took the owner over"),
+    run_id: z.number().int().nullable(),
+    worktree_id: z.number().int().nullable(),
+    requested_by: z.string(),
+    state: z.enum(INSTANCE_REQUEST_STATES),
+    result: z.string().nullable().describe("what happened, once done or failed"),
+    created_at: time,
+    finished_at: time.nullable(),
+  })
+  .loose()
+  .openapi("InstanceRequest");
+
+/** How to follow a request made to another instance. */
+const requested = {
+  request_id: id,
+  follow: z.string().describe("GET this to see the resource change; GET /api/requests/{request_id} for the request"),
+};
+
+export const runCancelRequestedSchema = runSchema.extend({
+  request_id: id.optional(),
+  follow: requested.follow.optional(),
+});
+
+export const worktreeDeleteRequestedSchema = z.object({ ...requested, worktree: worktreeSchema });
 
 export const worktreeListSchema = z.object({ worktrees: z.array(worktreeSchema), next_cursor: z.string().nullable() });
 

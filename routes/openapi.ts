@@ -11,15 +11,18 @@ import {
   errorEnvelope,
   formulaListSchema,
   healthSchema,
+  instanceRequestSchema,
   outputsAcceptedSchema,
   purgeResultSchema,
   readySchema,
   replyAcceptedSchema,
+  runCancelRequestedSchema,
   runListSchema,
   runSchema,
   runWithOutputsSchema,
   webhookAcceptedSchema,
   webhookDuplicateSchema,
+  worktreeDeleteRequestedSchema,
   worktreeListSchema,
   worktreeSchema,
 } from "./api-schemas.js";
@@ -156,7 +159,10 @@ export const API_OPERATIONS: readonly ApiOperation[] = [
     bearer: true,
     responses: {
       200: json("cancelled", runSchema),
-      202: json("cancel requested from the instance that runs it", runSchema),
+      202: json(
+        "the run is running on another instance: asked it to stop the agent (request_id); the run turns cancelled within seconds",
+        runCancelRequestedSchema,
+      ),
       ...unauthorized,
       ...missing,
       409: error("the run already ended"),
@@ -244,10 +250,22 @@ export const API_OPERATIONS: readonly ApiOperation[] = [
     bearer: true,
     responses: {
       200: json("removed (or already was)", z.object({ worktree: worktreeSchema.nullable() })),
+      202: json(
+        "the worktree is on another instance's disk: asked that instance to remove it (request_id); follow the worktree",
+        worktreeDeleteRequestedSchema,
+      ),
       ...unauthorized,
       ...missing,
       409: error("in use by an active run, or could not be removed"),
     },
+  },
+  {
+    method: "get",
+    path: "/api/requests/{id}",
+    summary: "A request made to another instance (cancel a run, delete a worktree): pending, done or failed",
+    tag: "runs",
+    bearer: true,
+    responses: { 200: json("the request", z.object({ request: instanceRequestSchema })), ...unauthorized, ...missing },
   },
   {
     method: "post",

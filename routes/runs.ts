@@ -4,6 +4,8 @@ import { streamSSE } from "hono/streaming";
 import { z } from "zod";
 import { RUN_STATUSES, type RunStatus } from "../db/schema/index.js";
 import type { AppEnv } from "../src/app.js";
+import { AppError } from "../src/errors.js";
+import { requestJson } from "../src/fleet/owner-requests.js";
 import { MAX_INT32 } from "../src/input-limits.js";
 import { MAX_OUTPUTS_PER_REQUEST } from "../src/outputs/outputs-service.js";
 import { runJson } from "../src/runs/run-service.js";
@@ -94,8 +96,21 @@ export function runRoutes(services: Services): Hono<AppEnv> {
   });
 
   app.post("/api/runs/:id/cancel", async (c) => {
-    const run = await services.runs.cancel(idParam(c));
+    const id = idParam(c);
+    const { run, request } = await services.runs.cancel(id);
+    if (request) {
+      // Running on another instance: that one stops the agent; the run shows it.
+      return c.json({ ...runJson(run, services.secrets), request_id: request.id, follow: `/api/runs/${id}` }, 202);
+    }
     return c.json(runJson(run, services.secrets), run.status === "cancelled" ? 200 : 202);
+  });
+
+  /** A request made to another instance, to follow until it is done or failed. */
+  app.get("/api/requests/:id", async (c) => {
+    const id = idParam(c);
+    const request = await services.requests.get(id);
+    if (!request) throw new AppError({ code: "not_found", message: `no request ${id}` });
+    return c.json({ request: requestJson(request) });
   });
 
   /** Answers the run's open question, the same way a permitted reply on the issue does. */

@@ -1,6 +1,6 @@
 import { Hono } from "hono";
 import { z } from "zod";
-import { WORKTREE_STATES, type Worktree } from "../db/schema/index.js";
+import { type InstanceRequest, WORKTREE_STATES, type Worktree } from "../db/schema/index.js";
 import type { AppEnv } from "../src/app.js";
 import { AppError } from "../src/errors.js";
 import { durationProblem, parseDuration } from "../src/formulas/duration.js";
@@ -68,7 +68,10 @@ export function worktreeRoutes(services: Services): Hono<AppEnv> {
 
   app.delete("/api/worktrees/:id", async (c) => {
     const id = idParam(c);
-    const { worktree, alreadyRemoved } = await deleteWorktree(services, id);
+    const { worktree, alreadyRemoved, request } = await deleteWorktree(services, id);
+    if (request) {
+      return c.json({ request_id: request.id, worktree: worktreeJson(worktree), follow: `/api/worktrees/${id}` }, 202);
+    }
     if (alreadyRemoved) {
       // Nothing was purged now: say so, as a purge by id lists it (docs/worktrees.md).
       const when = worktree.removedAt ? ` at ${worktree.removedAt.toISOString()}` : "";
@@ -102,12 +105,13 @@ export function worktreeRoutes(services: Services): Hono<AppEnv> {
 /**
  * Deletes one preserved worktree for a person (the API or the dashboard): 404 when unknown,
  * 409 while a run uses it or when the purge kept it (with the reason). A worktree removed
- * before is returned as such: whether that is an error is the caller's to say.
+ * before is returned as such: whether that is an error is the caller's to say. One on
+ * another instance's disk is asked of that instance (`request`), which removes it within seconds.
  */
 export async function deleteWorktree(
   services: Services,
   id: number,
-): Promise<{ worktree: Worktree; alreadyRemoved: boolean }> {
+): Promise<{ worktree: Worktree; alreadyRemoved: boolean; request?: InstanceRequest }> {
   const worktree = await services.worktrees.get(id);
   if (!worktree) throw new AppError({ code: "not_found", message: `no worktree ${id}` });
   if (worktree.state === "active") {
@@ -117,6 +121,15 @@ export async function deleteWorktree(
     });
   }
   if (worktree.state === "removed") return { worktree, alreadyRemoved: true };
+  if (worktree.instanceId !== services.instanceId) {
+    const request = await services.requests.ask({
+      kind: "delete_worktree",
+      owner: worktree.instanceId,
+      worktreeId: id,
+      ...(worktree.runId === null ? {} : { runId: worktree.runId }),
+    });
+    return { worktree, alreadyRemoved: false, request };
+  }
   const result = await services.worktrees.purge({ ids: [id], by: "api", projects: services.config.projects });
   const kept = result.kept.find((k) => k.id === id);
   if (kept) throw new AppError({ code: "conflict", message: `worktree ${id} was not removed: ${kept.reason}` });

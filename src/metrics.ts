@@ -102,6 +102,8 @@ export class Metrics implements RunObserver {
   readonly #sessionDuration: Histogram<"formula" | "outcome">;
   readonly #runsFinished: Counter<"formula" | "project" | "status" | "skip_reason">;
   readonly #runDuration: Histogram<"formula" | "status">;
+  readonly #instancesDeclaredDead: Counter;
+  readonly #runsTakenOver: Counter<"status">;
 
   constructor(options: MetricsOptions) {
     this.#database = options.database;
@@ -152,6 +154,18 @@ export class Metrics implements RunObserver {
       help: "From a run's start to its final status (escalation waits included), by formula and status.",
       labelNames: ["formula", "status"],
       buckets: RUN_BUCKETS_S,
+      registers,
+    });
+
+    this.#instancesDeclaredDead = new Counter({
+      name: `${PREFIX}instances_declared_dead_total`,
+      help: "Instances this instance declared dead (heartbeat older than INSTANCE_DEAD_AFTER) and took over.",
+      registers,
+    });
+    this.#runsTakenOver = new Counter({
+      name: `${PREFIX}runs_taken_over_total`,
+      help: "Runs this instance took over from instances it declared dead, by the status they had (running, escalated).",
+      labelNames: ["status"],
       registers,
     });
 
@@ -243,6 +257,13 @@ export class Metrics implements RunObserver {
     addTo(this.#toolCalls, { formula, project }, session.toolCalls);
     const duration = seconds(session.startedAt, session.endedAt);
     if (duration !== undefined) this.#sessionDuration.observe({ formula, outcome }, duration);
+  }
+
+  /** This instance declared another dead and took over its runs. */
+  instanceTakenOver(takeover: { running: readonly number[]; escalated: readonly number[] }): void {
+    this.#instancesDeclaredDead.inc();
+    this.#runsTakenOver.inc({ status: "running" }, takeover.running.length);
+    this.#runsTakenOver.inc({ status: "escalated" }, takeover.escalated.length);
   }
 
   runFinished(run: Run): void {

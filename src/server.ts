@@ -12,6 +12,8 @@ import { makePrivate, prepareDataDir } from "./data-dir.js";
 import { closeIfBodyUnread } from "./early-answer.js";
 import { errorMessage } from "./errors.js";
 import { EscalationMonitor, EscalationService } from "./escalations/escalation-service.js";
+import { OwnerRequests, ownerActions } from "./fleet/owner-requests.js";
+import { InstanceReaper } from "./fleet/reaper.js";
 import { DeliveryIngest } from "./forge/delivery-ingest.js";
 import { ForgeClient, PermissionCache } from "./forge/forge-client.js";
 import { OutboxWorker } from "./forge/outbox.js";
@@ -22,7 +24,7 @@ import { WebhookService } from "./forge/webhook-service.js";
 import { logFiring } from "./formulas/projects.js";
 import { FormulaStore } from "./formulas/store.js";
 import { Housekeeping } from "./housekeeping.js";
-import { InstanceHeartbeat, resolveInstanceId } from "./instance.js";
+import { heartbeatIntervalMs, InstanceHeartbeat, resolveInstanceId } from "./instance.js";
 import { chooseLogFormat } from "./log-format.js";
 import { createLogger, type Logger, type LoggerOptions } from "./logger.js";
 import { type MemoryProbe, readAvailableMemoryMb } from "./memory.js";
@@ -318,7 +320,25 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
       ...(options.runSweepMs !== undefined ? { sweepMs: options.runSweepMs } : {}),
     },
   );
-  const runService = new RunService({ database, config, formulas, worktrees, worker, secrets, log: instanceLog });
+  // Requests to the owner of a run or worktree on another instance, and the ones this one carries out.
+  const requests: OwnerRequests = new OwnerRequests({
+    database,
+    instanceId,
+    log: instanceLog,
+    carryOut: (request) =>
+      ownerActions({ instanceId, runs: runService, worker, worktrees, projects: config.projects })(request),
+  });
+  const runService = new RunService({
+    database,
+    config,
+    formulas,
+    worktrees,
+    worker,
+    secrets,
+    log: instanceLog,
+    instanceId,
+    requests,
+  });
   const housekeeping = new Housekeeping({
     worktrees,
     projects: config.projects,
@@ -387,13 +407,22 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
     outputs,
     metrics,
     runLog,
+    requests,
     reloadFormulas,
     intake: { accepting: true },
   };
 
   const components: Component[] = [];
   const started: Component[] = [];
-  const heartbeat = new InstanceHeartbeat(database, instanceId, VERSION, instanceLog);
+  const heartbeat = new InstanceHeartbeat({
+    database,
+    id: instanceId,
+    version: VERSION,
+    log: instanceLog,
+    intervalMs: heartbeatIntervalMs(settings.instanceDeadAfterMs),
+    // The runs it still executes were taken over elsewhere: stop them, record nothing.
+    onDeclaredDead: () => worker.abandonAll(),
+  });
   components.push({ name: "heartbeat", start: () => heartbeat.start(), stop: () => heartbeat.stop() });
   components.push({
     name: "formulas",
@@ -433,6 +462,21 @@ export async function startServer(options: StartOptions): Promise<RunningServer>
   });
   components.push({ name: "sandbox", start: async () => {}, stop: () => sandbox.stop() });
   components.push({ name: "run worker", start: () => worker.start(), stop: () => worker.stop() });
+  // After the worker: what it takes over from a dead instance, it launches.
+  const reaper = new InstanceReaper({
+    database,
+    instanceId,
+    deadAfterMs: settings.instanceDeadAfterMs,
+    intervalMs: heartbeatIntervalMs(settings.instanceDeadAfterMs),
+    log: instanceLog,
+    onTakeover: (takeover) => {
+      metrics.instanceTakenOver(takeover);
+      worker.takeOverNow();
+      if (takeover.requests.length > 0) requests.wake();
+    },
+  });
+  components.push({ name: "instance reaper", start: () => reaper.start(), stop: () => reaper.stop() });
+  components.push({ name: "instance requests", start: () => requests.start(), stop: () => requests.stop() });
   components.push({
     name: "pending deliveries",
     start: () => pendingDeliveries.start(),

@@ -1,6 +1,7 @@
 import type { Database } from "../db/client.js";
 import type { Config } from "./config.js";
 import type { EscalationService } from "./escalations/escalation-service.js";
+import type { OwnerRequests } from "./fleet/owner-requests.js";
 import type { OutboxWorker } from "./forge/outbox.js";
 import type { WebhookService } from "./forge/webhook-service.js";
 import type { FormulaStore } from "./formulas/store.js";
@@ -39,6 +40,8 @@ export interface Services {
   outputs: OutputsService;
   /** Prometheus metrics for GET /metrics; also a run observer. */
   metrics: Metrics;
+  /** Requests to other instances (cancel a run, delete a worktree) and the ones this instance carries out. */
+  requests: OwnerRequests;
   /** Run logs in the database: GET /api/runs/:id/log on any instance. */
   runLog: RunLog;
   /** Re-reads the formulas directory and updates the schedules (SIGHUP, POST /api/formulas/reload). */

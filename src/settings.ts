@@ -29,6 +29,12 @@ export interface Settings {
   /** After SIGTERM to an agent's process group, how long before SIGKILL (KILL_GRACE, 10 s). */
   killGraceMs: number;
   maxSessions: number;
+  /**
+   * INSTANCE_DEAD_AFTER (60 s): an instance whose heartbeat is older than this is declared
+   * dead by a live one, which takes its running and escalated runs over. Heartbeats and
+   * the check run at a quarter of it (at most every 15 s).
+   */
+  instanceDeadAfterMs: number;
   logLevel: string;
   /** LOG_FORMAT; unset: pretty when the log goes to a terminal, else JSON. */
   logFormat: LogFormat | undefined;
@@ -96,6 +102,10 @@ export function readSettings(env: Env, cwd: string): { settings: Settings; probl
     bad("INSTANCE_ID", "expected 1-64 letters, digits, '.', '_' or '-'");
   }
 
+  const instanceDeadAfterMs = duration("INSTANCE_DEAD_AFTER", 60_000);
+  // Below a second, a busy event loop or a slow database would pass for a dead instance.
+  if (instanceDeadAfterMs < 1_000) bad("INSTANCE_DEAD_AFTER", "must be at least 1s");
+
   const dataDir = path.resolve(cwd, text("DATA_DIR") ?? ".formula-runner");
   const configFile = text("FORMULA_RUNNER_CONFIG");
   const settings: Settings = {
@@ -112,6 +122,7 @@ export function readSettings(env: Env, cwd: string): { settings: Settings; probl
     shutdownGraceMs: duration("SHUTDOWN_GRACE", 30_000),
     killGraceMs: duration("KILL_GRACE", 10_000),
     maxSessions: int("MAX_SESSIONS", 4, 1, 256),
+    instanceDeadAfterMs,
     logLevel,
     logFormat: (LOG_FORMATS as readonly string[]).includes(logFormat ?? "") ? (logFormat as LogFormat) : undefined,
     noColor: (env.NO_COLOR ?? "") !== "",

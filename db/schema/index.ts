@@ -1,6 +1,7 @@
 export * from "./deliveries.js";
 export * from "./escalation-replies.js";
 export * from "./escalations.js";
+export * from "./instance-requests.js";
 export * from "./instances.js";
 export * from "./outbox.js";
 export * from "./outputs.js";

@@ -5,8 +5,11 @@ import { runs } from "./runs.js";
 export const WORKTREE_STATES = ["active", "preserved", "removed"] as const;
 export type WorktreeState = (typeof WORKTREE_STATES)[number];
 
-/** Who removed a worktree: a successful run, the hourly housekeeping, or an API/CLI call. */
-export type WorktreeRemover = "success" | "housekeeping" | "api";
+/**
+ * Who removed a worktree: a successful run, the hourly housekeeping, an API/CLI call, or
+ * the takeover of a dead instance (its disk is out of reach: the row is closed, nothing deleted).
+ */
+export type WorktreeRemover = "success" | "housekeeping" | "api" | "takeover";
 
 /** A `git worktree add --detach` made for one run. */
 export const worktrees = pgTable(

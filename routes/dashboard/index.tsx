@@ -334,11 +334,14 @@ export function dashboardRoutes(services: Services): Hono<AppEnv> {
 
   app.post("/runs/:id/cancel", async (c) => {
     const id = idParam(c);
-    const run = await services.runs.cancel(id);
-    return c.redirect(
-      withNotice(`/runs/${id}`, run.status === "cancelled" ? "Run cancelled." : "Cancel requested."),
-      303,
-    );
+    const { run, request } = await services.runs.cancel(id);
+    const notice =
+      run.status === "cancelled"
+        ? "Run cancelled."
+        : request
+          ? `Cancel requested from instance ${request.instanceId}, which runs it.`
+          : "Cancel requested.";
+    return c.redirect(withNotice(`/runs/${id}`, notice), 303);
   });
 
   app.post("/runs/:id/reply", async (c) => {
@@ -376,8 +379,11 @@ export function dashboardRoutes(services: Services): Hono<AppEnv> {
   app.post("/worktrees/:id/delete", async (c) => {
     const id = idParam(c);
     // Already removed is no error here: the page no longer lists it either way.
-    await deleteWorktree(services, id);
-    return c.redirect(withNotice("/worktrees", `Worktree ${id} deleted.`), 303);
+    const { request } = await deleteWorktree(services, id);
+    const notice = request
+      ? `Worktree ${id} is on instance ${request.instanceId}'s disk: asked it to delete it.`
+      : `Worktree ${id} deleted.`;
+    return c.redirect(withNotice("/worktrees", notice), 303);
   });
 
   app.post("/worktrees/purge", async (c) => {

@@ -35,6 +35,7 @@ interface WorktreeJson {
   path: string;
   state: string;
   reason: string | null;
+  instance_id: string | null;
   size_bytes: number | null;
   created_at: string;
   preserved_at: string | null;
@@ -283,11 +284,20 @@ export async function worktreesPurge(
       kept = worktree.state === "preserved" ? [] : [entry];
     } else {
       try {
-        const { worktree: removed } = await client.request<{ worktree: WorktreeJson }>(
+        const { worktree: removed, request_id } = await client.request<{ worktree: WorktreeJson; request_id?: number }>(
           "DELETE",
           `/api/worktrees/${encodeURIComponent(args.id)}`,
         );
-        purged = [{ ...removed, reason: "removed on request" }];
+        // On another instance's disk: that instance removes it (request_id), within seconds.
+        purged = [
+          {
+            ...removed,
+            reason:
+              request_id === undefined
+                ? "removed on request"
+                : `asked instance ${removed.instance_id}, whose disk holds it, to remove it (request ${request_id})`,
+          },
+        ];
         kept = [];
       } catch (error) {
         // Removed before: nothing purged now, listed as kept with the reason (as a purge by id does).

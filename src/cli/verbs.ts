@@ -85,11 +85,18 @@ export async function logsCommand(
 
 /** `cancel ID`: stops the run's agent; the run ends cancelled. */
 export async function cancelCommand(client: ApiClient, id: string, out: Output): Promise<number> {
-  const run = await client.request<{ id: number; status: string }>(
+  const run = await client.request<{ id: number; status: string; instance_id: string | null; request_id?: number }>(
     "POST",
     `/api/runs/${encodeURIComponent(id)}/cancel`,
   );
-  println(out, run.status === "cancelled" ? `run ${run.id} cancelled` : `run ${run.id}: stopping (${run.status})`);
+  println(
+    out,
+    run.status === "cancelled"
+      ? `run ${run.id} cancelled`
+      : run.request_id !== undefined
+        ? `run ${run.id}: asked instance ${run.instance_id}, which runs it, to stop it (request ${run.request_id}); \`runs show ${run.id}\` follows it`
+        : `run ${run.id}: stopping (${run.status})`,
+  );
   return 0;
 }
 

@@ -48,6 +48,11 @@ export interface PromptInput {
   /** The scratch file left by an interrupted session, if any. */
   scratch: string | undefined;
   recovery?: RecoveryContext | undefined;
+  /**
+   * The dead instance the run was taken over from, when this session works in a fresh
+   * worktree because the previous one was on that instance's disk.
+   */
+  takenOverFrom?: string | undefined;
   /** An answer to the agent's question (a resumed session). */
   escalationReply?: { author: string; body: string; question: string } | undefined;
   /** Names of the environment variables the agent gets (values are not shown). */
@@ -161,7 +166,9 @@ export function buildPrompt(input: PromptInput): string {
   if (trigger) sections.push(`## What started this run\n\n${trigger}`);
 
   if (input.escalationReply) sections.push(answerSection(input.escalationReply, fence));
-  if (input.recovery) sections.push(recoverySection(input.recovery));
+  if (input.recovery) sections.push(recoverySection(input.recovery, input.takenOverFrom !== undefined));
+  if (input.takenOverFrom !== undefined)
+    sections.push(takenOverSection(input.takenOverFrom, input.project.primaryBranch));
 
   for (const file of input.contextFiles) {
     if (file.content === undefined) {
@@ -203,7 +210,9 @@ export function buildContinuationPrompt(input: PromptInput): string {
     fenceNotice(token),
   ];
   if (input.escalationReply) sections.push(answerSection(input.escalationReply, fence));
-  if (input.recovery) sections.push(recoverySection(input.recovery));
+  if (input.recovery) sections.push(recoverySection(input.recovery, input.takenOverFrom !== undefined));
+  if (input.takenOverFrom !== undefined)
+    sections.push(takenOverSection(input.takenOverFrom, input.project.primaryBranch));
   if (input.scratch !== undefined && input.scratch.trim() !== "") {
     sections.push(`## Notes from the interrupted session (scratch file)\n\n${input.scratch.trimEnd()}`);
   }
@@ -226,10 +235,10 @@ function answerSection(reply: NonNullable<PromptInput["escalationReply"]>, fence
   return `## Answer to your question\n\nYou asked:\n\n${reply.question}\n\n@${reply.author} answered:\n\n${fence(`reply by @${reply.author}`, reply.body, reply.author)}\n\nContinue the work with this answer.`;
 }
 
-function recoverySection(r: RecoveryContext): string {
+function recoverySection(r: RecoveryContext, freshWorktree: boolean): string {
   return [
     "## Recovery",
-    `The previous session of this run ended abnormally (${r.exitDescription}); this session continues in the same worktree.`,
+    `The previous session of this run ended abnormally (${r.exitDescription}); this session continues in ${freshWorktree ? "a fresh worktree (see below)" : "the same worktree"}.`,
     `Last phase it wrote: ${r.lastPhase ?? "none"}.`,
     "Check what it left before you go on; do not redo finished work.",
     "`git status --short`:",
@@ -283,5 +292,14 @@ export function phaseProtocol(
     `Forge API: ${project.forgeUrl} (${project.forge}), repository ${project.repo}. ${auth}`,
     ...network,
     `Environment: ${input.envNames.join(", ")}.`,
+  ].join("\n");
+}
+
+function takenOverSection(instance: string, primaryBranch: string): string {
+  return [
+    "## Taken over from another server instance",
+    `The server instance that ran this run before (\`${instance}\`) stopped answering and was declared dead; this instance took the run over.`,
+    `The run's previous worktree was on that instance's disk and could not be reached: this session works in a fresh worktree of \`origin/${primaryBranch}\`, so changes earlier sessions did not push are not here.`,
+    "Look at what exists (the issue, pushed branches, pull requests) before you redo any work.",
   ].join("\n");
 }

@@ -1,4 +1,4 @@
-import { access, readFile, rm } from "node:fs/promises";
+import { access, appendFile, readFile, rm } from "node:fs/promises";
 import { and, asc, desc, eq, isNotNull, sql } from "drizzle-orm";
 import type { Database } from "../../db/client.js";
 import {
@@ -163,8 +163,9 @@ export class RunExecution {
   }
 
   /**
-   * `start`: a freshly claimed run. `takeover`: a run this instance left `running` when it
-   * died; its agent group is already stopped, and it counts as a crash. `resume`: an
+   * `start`: a freshly claimed run. `takeover`: a run left `running` by this instance when
+   * it died, or by another instance declared dead (then in a fresh worktree: the old one
+   * was on that instance's disk); its agent group is already stopped, and it counts as a crash. `resume`: an
    * escalated run whose question was answered; a new session continues with the answer.
    */
   async execute(mode: ExecutionMode): Promise<void> {
@@ -206,11 +207,47 @@ export class RunExecution {
 
     let kind: SessionKind = mode === "resume" ? "resume" : "initial";
     let recovery: RecoveryContext | undefined;
+    /**
+     * The dead instance whose disk held the run's worktree, when this session must start
+     * in a fresh one instead (the run was taken over from it).
+     */
+    let takenOverFrom: string | undefined;
+    /** A recovery whose worktree state is read once the fresh worktree exists. */
+    let pendingRecovery: Omit<RecoveryContext, "gitStatus" | "diffStat"> | undefined;
     if (mode === "resume" && (!worktree || !(await exists(worktree.path)))) {
-      await this.#finish("failed", "the run's worktree is gone; it cannot resume", worktree);
-      return;
+      const elsewhere = await this.#worktreeOnAnotherInstance();
+      if (!elsewhere) {
+        await this.#finish("failed", "the run's worktree is gone; it cannot resume", worktree);
+        return;
+      }
+      takenOverFrom = elsewhere.instanceId;
+      worktree = undefined;
     }
-    if (mode === "takeover" && previous.length > 0) {
+    const last = previous[previous.length - 1];
+    if (mode === "takeover" && last && last.instanceId !== this.#deps.instanceId) {
+      // Taken over from a dead instance: its agent went with it, so this is a crash, and
+      // its worktree and phase file were on its disk. The database's record decides.
+      if (this.run.phase === "done" || this.run.phase === "merged") {
+        await this.#finish("done", null, worktree);
+        return;
+      }
+      if (recoveryUsed) {
+        await this.#finish(
+          "crashed",
+          `instance ${last.instanceId} stopped during the recovery session and was declared dead`,
+          worktree,
+        );
+        return;
+      }
+      recoveryUsed = true;
+      kind = "recovery";
+      takenOverFrom = last.instanceId;
+      if (worktree?.instanceId !== this.#deps.instanceId) worktree = undefined;
+      pendingRecovery = {
+        lastPhase: this.run.phase ?? undefined,
+        exitDescription: `instance ${last.instanceId}, which ran it, stopped answering and was declared dead`,
+      };
+    } else if (mode === "takeover" && previous.length > 0) {
       // The phase file on disk is the agent's own word: done is done, whatever the database missed.
       const written = await readWrittenPhase(paths.phaseFile);
       if (written === "done" || written === "merged") {
@@ -218,7 +255,7 @@ export class RunExecution {
         await this.#finish("done", null, worktree);
         return;
       }
-      const last = previous[previous.length - 1] as Session;
+      const lastSession = last as Session;
       if (!worktree || !(await exists(worktree.path))) {
         await this.#finish("crashed", "the server stopped during the run and its worktree is gone", worktree);
         return;
@@ -231,7 +268,7 @@ export class RunExecution {
       kind = "recovery";
       recovery = {
         lastPhase: this.run.phase ?? undefined,
-        exitDescription: last.detail ?? "the server restarted",
+        exitDescription: lastSession.detail ?? "the server restarted",
         ...(await worktreeState(
           worktree.path,
           runObjectsEnv(paths.objectsDir, await worktreeCommonDir(worktree.path)),
@@ -251,6 +288,23 @@ export class RunExecution {
     } else if (!(await exists(worktree.path))) {
       await this.#finish("failed", `worktree ${worktree.path} is missing`, worktree);
       return;
+    }
+    if (takenOverFrom !== undefined) {
+      await this.#logNote(
+        paths,
+        `instance ${takenOverFrom}, which held this run, was declared dead; instance ${this.#deps.instanceId} ` +
+          `takes the run over in a fresh worktree from origin/${project.primaryBranch} (${worktree.path}): ` +
+          "changes left in the old worktree are not carried over",
+      );
+      if (pendingRecovery) {
+        recovery = {
+          ...pendingRecovery,
+          ...(await worktreeState(
+            worktree.path,
+            runObjectsEnv(paths.objectsDir, await worktreeCommonDir(worktree.path)),
+          )),
+        };
+      }
     }
     if (mode === "start") await this.#notify("runStarted", (o) => o.runStarted?.(this.run));
 
@@ -272,6 +326,7 @@ export class RunExecution {
         kind,
         recovery,
         fresh,
+        takenOverFrom,
       });
       if (session) await this.#notify("sessionEnded", (o) => o.sessionEnded?.(this.run, session));
       // What the agent asked to write to the forge, decided before the worktree is settled
@@ -364,6 +419,8 @@ export class RunExecution {
     recovery: RecoveryContext | undefined;
     /** Start the agent's conversation afresh even if it could be resumed. */
     fresh: boolean;
+    /** The dead instance whose worktree this session replaces with a fresh one. */
+    takenOverFrom: string | undefined;
   }): Promise<{ outcome: SessionOutcome; session: Session | undefined; lastPhase: string | undefined }> {
     const { formula, project, worktree, paths, seq, kind, recovery } = args;
     // The answer stays in every later prompt of the run (a recovery after a resumed
@@ -436,6 +493,7 @@ export class RunExecution {
       contextOutputs,
       scratch,
       recovery,
+      takenOverFrom: args.takenOverFrom,
       ...(answer
         ? { escalationReply: { author: answer.author, body: answer.body, question: answer.escalation.question } }
         : {}),
@@ -553,6 +611,33 @@ export class RunExecution {
     return activeWorktreeOf(this.#deps.database, this.run.id);
   }
 
+  /**
+   * The run's latest worktree when it was on another instance's disk (the run was taken
+   * over from it, and the row closed as out of reach): a resumed session starts afresh then.
+   */
+  async #worktreeOnAnotherInstance(): Promise<Worktree | undefined> {
+    const [row] = await this.#deps.database.db
+      .select()
+      .from(worktrees)
+      .where(eq(worktrees.runId, this.run.id))
+      .orderBy(desc(worktrees.id))
+      .limit(1);
+    return row && row.instanceId !== this.#deps.instanceId ? row : undefined;
+  }
+
+  /**
+   * A line of the server's own in the run's log (disk file and database), where people
+   * following the run see it between sessions.
+   */
+  async #logNote(paths: RunPaths, text: string): Promise<void> {
+    const line = `\n=== formula-runner: ${text} ===\n`;
+    this.#log.warn(text);
+    await appendFile(paths.log, line, { mode: 0o600 }).catch((error: unknown) =>
+      this.#log.warn({ err: error }, `could not write to the run's log file: ${errorMessage(error)}`),
+    );
+    this.#deps.runLog?.append(this.run.id, line);
+  }
+
   async #escalate(formula: Formula, session: Session | undefined, question: string): Promise<void> {
     const deadline = new Date(this.#deps.now().getTime() + formula.escalationTimeoutMs);
     const escalation = await this.#deps.database.db.transaction(async (tx) => {
@@ -606,11 +691,17 @@ export class RunExecution {
             finishedAt: sql`now()`,
             updatedAt: sql`now()`,
           })
-          .where(eq(runs.id, this.run.id))
+          // Only while the run is still this instance's: one declared dead while it was away
+          // must not overwrite what the instance that took the run over records.
+          .where(and(eq(runs.id, this.run.id), eq(runs.instanceId, this.#deps.instanceId)))
           .returning(),
       retry,
     );
-    this.run = run as Run;
+    if (!run) {
+      this.#log.warn({ status, detail }, "the run was taken over by another instance meanwhile; not recording its end");
+      return;
+    }
+    this.run = run;
     this.#log.info({ status, detail }, `run ${status}`);
     await this.#notify("runFinished", (o) => o.runFinished?.(this.run, finalWorktree));
   }

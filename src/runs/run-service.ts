@@ -5,6 +5,7 @@ import {
   escalationReplies,
   escalations,
   FINAL_RUN_STATUSES,
+  type InstanceRequest,
   phases,
   type Run,
   type RunStatus,
@@ -14,6 +15,7 @@ import {
 } from "../../db/schema/index.js";
 import type { Config } from "../config.js";
 import { AppError } from "../errors.js";
+import type { OwnerRequests } from "../fleet/owner-requests.js";
 import { formatProblem } from "../formulas/problems.js";
 import type { FormulaStore } from "../formulas/store.js";
 import type { Logger } from "../logger.js";
@@ -97,6 +99,9 @@ export class RunService {
       worker: RunWorker | undefined;
       secrets: SecretRegistry;
       log: Logger;
+      /** This instance; a run running on another one is cancelled by a request to it. */
+      instanceId?: string;
+      requests?: Pick<OwnerRequests, "ask">;
     },
   ) {}
 
@@ -349,9 +354,10 @@ export class RunService {
   /**
    * Cancels a run: a queued or escalated one at once; a running one on this instance by
    * stopping its agent group (waits for it); a running one elsewhere by a request its
-   * instance picks up within a second (answered with the run still `running`).
+   * instance picks up within a second (answered with the run still `running` and the
+   * request to follow).
    */
-  async cancel(id: number): Promise<Run> {
+  async cancel(id: number): Promise<{ run: Run; request?: InstanceRequest }> {
     const { db } = this.deps.database;
     const before = await this.get(id);
     if ((FINAL_RUN_STATUSES as readonly string[]).includes(before.status)) {
@@ -386,11 +392,22 @@ export class RunService {
           this.deps.log,
         );
       this.deps.log.info({ runId: id }, "run cancelled");
-      return cancelled;
+      return { run: cancelled };
+    }
+    const owner = before.instanceId;
+    const requests = this.deps.requests;
+    if (requests && owner && this.deps.instanceId !== undefined && owner !== this.deps.instanceId) {
+      // Only the owner can stop its agent: the flag (which a takeover honours too) and the
+      // request that wakes the owner commit together.
+      const request = await db.transaction(async (tx) => {
+        await tx.update(runs).set({ cancelRequestedAt: sql`now()`, updatedAt: sql`now()` }).where(eq(runs.id, id));
+        return requests.ask({ kind: "cancel_run", owner, runId: id }, tx);
+      });
+      return { run: await this.get(id), request };
     }
     await db.update(runs).set({ cancelRequestedAt: sql`now()`, updatedAt: sql`now()` }).where(eq(runs.id, id));
     const local = this.deps.worker?.cancelLocal(id, "cancelled on request");
     if (local) await local;
-    return this.get(id);
+    return { run: await this.get(id) };
   }
 }

@@ -65,6 +65,28 @@ export class RunWorker {
     this.#idle.wake();
   }
 
+  /**
+   * Looks for runs of this instance that nobody executes at once: the reaper just moved a
+   * dead instance's runs here. The loop does it, so a run is launched once.
+   */
+  takeOverNow(): void {
+    this.#nextSweepAt = 0;
+    this.notify();
+  }
+
+  /**
+   * Stops every session here without recording an end: this instance was declared dead
+   * while it was away, and its runs now belong to the instance that took them over.
+   */
+  abandonAll(): void {
+    if (this.#active.size === 0) return;
+    this.#deps.log.error(
+      { runs: this.activeRunIds },
+      "stopping the sessions of runs taken over by another instance; this instance records nothing more for them",
+    );
+    for (const { execution } of this.#active.values()) execution.interrupt();
+  }
+
   /** Cancels a run executing here; false if it is not executing on this instance. */
   cancelLocal(runId: number, why: string): Promise<void> | undefined {
     const entry = this.#active.get(runId);
@@ -225,9 +247,11 @@ export class RunWorker {
   }
 
   /**
-   * Runs this instance left `running`: stop whatever is left of their agent process groups
-   * (only when the pid still belongs to that run's agent: pids are reused), then treat
-   * each as a crash. Nothing is lost across `kill -9`.
+   * Runs of this instance that `running` with nobody executing them: left by this instance
+   * (after a crash or kill -9), or moved here from an instance declared dead. Stop whatever
+   * is left of their agent process groups on this host (only when the pid still belongs to
+   * that run's agent: pids are reused), then treat each as a crash. Nothing is lost across
+   * `kill -9`, nor when an instance never comes back.
    */
   async #takeOver(): Promise<void> {
     const { database, instanceId, log } = this.#deps;
@@ -249,19 +273,33 @@ export class RunWorker {
         log.warn({ runId: run.id, pid: last.pid }, "stopping the agent left by the previous server process");
         await stopGroup(last.pid, this.#deps.config.settings.killGraceMs);
       }
+      const inherited = last !== undefined && last.instanceId !== instanceId;
       if (last && last.endedAt === null) {
         await database.db
           .update(sessions)
-          .set({ endedAt: sql`now()`, outcome: "interrupted", detail: "the server stopped during this session" })
+          .set({
+            endedAt: sql`now()`,
+            outcome: "interrupted",
+            detail: inherited
+              ? `instance ${last.instanceId} stopped during this session and was declared dead`
+              : "the server stopped during this session",
+          })
           .where(eq(sessions.id, last.id));
       }
       // Its worktree may have no record yet (the server died between making and recording
       // it); housekeeping's scan of the whole root runs in the background, so look now.
-      if (!(await activeWorktreeOf(database, run.id))) {
+      if (!inherited && !(await activeWorktreeOf(database, run.id))) {
         const adopted = await this.#deps.worktrees.adoptRunDirectory(run);
         if (adopted) log.warn({ runId: run.id, path: adopted.path }, "recorded the unrecorded worktree of a run");
       }
-      log.warn({ runId: run.id }, "taking over a run left running by this instance");
+      if (inherited) {
+        log.warn(
+          { runId: run.id, from: last.instanceId },
+          `taking over run ${run.id} from instance ${last.instanceId}, declared dead`,
+        );
+      } else {
+        log.warn({ runId: run.id }, "taking over a run left running by this instance");
+      }
       this.#launch(run, "takeover");
     }
   }

@@ -1,6 +1,7 @@
 import type { Database } from "../../db/client.js";
 import { type Config, DEFAULT_AGENTS, DEFAULT_SANDBOX, loadSettings, type ProjectConfig } from "../../src/config.js";
 import { EscalationService } from "../../src/escalations/escalation-service.js";
+import { OwnerRequests } from "../../src/fleet/owner-requests.js";
 import { DeliveryIngest } from "../../src/forge/delivery-ingest.js";
 import { ForgeClient, PermissionCache } from "../../src/forge/forge-client.js";
 import { OutboxWorker } from "../../src/forge/outbox.js";
@@ -73,6 +74,7 @@ export function testServices(options: TestServicesOptions): Services {
     secrets,
     formulas,
     worktrees,
+    requests: new OwnerRequests({ database: options.database, instanceId: "test-instance", log }),
     runs: new RunService({ database: options.database, config, formulas, worktrees, worker: undefined, secrets, log }),
     webhooks: new WebhookService({
       formulas,

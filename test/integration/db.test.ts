@@ -29,6 +29,7 @@ describe.each(testBackends())("database on %s", (kind) => {
       "escalation_replies",
       "escalations",
       "formula_runner_migrations",
+      "instance_requests",
       "instances",
       "outbox",
       "outputs",
@@ -169,7 +170,7 @@ postgresOnly("migrations on PostgreSQL", () => {
       await t.database.rows(sql`drop table formula_runner_migrations`);
       await t.database.rows(
         sql.raw(
-          "drop table run_log_chunks, outputs, escalation_replies, phases, escalations, sessions, worktrees, outbox, schedule_slots, runs, deliveries, instances cascade",
+          "drop table instance_requests, run_log_chunks, outputs, escalation_replies, phases, escalations, sessions, worktrees, outbox, schedule_slots, runs, deliveries, instances cascade",
         ),
       );
       const url = t.url as string;
@@ -183,6 +184,7 @@ postgresOnly("migrations on PostgreSQL", () => {
         "0003_containment",
         "0004_run-logs",
         "0005_forge-integrity",
+        "0006_fleet",
       ]);
       await a.close();
       await b.close();

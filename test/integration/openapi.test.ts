@@ -1,5 +1,6 @@
 import { Validator } from "@seriousme/openapi-schema-validator";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { worktrees } from "../../db/schema/index.js";
 import { API_OPERATIONS, findOperation } from "../../routes/openapi.js";
 import { createApp } from "../../src/app.js";
 import { loadFixture, signedWebhook } from "../helpers/sign-webhook.js";
@@ -171,6 +172,25 @@ describe("the API described as OpenAPI 3.1", () => {
     expect((await call("POST", "/api/worktrees/purge", { body: { older_than_hours: -1 } })).status).toBe(400);
     expect((await call("DELETE", `/api/worktrees/${crashed.worktree.id}`)).json().worktree.state).toBe("removed");
     expect((await call("DELETE", "/api/worktrees/999999")).status).toBe(404);
+    // A worktree on another instance's disk: that instance is asked to remove it.
+    const [elsewhere] = await t.db.database.db
+      .insert(worktrees)
+      .values({
+        project: "demo",
+        formula: "crash",
+        path: `${t.worktreeRoot}/demo/elsewhere-1`,
+        state: "preserved",
+        instanceId: "another-instance",
+      })
+      .returning();
+    const asked = await call("DELETE", `/api/worktrees/${elsewhere?.id}`);
+    expect(asked.status).toBe(202);
+    expect((await call("GET", `/api/requests/${asked.json().request_id}`)).json().request).toMatchObject({
+      kind: "delete_worktree",
+      instance_id: "another-instance",
+      state: "pending",
+    });
+    expect((await call("GET", "/api/requests/999999")).status).toBe(404);
     expect((await call("POST", "/api/worktrees/purge", { body: { older_than_hours: 0 } })).status).toBe(200);
 
     // Deliveries.
