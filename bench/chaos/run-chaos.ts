@@ -128,7 +128,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
     const upAtEnd = health?.status === 200;
     const outsideAfter = await snapshotTree(env.outside);
     server.stop();
-    const exit = await env.server.stop("SIGTERM");
+    const exit = await stopServer(env);
 
     return await collectReport({
       env,
@@ -137,7 +137,13 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
       state,
       faults,
       purge,
-      server: { ...server.figures, upAtEnd, exitedEarly: server.exitedEarly(), shutdown: exit },
+      server: {
+        ...server.figures,
+        upAtEnd,
+        exitedEarly: server.exitedEarly(),
+        shutdown: exit,
+        shutdownLog: env.server.lines.splice(0),
+      },
       outsideBefore,
       outsideAfter,
       chaosMs,
@@ -148,6 +154,16 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
   } finally {
     await env.close();
   }
+}
+
+/** SIGTERM, and SIGKILL if the server has not exited 60 s later (its log then says where it hung). */
+async function stopServer(env: ChaosEnvironment): Promise<{ code: number | null; signal: string | null }> {
+  const stopped = env.server.stop("SIGTERM");
+  const late = await Promise.race([stopped.then(() => false), sleep(60_000).then(() => true)]);
+  if (!late) return stopped;
+  env.server.child.kill("SIGKILL");
+  const killed = await stopped;
+  return { code: killed.code, signal: `${killed.signal ?? "?"} after 60 s of SIGTERM` };
 }
 
 /** Cuts every database connection every 1-5 s; one cut in three also refuses new ones for up to 2 s. */

@@ -70,10 +70,13 @@ export async function plantHostileContent(
 const MOVED = ".chaos-moved";
 
 /**
- * Swaps each target directory for a symlink into `outside` and back, over and over, until
- * stopped: rename away, link in its place, yield, unlink, rename back. A purge that
- * resolves a path twice (check, then delete) deletes outside the root when it lands in
- * the window. What a purge removed meanwhile simply ends that target's rounds.
+ * Swaps the target directories for symlinks into `outside` and back, one at a time in
+ * random order, until stopped: rename away, link in its place, yield, unlink, rename
+ * back. A purge that resolves a path twice (check, then delete) deletes outside the root
+ * when it lands in the window. One swap at a time: a nested target renamed while its
+ * parent is a link would be renamed inside the outside tree by the racer itself (the
+ * first 10-minute run counted exactly that as 8 changes outside). A target a purge removed
+ * is dropped after a few misses.
  */
 export class SymlinkRacer {
   swaps = 0;
@@ -87,7 +90,7 @@ export class SymlinkRacer {
 
   start(): void {
     this.stopping = false;
-    this.running = Promise.all(this.targets.map((t) => this.race(t))).then(() => undefined);
+    this.running = this.race();
   }
 
   /** Stops and puts every target back where it was. */
@@ -97,9 +100,12 @@ export class SymlinkRacer {
     for (const t of this.targets) await restore(t.dir);
   }
 
-  private async race(target: { dir: string; linkTo: string }): Promise<void> {
-    let misses = 0;
-    while (!this.stopping && misses < 50) {
+  private async race(): Promise<void> {
+    const misses = new Map<string, number>();
+    const live = () => this.targets.filter((t) => (misses.get(t.dir) ?? 0) < 50);
+    while (!this.stopping && live().length > 0) {
+      const targets = live();
+      const target = targets[Math.floor(this.nextRandom() * targets.length)] as (typeof targets)[number];
       try {
         await rename(target.dir, target.dir + MOVED);
         try {
@@ -110,10 +116,10 @@ export class SymlinkRacer {
         } finally {
           await restore(target.dir);
         }
-        misses = 0;
+        misses.set(target.dir, 0);
       } catch {
         // The purge removed (or is removing) it: try again a little later, then give up.
-        misses++;
+        misses.set(target.dir, (misses.get(target.dir) ?? 0) + 1);
         await new Promise((r) => setTimeout(r, 5));
       }
       await new Promise((r) => setImmediate(r));
