@@ -10,7 +10,7 @@ import { fileURLToPath } from "node:url";
 import { execa } from "execa";
 import { startServer } from "../src/server.js";
 import { makeTempDir, removeTempDir } from "../test/helpers/tmp.js";
-import { printTable, summarize } from "./stats.js";
+import { printTable, recordFigure, summarize } from "./stats.js";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const ROUNDS = 7;
@@ -46,6 +46,16 @@ export async function benchCli(): Promise<void> {
       for (const command of [["--version"], ["--help"], ["runs", "list"]]) {
         const s = summarize(await timeCommand([...prefix, ...command], env));
         rows.push({ entry, command: command.join(" "), median_ms: s.median, max_ms: s.p99 });
+        if (entry === "bin/formula-runner.js" && command[0] !== "--help") {
+          recordFigure({
+            bench: "cli",
+            figure: `formula-runner ${command.join(" ")}, median`,
+            value: s.median,
+            unit: "ms",
+            baseline: { name: "node -e 0", value: baseline.median },
+            target: command[0] === "--version" ? "< 150 ms" : "< 400 ms",
+          });
+        }
       }
     }
     printTable(`CLI start-up (${ROUNDS} rounds each; targets: --version/--help < 150 ms, runs list < 400 ms)`, rows);

@@ -6,7 +6,7 @@ import postgres from "postgres";
 import { type Database, openDatabase } from "../db/client.js";
 import { migrate } from "../db/migrate.js";
 import { runs } from "../db/schema/index.js";
-import { printTable, summarize } from "./stats.js";
+import { printTable, recordFigure, summarize } from "./stats.js";
 
 const INSERTS = 1_000;
 
@@ -73,6 +73,14 @@ export async function benchDatabase(postgresUrl: string | undefined): Promise<vo
     }
   } finally {
     await rm(dir, { recursive: true, force: true });
+  }
+  for (const row of rows) {
+    recordFigure({
+      bench: "database",
+      figure: `single-row insert, median (${row.backend})`,
+      value: row["insert median ms"] as number,
+      unit: "ms",
+    });
   }
   printTable(`database: open, migrate, ${INSERTS} sequential single-row inserts`, rows);
 }

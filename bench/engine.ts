@@ -18,7 +18,7 @@ import { agentPath } from "../test/helpers/agents/index.js";
 import { REPO_ROOT } from "../test/helpers/cli.js";
 import { createTestRepo } from "../test/helpers/git.js";
 import { makeTempDir, removeTempDir } from "../test/helpers/tmp.js";
-import { printTable, summarize } from "./stats.js";
+import { printTable, recordFigure, summarize } from "./stats.js";
 
 const TOKEN = "bench-token-0123456789abcdef";
 const PHASE_WRITES = 200;
@@ -354,13 +354,51 @@ export async function benchOverheadOnly(postgresUrl: string | undefined): Promis
 }
 
 export async function benchEngine(postgresUrl: string | undefined): Promise<void> {
+  const latency = await benchPhaseLatency(postgresUrl);
+  for (const row of latency) {
+    recordFigure({
+      bench: "engine",
+      figure: `phase file -> phase row stored, p99 (${row.backend})`,
+      value: row["p99 ms"] as number,
+      unit: "ms",
+      target: "< 100 ms (bash design: 10-15 s poll)",
+    });
+  }
   printTable(
     `phase latency: agent writes its phase file -> phase row stored (${PHASE_WRITES} writes, 20-80 ms apart)`,
-    await benchPhaseLatency(postgresUrl),
+    latency,
   );
+  const overhead = await benchOverhead(postgresUrl);
+  for (const row of overhead) {
+    recordFigure({
+      bench: "engine",
+      figure: `server CPU following ${IDLE_SESSIONS} idle sessions (${row.backend})`,
+      value: row["server CPU % of one core"] as number,
+      unit: "% of a core",
+      target: "< 5 %",
+    });
+    recordFigure({
+      bench: "engine",
+      figure: `server RSS following ${IDLE_SESSIONS} idle sessions (${row.backend})`,
+      value: row["RSS MB (following)"] as number,
+      unit: "MB",
+      baseline: { name: "before the runs", value: row["RSS MB (before runs)"] as number },
+      target: "< 150 MB",
+    });
+  }
   printTable(
     `server overhead following ${IDLE_SESSIONS} idle sessions (the compiled server process, measured over 10 s)`,
-    await benchOverhead(postgresUrl),
+    overhead,
   );
-  printTable("GET /api/worktrees?limit=10000 over HTTP (10 runs after 2 warm-ups)", await benchListing(postgresUrl));
+  const listing = await benchListing(postgresUrl);
+  for (const row of listing) {
+    recordFigure({
+      bench: "engine",
+      figure: `GET /api/worktrees?limit=10000, median (${row.backend})`,
+      value: row["median ms"] as number,
+      unit: "ms",
+      target: "< 200 ms",
+    });
+  }
+  printTable("GET /api/worktrees?limit=10000 over HTTP (10 runs after 2 warm-ups)", listing);
 }

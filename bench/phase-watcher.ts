@@ -4,7 +4,7 @@ import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { startAgentProcess } from "../src/sessions/agent-process.js";
 import { PhaseWatcher } from "../src/sessions/phase-watcher.js";
-import { printTable, summarize } from "./stats.js";
+import { printTable, recordFigure, summarize } from "./stats.js";
 
 const WRITES = 200;
 
@@ -102,6 +102,17 @@ export async function benchPhaseWatcher(): Promise<void> {
     for (const scenario of scenarios) rows.push(await measure(dir, scenario));
   } finally {
     await rm(dir, { recursive: true, force: true });
+  }
+  const [watch, , poll] = rows;
+  if (watch && poll) {
+    recordFigure({
+      bench: "phase-watcher",
+      figure: "phase write -> onPhase, p99 (fs.watch)",
+      value: watch["p99 ms"] as number,
+      unit: "ms",
+      baseline: { name: "1 s stat poll", value: poll["p99 ms"] as number },
+      target: "< 100 ms",
+    });
   }
   printTable(`phase watcher: write -> onPhase latency (${WRITES} writes, 20-80 ms apart)`, rows);
 }

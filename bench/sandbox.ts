@@ -9,7 +9,7 @@ import os from "node:os";
 import path from "node:path";
 import { execa } from "execa";
 import { SandboxHost } from "../src/sessions/sandbox.js";
-import { printTable, summarize } from "./stats.js";
+import { printTable, recordFigure, summarize } from "./stats.js";
 
 const RUNS = 20;
 
@@ -78,6 +78,14 @@ export async function benchSandbox(): Promise<void> {
     const p = summarize(plain);
     const b = summarize(boxed);
     const w = summarize(wraps);
+    recordFigure({
+      bench: "sandbox",
+      figure: "session start, sandboxed, median",
+      value: b.median,
+      unit: "ms",
+      baseline: { name: "unsandboxed", value: p.median },
+      target: "< 150 ms added",
+    });
     printTable(`Sandbox overhead per session start (median of ${RUNS}; load ${os.loadavg()[0]?.toFixed(1)})`, [
       { figure: "session start, unsandboxed (ms)", median: p.median, p99: p.p99, target: "" },
       { figure: "session start, sandboxed (ms)", median: b.median, p99: b.p99, target: "" },

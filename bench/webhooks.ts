@@ -15,7 +15,7 @@ import autocannon from "autocannon";
 import { execa } from "execa";
 import postgres from "postgres";
 import { makeTempDir, removeTempDir } from "../test/helpers/tmp.js";
-import { printTable } from "./stats.js";
+import { printTable, recordFigure } from "./stats.js";
 
 const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const SECRET = "bench-webhook-secret-0123456789";
@@ -248,6 +248,23 @@ export async function benchWebhooks(postgresUrl: string | undefined): Promise<vo
         stored = rows >= accepted ? `all ${accepted}` : `LOST ${accepted - rows} of ${accepted}`;
       }
       if (target.name.includes("naive")) naive = max.requests.average;
+      if (target.name.startsWith("formula-runner")) {
+        recordFigure({
+          bench: "webhooks",
+          figure: `ingest throughput, ${target.name}`,
+          value: max.requests.average,
+          unit: "req/s",
+          ...(naive ? { baseline: { name: "naive 1 INSERT/request", value: naive } } : {}),
+          target: "> naive baseline",
+        });
+        recordFigure({
+          bench: "webhooks",
+          figure: `p99 at a fixed 1,000 req/s, ${target.name}`,
+          value: steady.latency.p99,
+          unit: "ms",
+          target: "< 20 ms",
+        });
+      }
       throughput.push({
         server: target.name,
         "req/s": Math.round(max.requests.average),

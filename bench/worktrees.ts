@@ -13,7 +13,7 @@ import { silentLogger } from "../src/logger.js";
 import { WorktreeManager } from "../src/worktrees/worktree-manager.js";
 import { createTestRepo, type TestRepo } from "../test/helpers/git.js";
 import { makeTempDir, removeTempDir } from "../test/helpers/tmp.js";
-import { printTable, summarize } from "./stats.js";
+import { printTable, recordFigure, summarize } from "./stats.js";
 
 const CREATE_ROUNDS = 30;
 const BURST = 5;
@@ -285,7 +285,27 @@ export async function benchWorktrees(): Promise<void> {
       `worktrees: creation, median of ${CREATE_ROUNDS} (local bare origin, ${FILES_PER_WORKTREE} files; PGlite in memory)`,
       create,
     );
+    const [managed, plain] = create;
+    if (managed && plain) {
+      recordFigure({
+        bench: "worktrees",
+        figure: "WorktreeManager.create, median",
+        value: managed["median ms"] as number,
+        unit: "ms",
+        baseline: { name: "plain git fetch + worktree add", value: plain["median ms"] as number },
+      });
+    }
     const purge = await benchPurge(database, repo, path.join(root, "purge"));
+    const [bulk, loop] = purge;
+    if (bulk && loop) {
+      recordFigure({
+        bench: "worktrees",
+        figure: `purge of ${PURGE_WORKTREES} preserved worktrees, total`,
+        value: bulk["total ms"] as number,
+        unit: "ms",
+        baseline: { name: "bash loop of git worktree remove", value: loop["total ms"] as number },
+      });
+    }
     const list = await benchList(database, root);
     printTable(
       `worktrees: removing ${PURGE_WORKTREES} preserved worktrees of ${FILES_PER_WORKTREE} files each; listing ${LIST_ROWS} rows`,

@@ -103,15 +103,22 @@ export async function settleWorktree(
   const project = deps.config.projects.find((p) => p.name === run.project);
   try {
     const keep = status in FINAL_BY_OUTCOME && (formula?.preserveOn ?? ["crashed"]).includes(status as never);
-    if (keep) {
-      const kept = await deps.worktrees.preserve(worktree, status, formula?.retentionMs ?? 24 * 3_600_000);
-      log.warn(
-        { path: worktree.path, expiresAt: kept.expiresAt },
-        `worktree preserved for debugging: ${worktree.path}`,
-      );
-      return kept;
-    }
-    return await deps.worktrees.remove(worktree, status === "cancelled" ? "api" : "success", project);
+    // Retried while the database is out of reach: a cut here left settled runs' worktrees
+    // `active` until a restart (16 in a 10-minute chaos run). Both steps are idempotent.
+    return await retryWhileUnavailable(
+      async () => {
+        if (keep) {
+          const kept = await deps.worktrees.preserve(worktree, status, formula?.retentionMs ?? 24 * 3_600_000);
+          log.warn(
+            { path: worktree.path, expiresAt: kept.expiresAt },
+            `worktree preserved for debugging: ${worktree.path}`,
+          );
+          return kept;
+        }
+        return await deps.worktrees.remove(worktree, status === "cancelled" ? "api" : "success", project);
+      },
+      { log, what: `settle the worktree of run ${run.id}` },
+    );
   } catch (error) {
     log.error({ err: error, path: worktree.path }, `could not settle the worktree: ${errorMessage(error)}`);
     return worktree;

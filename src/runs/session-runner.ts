@@ -208,7 +208,17 @@ export class SessionRunner {
     this.#process = agent;
     if (this.#stopCause) void agent.stop("stopped before it started");
     if (agent.pid !== undefined) {
-      await this.#deps.database.db.update(sessions).set({ pid: agent.pid }).where(eq(sessions.id, this.#session.id));
+      const { pid } = agent;
+      const id = this.#session.id;
+      // The agent runs already: a cut here must not end the execution, or the run sweep
+      // would stop a live agent and take its run over as a crash (seen in the chaos run).
+      await retryWhileUnavailable(
+        () => this.#deps.database.db.update(sessions).set({ pid }).where(eq(sessions.id, id)),
+        {
+          log,
+          what: `record the pid of session ${spec.seq}`,
+        },
+      );
     }
     log.info({ pid: agent.pid, kind: spec.kind }, `session ${spec.seq} started`);
 

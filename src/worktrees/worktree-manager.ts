@@ -22,6 +22,7 @@ import type { ProjectConfig } from "../config.js";
 import { AppError, errorMessage } from "../errors.js";
 import { formatDuration } from "../formulas/duration.js";
 import type { Logger } from "../logger.js";
+import { retryWhileUnavailable } from "../runs/retry-database.js";
 import { CloneQueue } from "./clone-lock.js";
 import { chunks, mapLimit } from "./concurrency.js";
 import { type DeleteOutcome, deleteBelowRoot, isEntryName } from "./delete-below.js";
@@ -220,27 +221,54 @@ export class WorktreeManager {
           { gitMessage: "" },
         );
       }
-      const now = this.now();
-      const [row] = await this.database.db
-        .insert(worktrees)
-        .values({
-          runId,
-          project: project.name,
-          formula,
-          path: dir,
-          state: "active",
-          instanceId: this.instanceId,
-          createdAt: now,
-        })
-        .returning();
-      log.info({ worktreeId: row?.id, path: dir, sha }, "worktree created");
-      return row as WorktreeRow;
+      const row = await this.record(runId, project.name, formula, dir, log);
+      log.info({ worktreeId: row.id, path: dir, sha }, "worktree created");
+      return row;
     } catch (error) {
       if (added || (!existed && (await exists(dir)))) await this.discard(dir, repo, log);
       throw error;
     } finally {
       this.creating.delete(dir);
     }
+  }
+
+  /**
+   * Records a just-made worktree `active`, retried while the database is out of reach: a
+   * connection cut at this moment must not fail a run whose worktree is ready (the chaos
+   * run saw exactly that). An attempt whose insert committed before its answer was lost
+   * leaves the row the retry then finds by its path.
+   */
+  private async record(
+    runId: number,
+    project: string,
+    formula: string,
+    dir: string,
+    log: Logger,
+  ): Promise<WorktreeRow> {
+    return retryWhileUnavailable(
+      async () => {
+        const [inserted] = await this.database.db
+          .insert(worktrees)
+          .values({
+            runId,
+            project,
+            formula,
+            path: dir,
+            state: "active",
+            instanceId: this.instanceId,
+            createdAt: this.now(),
+          })
+          .onConflictDoNothing({ target: worktrees.path })
+          .returning();
+        if (inserted) return inserted;
+        const [existing] = await this.database.db.select().from(worktrees).where(eq(worktrees.path, dir));
+        if (existing?.runId === runId && existing.state === "active") return existing;
+        throw new WorktreeError(`could not record the worktree of run ${runId}: ${dir} is recorded already`, {
+          gitMessage: "",
+        });
+      },
+      { log, what: `record the worktree of run ${runId}`, giveUpAfterMs: 2 * 60_000 },
+    );
   }
 
   /**

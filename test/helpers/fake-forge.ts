@@ -37,6 +37,12 @@ export interface FakeForge {
   failNext(fault?: Fault): void;
   /** While down, every request gets 503. */
   setDown(down: boolean): void;
+  /**
+   * While hanging, requests get no answer: each is held until the hang ends (or the forge
+   * closes) and then answered 503, like a forge behind a stalled proxy. A client timeout
+   * shorter than the hang sees it as a timeout.
+   */
+  setHanging(hanging: boolean): void;
   /** Forgets requests, issues, comments, labels, permissions, faults and the outage; tokens stay. */
   reset(): void;
   /** Stops the server and drops every open connection; idempotent. */
@@ -157,6 +163,7 @@ export async function startFakeForge(opts: FakeForgeOptions = {}): Promise<FakeF
   let repos = new Map<string, RepoState>();
   let faults: Array<Fault & { left: number }> = [];
   let down = false;
+  let hang: { ended: Promise<void>; end: () => void } | undefined;
   let nextId = 1000; // comment and label ids; far from issue numbers so a mix-up shows
   const userIds = new Map<string, number>();
   const closing = new AbortController();
@@ -436,6 +443,11 @@ export async function startFakeForge(opts: FakeForgeOptions = {}): Promise<FakeF
 
   /** An outage, a fault or bad credentials answer before any route does. */
   const intercept = async (c: Context<Env>, record: RecordedRequest): Promise<Response | undefined> => {
+    if (hang) {
+      // close() ends the hang too.
+      await hang.ended;
+      return c.json({ message: "fake forge hang" }, 503);
+    }
     if (down) return c.json({ message: "Service Unavailable" }, 503);
     const fault = faults.find((f) => matches(f, record, new URL(c.req.url).pathname));
     if (fault) {
@@ -537,15 +549,30 @@ export async function startFakeForge(opts: FakeForgeOptions = {}): Promise<FakeF
     setDown: (value) => {
       down = value;
     },
+    setHanging: (value) => {
+      if (value && !hang) {
+        let end = () => {};
+        const ended = new Promise<void>((resolve) => {
+          end = resolve;
+        });
+        hang = { ended, end };
+      } else if (!value && hang) {
+        hang.end();
+        hang = undefined;
+      }
+    },
     reset() {
       requests.length = 0;
       repos = new Map();
       faults = [];
       down = false;
+      hang?.end();
+      hang = undefined;
     },
     close() {
       closed ??= new Promise<void>((resolve, reject) => {
         closing.abort();
+        hang?.end();
         server.close((err) => (err ? reject(err) : resolve()));
         server.closeAllConnections();
       });

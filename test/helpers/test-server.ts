@@ -1,5 +1,6 @@
 import { mkdir, writeFile } from "node:fs/promises";
 import path from "node:path";
+import type { Database } from "../../db/client.js";
 import type { MemoryProbe } from "../../src/memory.js";
 import { type RunningServer, type StartOptions, startServer } from "../../src/server.js";
 import { agentPath, type TestAgent } from "./agents/index.js";
@@ -63,6 +64,8 @@ export interface TestServerOptions {
   housekeepingAfter?: Promise<void>;
   /** Where the server's log lines go (set LOG_LEVEL in `env` to see them). */
   logDestination?: StartOptions["logDestination"];
+  /** Wraps the database the server uses (to inject faults); the test's own handle stays unwrapped. */
+  wrapDatabase?: (database: Database) => Database;
 }
 
 /** An `[agents.NAME]` table of formula-runner.toml, keys as in the file. */
@@ -153,7 +156,7 @@ export async function startTestServer(options: TestServerOptions): Promise<TestS
       ...options.env,
     },
     cwd: dir,
-    database: db.database,
+    database: options.wrapDatabase ? options.wrapDatabase(db.database) : db.database,
     ...(options.readMemory ? { readMemory: options.readMemory } : {}),
     ...(options.now ? { now: options.now } : {}),
     ...(options.resultLingerMs !== undefined ? { resultLingerMs: options.resultLingerMs } : {}),
