@@ -181,7 +181,9 @@ export async function collectReport(input: {
     "runs of the done agent that did not end done",
     doneAgentNotDone.map((r) => `run ${r.id} ${r.status}: ${r.detail?.slice(0, 160)}`),
   );
-  fail("firing deliveries that fired nothing (not the permission check)", firedNothingOther);
+  // A permission check met by a forge outage keeps its delivery pending until the forge
+  // answers (issue 10 item 5): after the drain, every firing delivery fired.
+  fail("firing deliveries that fired nothing", firedNothing);
   if (server.exitedEarly) failures.push(`server ${server.exitedEarly}`);
   if (server.shutdown.code !== 0) {
     failures.push(
@@ -233,6 +235,7 @@ export async function collectReport(input: {
     {
       figure: "firing deliveries dropped: permission check during a forge outage",
       value: firedNothingForgeDown.length,
+      target: 0,
     },
     { figure: "firing deliveries that fired nothing otherwise", value: firedNothingOther.length, target: 0 },
     {

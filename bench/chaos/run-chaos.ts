@@ -215,7 +215,11 @@ async function flapForge(
   }
 }
 
-/** Waits until no run is queued, running or escalated and the outbox is empty; false if the time ran out. */
+/**
+ * Waits until no run is queued, running or escalated, the outbox is empty and no delivery
+ * waits for its permission check (kept pending through a forge outage); false if the time
+ * ran out.
+ */
 async function drain(env: ChaosEnvironment, timeoutMs: number, log: (line: string) => void, signal: AbortSignal) {
   const deadline = Date.now() + timeoutMs;
   const headers = { authorization: `Bearer ${API_TOKEN}` };
@@ -230,10 +234,13 @@ async function drain(env: ChaosEnvironment, timeoutMs: number, log: (line: strin
       const runs = ((await open.json()) as { runs?: unknown[] }).runs;
       const metrics = await (await fetch(`${env.server.url}/metrics`, { signal: timeout })).text();
       const pending = Number(/^formula_runner_outbox_pending (\d+)/m.exec(metrics)?.[1] ?? "0");
-      if (open.status === 200 && runs?.length === 0 && pending === 0) return true;
+      const deliveries = Number(/^formula_runner_deliveries_pending (\d+)/m.exec(metrics)?.[1] ?? "0");
+      if (open.status === 200 && runs?.length === 0 && pending === 0 && deliveries === 0) return true;
       if (Date.now() - lastLog > 10_000) {
         lastLog = Date.now();
-        log(`draining: ${runs?.length ?? "?"} runs open, ${pending} forge writes pending`);
+        log(
+          `draining: ${runs?.length ?? "?"} runs open, ${pending} forge writes pending, ${deliveries} deliveries pending`,
+        );
       }
     } catch (error) {
       log(`draining: the server did not answer: ${(error as Error).message}`);
