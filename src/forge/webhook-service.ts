@@ -1,4 +1,5 @@
 import { isUtf8 } from "node:buffer";
+import { isDatabaseUnavailable } from "../../db/unavailable.js";
 import type { ProjectConfig } from "../config.js";
 import { errorMessage } from "../errors.js";
 import type { CommentReply } from "../escalations/escalation-service.js";
@@ -185,6 +186,10 @@ export class WebhookService {
       // Before the delivery is recorded: if we die in between, the forge's redelivery is
       // not a duplicate yet and the answer is not lost. The claim itself is exactly-once.
       reply = await this.deps.escalations.handleComment(project, event).catch((error: unknown) => {
+        // Database out of reach: answer 503 and record nothing, so the forge's redelivery is
+        // not a duplicate. Recorded now as an ordinary comment, a reply to an open question
+        // would never be claimed once the database is back.
+        if (isDatabaseUnavailable(error)) throw error;
         log().error({ err: error }, `escalation reply: ${errorMessage(error)}`);
         return { outcome: "none" } as const;
       });

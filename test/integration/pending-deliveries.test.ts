@@ -216,6 +216,33 @@ describe.each(testBackends())("deliveries whose permission check could not be ma
         });
       return { webhooks, retries };
     }
+    it("records nothing and fails the request as unavailable (503) when the database blinks while a comment is checked as a reply", async () => {
+      const cut = Object.assign(new Error("write CONNECTION_CLOSED 127.0.0.1:5432"), { code: "CONNECTION_CLOSED" });
+      let failure: Error = cut;
+      const webhooks = new WebhookService({
+        formulas,
+        ingest: new DeliveryIngest(t.database, log()),
+        permissions: new PermissionCache((p) => new ForgeClient(p)),
+        log: log(),
+        onQueued: () => {},
+        escalations: {
+          handleComment: async () => {
+            throw failure;
+          },
+        },
+      });
+      const payload = loadFixture("github/issue_comment.created.json");
+      const event = normalizeEvent("github", "issue_comment", randomUUID(), payload);
+      await expect(webhooks.accept(event, project, payload)).rejects.toBe(cut);
+      expect(await row(event.deliveryId)).toBeUndefined();
+      // Any other failure of the check is logged, and the comment recorded as usual.
+      failure = new Error("a bug");
+      const outcome = await webhooks.accept(event, project, payload);
+      expect(outcome).toMatchObject({ duplicate: false });
+      expect(await row(event.deliveryId)).toMatchObject({ outcome: "ignored" });
+      expect(lines.some((l) => l.msg === "escalation reply: a bug")).toBe(true);
+    });
+
     async function accept(webhooks: WebhookService) {
       const payload = labeledBy();
       const event = normalizeEvent("github", "issues", randomUUID(), payload);
