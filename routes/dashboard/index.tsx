@@ -35,6 +35,8 @@ const FORM_BODY_LIMIT = 256 * 1024;
 const EVENTS_POLL_MS = 1_000;
 const EVENTS_OVERLAP_MS = 5_000;
 const EVENTS_KEEP_ALIVE_MS = 15_000;
+/** Changes read at once; a full batch means more are waiting: read on without the look-back. */
+const EVENTS_BATCH = 500;
 
 /** Pages only talk to this server: no inline script or style, no framing, forms post here only. */
 const CSP = {
@@ -265,8 +267,9 @@ export function dashboardRoutes(services: Services): Hono<AppEnv> {
       let lastSent = Date.now();
       let behind = false;
       while (!aborted.signal.aborted && services.intake.accepting) {
-        const changes = await services.runs.changedSince(new Date(behind ? since : since - EVENTS_OVERLAP_MS));
-        behind = changes.length === 500;
+        const from = new Date(behind ? since : since - EVENTS_OVERLAP_MS);
+        const changes = await services.runs.changedSince(from, EVENTS_BATCH);
+        behind = changes.length === EVENTS_BATCH;
         for (const change of changes) {
           const at = change.updatedAt.getTime();
           since = Math.max(since, at);

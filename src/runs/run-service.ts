@@ -190,7 +190,7 @@ export class RunService {
    * compared in the database's clock: the dashboard's live feed. `updated_at` moves with
    * every state change of a run on any instance.
    */
-  async changedSince(since: Date, limit = 500): Promise<RunChange[]> {
+  async changedSince(since: Date, limit: number): Promise<RunChange[]> {
     const rows = await this.deps.database.db
       .select({ id: runs.id, status: runs.status, phase: runs.phase, updatedAt: runs.updatedAt })
       .from(runs)
